@@ -1,0 +1,1 @@
+"""sqrl: speech-quality RL."""

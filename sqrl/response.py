@@ -1,0 +1,285 @@
+"""The structured answer: one canonical text format, ``render`` and a forgiving ``parse``.
+
+The canonical answer that calibration and warm-up teach::
+
+    Scores:
+    - Speed: 3/5
+    - Naturalness: 4/5
+    - Noise: 2/5
+    - Distortion: 5/5
+    - Listening effort: 3/5
+    - Continuity: 4/5
+    - Overall quality: 3/5
+    Artifacts:
+    - Noise [0.00-1.70 s]: a steady hiss like wind
+    - Distortion: none
+    - Unnatural pause [1.20-1.50 s]: the speech stops mid-word
+    Description: The speech is ...
+
+``parse`` reads that and what models really write around it: any case and spacing, ``4/5``,
+``4 out of 5``, ``score: 4``, markdown bold, headers and bullets, a leading ``<think>...</think>``,
+intervals as ``1.2-1.5s``, ``1.2 s to 1.5 s``, ``from 0-1.7s``, several per line, and "none" or
+"not noticeable" for an absent artifact. A missing or out-of-range value becomes ``None``;
+``parse`` never raises. A non-integer score (``3.5``) is ``None`` too: rewarding a hedge would
+teach the policy to hedge.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+from sqrl.dimensions import (
+    ARTIFACT_DISPLAY_NAMES,
+    ARTIFACT_KINDS,
+    DIMENSIONS,
+    DISPLAY_NAMES,
+    SCORE_MAX,
+    SCORE_MIN,
+)
+from sqrl.schema import Artifact, Assessment
+
+MAX_PARSE_CHARS = 20_000  # longer answers are truncated before parsing; keeps parse linear and bounded
+
+# ----------------------------------------------------------------------------------------- render
+
+
+def format_time(seconds: float) -> str:
+    return f"{seconds:.2f}"
+
+
+def render_artifact(artifact: Artifact) -> str:
+    name = ARTIFACT_DISPLAY_NAMES[artifact.kind]
+    head = f"- {name} [{format_time(artifact.start)}-{format_time(artifact.end)} s]:"
+    return f"{head} {artifact.text.strip()}".rstrip()
+
+
+def render(
+    answer: Assessment,
+    *,
+    dimensions: Iterable[str] | None = None,
+    artifacts: bool | Iterable[str] = True,
+    description: bool = True,
+) -> str:
+    """Render an ``Assessment`` (or ``Record``) as the canonical answer text.
+
+    ``dimensions`` limits the score lines (default: every dimension that has a score);
+    ``artifacts`` is True (all kinds), False, or the kinds to list; kinds without artifacts are
+    written as ``none``. ``description`` adds the long-form description when there is one.
+
+    >>> from sqrl.schema import Assessment
+    >>> print(render(Assessment(scores={"noise": 2}), artifacts=False))
+    Scores:
+    - Noise: 2/5
+    """
+    dims = list(dimensions) if dimensions is not None else list(DIMENSIONS)
+    lines = []
+    score_lines = [
+        f"- {DISPLAY_NAMES[d]}: {answer.scores[d]}/5" for d in dims if answer.scores.get(d) is not None
+    ]
+    if score_lines:
+        lines += ["Scores:", *score_lines]
+    if artifacts:
+        kinds = list(ARTIFACT_KINDS) if artifacts is True else list(artifacts)
+        lines.append("Artifacts:")
+        for kind in kinds:
+            found = [a for a in answer.artifacts if a.kind == kind]
+            if not found:
+                lines.append(f"- {ARTIFACT_DISPLAY_NAMES[kind]}: none")
+            lines += [render_artifact(a) for a in found]
+    if description and answer.description:
+        lines.append(f"Description: {answer.description.strip()}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ parse
+
+_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
+_MARKDOWN = re.compile(r"(\*\*|__|`)")
+
+_DIM_ALIASES: list[tuple[str, str]] = [
+    # longest aliases first so "listening effort" wins over a bare "effort"
+    ("overall quality", "overall"),
+    ("overall score", "overall"),
+    ("overall", "overall"),
+    ("mos", "overall"),
+    ("listening effort", "listening_effort"),
+    ("listening_effort", "listening_effort"),
+    ("effort", "listening_effort"),
+    ("background noise", "noise"),
+    ("noisiness", "noise"),
+    ("noise", "noise"),
+    ("distortion", "distortion"),
+    ("continuity", "continuity"),
+    ("naturalness", "naturalness"),
+    ("speaking speed", "speed"),
+    ("speech rate", "speed"),
+    ("speed", "speed"),
+]
+_KIND_ALIASES: list[tuple[str, str]] = [
+    ("unnatural pauses", "unnatural_pause"),
+    ("unnatural pause", "unnatural_pause"),
+    ("unnatural_pause", "unnatural_pause"),
+    ("pauses", "unnatural_pause"),
+    ("pause", "unnatural_pause"),
+    ("background noise", "noise"),
+    ("noise", "noise"),
+    ("distortions", "distortion"),
+    ("distortion", "distortion"),
+]
+
+
+def _alias_pattern(aliases: list[tuple[str, str]]) -> str:
+    return "|".join(re.escape(a).replace(r"\ ", r"[\s_-]+") for a, _ in aliases)
+
+
+def _canonical(name: str, aliases: list[tuple[str, str]]) -> str:
+    key = re.sub(r"[\s_-]+", " ", name.lower()).strip()
+    for alias, canon in aliases:
+        if key == alias.replace("_", " "):
+            return canon
+    raise KeyError(name)  # unreachable for a name the pattern matched
+
+
+_NUM = r"\d{1,6}(?:\.\d+)?"
+_SECONDS = r"(?:s|sec|secs|second|seconds)\b"
+# "1.2-1.5s", "1.2 s to 1.5 s", "from 0-1.7s", "0.00–1.70 s", "between 1 and 2 seconds"
+_INTERVAL = re.compile(
+    rf"(?<![\d.])({_NUM})\s*(?:{_SECONDS})?\s*(?:-|–|—|to|and|until)\s*({_NUM})(?![\d.])\s*(?:{_SECONDS})?",
+    re.I,
+)
+_SCORE_LINE = re.compile(
+    rf"^(?P<name>{_alias_pattern(_DIM_ALIASES)})\b[^\n\d]{{0,24}}?"
+    rf"(?P<value>-?{_NUM})(?![\d.]*\s*(?:{_SECONDS}|-\s*\d|–|to\s+\d))"
+    rf"\s*(?P<scale>/\s*5|out\s+of\s+5|of\s+5)?",
+    re.I,
+)
+_KIND_LINE = re.compile(rf"^(?P<name>{_alias_pattern(_KIND_ALIASES)})\b\s*(?P<rest>.*)$", re.I | re.S)
+_NONE_WORDS = re.compile(
+    r"^(?:none|no\b.*|not\s+(?:noticeable|detected|present|observed|distorted|found)|n/?a|nil|absent|"
+    r"nothing.*|clean|—|-)\W*$",
+    re.I,
+)
+_HEADER = re.compile(
+    r"^(?P<h>scores?|ratings?|dimension scores|quality scores|artifacts?|audio artifacts|detected artifacts|"
+    r"description|long[\s-]*form description|summary|overall description|explanation)\s*:?\s*(?P<rest>.*)$",
+    re.I | re.S,
+)
+
+
+def _clean_line(line: str) -> str:
+    line = _MARKDOWN.sub("", line).strip()
+    line = re.sub(r"^(?:#+\s*|[-*•+]\s+|\d+[.)]\s+)", "", line)
+    return line.strip()
+
+
+def _parse_score(line: str) -> tuple[str, int | None] | None:
+    match = _SCORE_LINE.match(line)
+    if not match:
+        return None
+    dim = _canonical(match["name"], _DIM_ALIASES)
+    raw = match["value"]
+    value: int | None = None
+    if re.fullmatch(r"-?\d+", raw):
+        number = int(raw)
+        value = number if SCORE_MIN <= number <= SCORE_MAX else None
+    return dim, value
+
+
+def _intervals(text: str) -> list[tuple[float, float]]:
+    out = []
+    for match in _INTERVAL.finditer(text):
+        start, end = float(match[1]), float(match[2])
+        if 0 <= start <= end:
+            out.append((start, end))
+    return out
+
+
+_INTERVAL_PHRASE = re.compile(
+    rf"(?:\b(?:from|between|at|during|around)\s+)?{_INTERVAL.pattern}(?:\s*(?:,|;|&|\band\b)\s*)?", re.I
+)
+
+
+def _strip_intervals(text: str) -> str:
+    text = _INTERVAL_PHRASE.sub(" ", text)
+    text = re.sub(r"[\[(]\s*[,;]?\s*[\])]", "", text)
+    return re.sub(r"\s{2,}", " ", text).strip(" ,;:-")
+
+
+def _parse_artifact(line: str) -> tuple[str, list[Artifact]] | None:
+    """``(kind, artifacts)`` for an artifact line (empty list for "none"), else ``None``."""
+    match = _KIND_LINE.match(line)
+    if not match:
+        return None
+    kind = _canonical(match["name"], _KIND_ALIASES)
+    rest = match["rest"].strip()
+    head, sep, tail = rest.partition(":")
+    if not sep:
+        head, tail = "", rest
+    head_intervals = _intervals(head)
+    text = tail.strip() if head_intervals else _strip_intervals(rest.lstrip(":").strip())
+    intervals = head_intervals or _intervals(rest)
+    if not intervals:
+        if _NONE_WORDS.match(rest.lstrip(":").strip() or "none"):
+            return kind, []
+        return None  # a kind mentioned without time or "none": not an artifact claim we can use
+    return kind, [Artifact(kind, s, e, text) for s, e in intervals]
+
+
+def parse(text: object) -> Assessment:
+    """Parse a model's answer into an ``Assessment``; never raises.
+
+    >>> a = parse("**Noise**: 4 out of 5\\nDistortion - 2/5\\n- Noise from 0-1.7s: hiss")
+    >>> a.scores["noise"], a.scores["distortion"], a.artifacts[0].end
+    (4, 2, 1.7)
+    """
+    result = Assessment()
+    if not isinstance(text, str) or not text:
+        return result
+    text = _THINK.sub("", text[:MAX_PARSE_CHARS])
+    text = re.sub(r"^\s*<think>", "", text, flags=re.I)  # an unclosed tag: keep what follows
+    section = None
+    description: list[str] = []
+    loose_prose: list[str] = []
+    for raw in text.splitlines():
+        line = _clean_line(raw)
+        if not line:
+            continue
+        if section == "description":
+            description.append(line)
+            continue
+        header = _HEADER.match(line)
+        if header and (header["h"].lower().startswith(("desc", "long", "summ", "overall desc", "expl"))):
+            section = "description"
+            if header["rest"].strip():
+                description.append(header["rest"].strip())
+            continue
+        if header and not _parse_score(line):
+            section = "artifacts" if header["h"].lower().startswith(("artifact", "audio art", "detected")) else "scores"
+            line = header["rest"].strip()
+            if not line:
+                continue
+        if _consume(line, section, result):
+            continue
+        loose_prose.append(line)
+    if description:
+        result.description = " ".join(description).strip() or None
+    elif loose_prose:
+        prose = " ".join(p for p in loose_prose if len(p.split()) >= 4)
+        result.description = prose or None
+    return result
+
+
+def _consume(line: str, section: str | None, result: Assessment) -> bool:
+    """Read one cleaned line as a score or an artifact claim; True when it was one."""
+    if section != "artifacts":
+        score = _parse_score(line)
+        if score is not None:
+            dim, value = score
+            if result.scores[dim] is None:
+                result.scores[dim] = value
+            return True
+    artifact = _parse_artifact(line)
+    if artifact is not None and (section == "artifacts" or artifact[1] or section is None):
+        result.artifacts.extend(artifact[1])
+        return True
+    return False

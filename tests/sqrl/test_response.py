@@ -1,0 +1,154 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sqrl.dimensions import ARTIFACT_KINDS, DIMENSIONS
+from sqrl.response import parse, render
+from sqrl.schema import Artifact, Assessment, Record
+
+CANONICAL = """Scores:
+- Speed: 3/5
+- Naturalness: 4/5
+- Noise: 2/5
+- Distortion: 5/5
+- Listening effort: 3/5
+- Continuity: 4/5
+- Overall quality: 3/5
+Artifacts:
+- Noise [0.00-1.70 s]: a steady hiss like wind
+- Distortion: none
+- Unnatural pause [1.20-1.50 s]: the speech stops mid-word
+Description: The speech is clear but a hiss covers the first second."""
+
+
+def test_render_writes_the_canonical_format():
+    record = Record(
+        scores=dict(zip(DIMENSIONS, [3, 4, 2, 5, 3, 4, 3])),
+        artifacts=[
+            Artifact("noise", 0.0, 1.7, "a steady hiss like wind"),
+            Artifact("unnatural_pause", 1.2, 1.5, "the speech stops mid-word"),
+        ],
+        description="The speech is clear but a hiss covers the first second.",
+        audio="x.wav",
+    )
+    assert render(record) == CANONICAL
+    assert parse(CANONICAL) == record.assessment()
+
+
+def test_render_can_limit_dimensions_and_sections():
+    a = Assessment(scores={**dict.fromkeys(DIMENSIONS), "noise": 2, "overall": 4}, description="text")
+    assert render(a, dimensions=["noise"], artifacts=False, description=False) == "Scores:\n- Noise: 2/5"
+    assert render(a, dimensions=["noise"], artifacts=["noise"], description=False).endswith("- Noise: none")
+
+
+def test_parse_reads_scores_written_many_ways():
+    text = """<think>Noise: 1/5, let me think</think>
+    ## Quality scores
+    * **Noise**: 4 out of 5
+    * Distortion - 2/5
+    * naturalness score: 3
+    1. LISTENING EFFORT (5/5)
+    - Continuity:   2
+    - MOS: 1
+    - Speed of 5
+    """
+    a = parse(text)
+    assert a.scores == {
+        "speed": 5, "naturalness": 3, "noise": 4, "distortion": 2,
+        "listening_effort": 5, "continuity": 2, "overall": 1,
+    }
+
+
+def test_parse_gives_none_for_missing_out_of_range_and_fractional_scores():
+    a = parse("Noise: 7/5\nDistortion: 0\nOverall quality: 3.5\nContinuity: excellent")
+    assert all(v is None for v in a.scores.values())
+
+
+def test_parse_keeps_the_first_value_when_a_dimension_repeats():
+    assert parse("Noise: 2/5\nNoise: 5/5").scores["noise"] == 2
+
+
+def test_parse_reads_intervals_in_every_common_spelling():
+    text = """Artifacts:
+    - Noise: sound similar to wind in the audio from 0-1.7s and 2.1 s to 2.5 s
+    - Distortion [0.5-0.9s]: crackling
+    - Unnatural pause: a gap between 1.2 and 1.5 seconds
+    """
+    arts = parse(text).artifacts
+    assert [(a.kind, a.start, a.end) for a in arts] == [
+        ("noise", 0.0, 1.7), ("noise", 2.1, 2.5), ("distortion", 0.5, 0.9), ("unnatural_pause", 1.2, 1.5),
+    ]
+    assert arts[0].text == "sound similar to wind in the audio"
+    assert arts[2].text == "crackling"
+    assert arts[3].text == "a gap"
+
+
+def test_parse_treats_none_and_not_noticeable_as_no_artifact():
+    a = parse("Artifacts:\n- Noise: not noticeable\n- Distortion: Not distorted\n- Unnatural pause: none")
+    assert a.artifacts == []
+    assert all(v is None for v in a.scores.values())
+
+
+def test_an_interval_is_not_read_as_a_score():
+    a = parse("Noise: 1-2s faint hum\nDistortion at 3.0 s: a click")
+    assert a.scores["noise"] is None and a.scores["distortion"] is None
+    assert [(x.kind, x.start, x.end) for x in a.artifacts] == [("noise", 1.0, 2.0)]
+
+
+def test_reversed_or_negative_intervals_are_dropped():
+    assert parse("Artifacts:\n- Noise [2.0-1.0 s]: hiss").artifacts == []
+
+
+def test_description_comes_from_its_header_or_from_loose_prose():
+    assert parse("Noise: 3/5\nSummary: noisy but clear.\nSecond line.").description == "noisy but clear. Second line."
+    loose = parse("Noise: 3/5\nThe recording is noisy but the words are clear.")
+    assert loose.description == "The recording is noisy but the words are clear."
+    assert parse("Noise: 3/5").description is None
+
+
+def test_parse_never_raises_on_junk():
+    for junk in [None, 42, "", "\x00\x01", ":::", "Noise", "Noise:", "[[[", "- - -", "<think>", "9" * 5000]:
+        assert isinstance(parse(junk), Assessment)
+
+
+_SAFE_TEXT = st.text(
+    alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters=" .,;'()!?"),
+    min_size=0, max_size=40,
+).map(lambda s: " ".join(s.split()))
+_TIME = st.integers(min_value=0, max_value=99_999).map(lambda c: c / 100)
+
+
+@st.composite
+def records(draw):
+    scores = {d: draw(st.one_of(st.none(), st.integers(1, 5))) for d in DIMENSIONS}
+    artifacts = []
+    for _ in range(draw(st.integers(0, 4))):
+        start = draw(_TIME)
+        end = start + draw(_TIME)
+        artifacts.append(Artifact(draw(st.sampled_from(ARTIFACT_KINDS)), start, round(end, 2), draw(_SAFE_TEXT)))
+    # the canonical order groups artifacts by kind
+    artifacts.sort(key=lambda a: ARTIFACT_KINDS.index(a.kind))
+    description = draw(st.one_of(st.none(), _SAFE_TEXT.filter(lambda s: s.strip())))
+    return Record(scores=scores, artifacts=artifacts, description=description, audio="a.wav")
+
+
+@settings(max_examples=300, deadline=None)
+@given(records())
+def test_parse_recovers_any_rendered_record(record):
+    assert parse(render(record)) == record.assessment()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=2000))
+def test_parse_never_raises_on_arbitrary_text(text):
+    result = parse(text)
+    assert set(result.scores) == set(DIMENSIONS)
+    assert all(v is None or 1 <= v <= 5 for v in result.scores.values())
+
+
+def test_parse_is_fast_on_very_long_input():
+    import time
+
+    text = ("Noise: 3/5 and some words 1.2-1.5s " * 20_000) + "\n" + ("x" * 1_000_000)
+    t0 = time.perf_counter()
+    parse(text)
+    assert time.perf_counter() - t0 < 2.0
