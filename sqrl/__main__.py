@@ -1,0 +1,5 @@
+import sys
+
+from sqrl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""Rubric prompts (paper section 3.1) built from YAML data in ``configs/rubrics/``.
+
+Three kinds of prompt:
+- ``per_dimension(dim)``: one dimension with the criteria of each score (the paper's calibration);
+- ``all_dimensions()``: every dimension and the artifact list at once (cheaper; the tiny default);
+- ``long_form()``: the full structured answer with a long description (warm-up and GRPO).
+
+Each prompt pairs with the target that ``targets`` renders through ``sqrl.response.render``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sqrl.dimensions import ARTIFACT_DIMENSION, DIMENSIONS, DISPLAY_NAMES, SCORE_MAX, SCORE_MIN
+from sqrl.response import render
+from sqrl.schema import Record
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RUBRIC = REPO_ROOT / "configs" / "rubrics" / "qualispeech.yaml"
+PROMPTINGS = ("per_dimension", "all_dimensions", "long_form")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training or evaluation example: a prompt and the answer it should get."""
+
+    prompt: str
+    target: str
+    dimension: str | None = None  # set for per-dimension prompts
+
+
+class Rubric:
+    """Prompt builder over a rubric YAML; validates that every dimension has every score's criterion."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else DEFAULT_RUBRIC
+        with open(self.path, encoding="utf-8") as fh:
+            data: dict[str, Any] = yaml.safe_load(fh)
+        self.scale: str = data["scale"]
+        self.dimensions: dict[str, Any] = data["dimensions"]
+        self.artifacts: dict[str, str] = data["artifacts"]
+        self.templates: dict[str, str] = data["templates"]
+        for dim in DIMENSIONS:
+            if dim not in self.dimensions:
+                raise ValueError(f"{self.path}: rubric lacks dimension {dim!r}")
+            crit = {int(k) for k in self.dimensions[dim]["criteria"]}
+            if crit != set(range(SCORE_MIN, SCORE_MAX + 1)):
+                raise ValueError(f"{self.path}: {dim} needs criteria for scores {SCORE_MIN}-{SCORE_MAX}")
+
+    def _criteria(self, dim: str) -> str:
+        crit = self.dimensions[dim]["criteria"]
+        return "; ".join(f"{s}: {crit[s]}" for s in sorted(crit, key=int))
+
+    def per_dimension(self, dim: str) -> str:
+        kinds = [k for k, d in ARTIFACT_DIMENSION.items() if d == dim]
+        artifact = ""
+        if kinds:
+            artifact = self.templates["per_dimension_artifact"].format(artifact_name=self.artifacts[kinds[0]])
+        return self.templates["per_dimension"].format(
+            question=self.dimensions[dim]["question"],
+            scale=self.scale,
+            criteria=self._criteria(dim),
+            name=DISPLAY_NAMES[dim],
+            artifact=artifact,
+        )
+
+    def _all_criteria(self, dims: tuple[str, ...] = DIMENSIONS) -> str:
+        return "\n".join(f"{DISPLAY_NAMES[d]} ({self.dimensions[d]['question']}) {self._criteria(d)}" for d in dims)
+
+    def all_dimensions(self) -> str:
+        return self.templates["all_dimensions"].format(scale=self.scale, criteria=self._all_criteria())
+
+    def long_form(self) -> str:
+        return self.templates["long_form"].format(scale=self.scale, criteria=self._all_criteria())
+
+    def examples(self, record: Record, prompting: str) -> list[Example]:
+        """The (prompt, target) pairs for one record under a prompting mode.
+
+        ``per_dimension`` gives one example per scored dimension (artifacts of the kinds tied to that
+        dimension included); ``all_dimensions`` one example without the description; ``long_form``
+        one example with everything.
+        """
+        if prompting == "per_dimension":
+            out = []
+            for dim in DIMENSIONS:
+                if record.scores.get(dim) is None:
+                    continue
+                kinds = [k for k, d in ARTIFACT_DIMENSION.items() if d == dim]
+                target = render(record, dimensions=[dim], artifacts=kinds or False, description=False)
+                out.append(Example(self.per_dimension(dim), target, dim))
+            return out
+        if prompting == "all_dimensions":
+            return [Example(self.all_dimensions(), render(record, description=False))]
+        if prompting == "long_form":
+            return [Example(self.long_form(), render(record))]
+        raise ValueError(f"unknown prompting {prompting!r}; choose one of {', '.join(PROMPTINGS)}")
