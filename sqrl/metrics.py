@@ -1,0 +1,238 @@
+"""The paper's evaluation (Tables 1 and 3): score correlation per dimension, artifact detection, localisation
+and description, and long-form ROUGE-L. Also the interval and artifact-text helpers the rewards share.
+
+Decisions (they change numbers, so they are fixed here and documented once):
+
+* **Missing predictions count against the model.** A prediction that lacks a score (unparseable answer,
+  failed generation) is filled with the scale midpoint 3 for PCC, SRCC and MAE; ``parse_rate`` reports how
+  often that happened. A clip whose *reference* lacks the score is left out of that dimension.
+* **Undefined correlations are ``None``, never NaN.** Pearson/Spearman need two or more clips and variance on
+  both sides. ``pcc[dim]`` is ``None`` when undefined. ``pcc["mean"]`` averages the paper's six dimensions
+  (``EVAL_DIMENSIONS``); a dimension whose *predictions* are constant (while references vary) enters the mean
+  as 0.0 (no predictive correlation), one whose references cannot support a correlation (fewer than two clips,
+  or constant) is left out. Same for ``srcc``.
+* **Artifacts.** A clip is positive for a kind when it has at least one artifact of that kind. ``f1`` is
+  detection F1 over clips (``None`` when no clip is positive on either side). ``iou`` is the mean IoU of the
+  union of predicted vs reference intervals over clips where both detect the kind (a reference whose intervals
+  have zero total length has no usable time and is left out). ``similarity`` is the mean
+  ``(cos + 1) / 2`` of the all-MiniLM-L6-v2 embeddings of the predicted vs reference description (the kind's
+  texts joined in time order) over clips where both detect. ``None`` when no clip qualifies.
+* **ROUGE-L** is the mean F-measure (``rouge-score``, stemming on) over clips with a reference description; a
+  missing predicted description scores 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from sqrl.dimensions import ARTIFACT_KINDS, DIMENSIONS, EVAL_DIMENSIONS, valid_score
+from sqrl.schema import Assessment
+
+MIDPOINT = 3  # fill value for a missing predicted score
+Interval = tuple[float, float]
+
+
+# ------------------------------------------------------------------------------------ shared helpers
+def merge_intervals(intervals: Sequence[Interval]) -> list[Interval]:
+    """Sorted, non-overlapping union of ``(start, end)`` intervals (touching ones merge).
+
+    >>> merge_intervals([(2.0, 3.0), (0.0, 1.0), (0.5, 1.5)])
+    [(0.0, 1.5), (2.0, 3.0)]
+    """
+    out: list[list[float]] = []
+    for s, e in sorted((float(s), float(e)) for s, e in intervals if e >= s):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def total_length(intervals: Sequence[Interval]) -> float:
+    return float(sum(e - s for s, e in merge_intervals(intervals)))
+
+
+def intersection_length(a: Sequence[Interval], b: Sequence[Interval]) -> float:
+    """Length of the intersection of the unions of ``a`` and ``b``."""
+    a, b = merge_intervals(a), merge_intervals(b)
+    i = j = 0
+    total = 0.0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        total += max(0.0, hi - lo)
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def interval_iou(pred: Sequence[Interval], ref: Sequence[Interval]) -> float | None:
+    """IoU of the union of ``pred`` and the union of ``ref``; ``None`` when both unions have zero length.
+
+    >>> interval_iou([(0.0, 2.0)], [(1.0, 3.0)])  # overlap 1 s, union 3 s
+    0.3333333333333333
+    """
+    inter = intersection_length(pred, ref)
+    union = total_length(pred) + total_length(ref) - inter
+    return inter / union if union > 0 else None
+
+
+def kind_intervals(answer: Assessment, kind: str) -> list[Interval]:
+    return [(a.start, a.end) for a in answer.artifacts if a.kind == kind]
+
+
+def kind_text(answer: Assessment, kind: str) -> str | None:
+    """The brief description of ``kind`` in ``answer``: its artifacts' texts joined in time order with ``"; "``,
+    ``""`` when detected but not described, ``None`` when the kind is absent."""
+    found = sorted((a for a in answer.artifacts if a.kind == kind), key=lambda a: (a.start, a.end))
+    if not found:
+        return None
+    return "; ".join(a.text.strip() for a in found if a.text and a.text.strip())
+
+
+def predicted_score(answer: Assessment | None, dim: str) -> int | None:
+    value = answer.scores.get(dim) if answer is not None else None
+    return value if valid_score(value) else None
+
+
+# ----------------------------------------------------------------------------------- correlations
+def _correlation(kind: str, pred: np.ndarray, ref: np.ndarray) -> tuple[float | None, str]:
+    """``(value, status)`` with status ``ok``, ``constant_prediction`` or ``unusable_reference``."""
+    if len(ref) < 2 or np.ptp(ref) == 0:
+        return None, "unusable_reference"
+    if np.ptp(pred) == 0:
+        return None, "constant_prediction"
+    from scipy import stats
+
+    fn = stats.pearsonr if kind == "pearson" else stats.spearmanr
+    value = float(fn(pred, ref)[0])
+    return (value, "ok") if math.isfinite(value) else (None, "constant_prediction")
+
+
+def score_metrics(predictions: Sequence[Assessment | None], references: Sequence[Assessment]) -> dict[str, dict]:
+    """``{"pcc": {...}, "srcc": {...}, "mae": {...}}``, each per dimension plus ``mean`` over EVAL_DIMENSIONS."""
+    out: dict[str, dict] = {"pcc": {}, "srcc": {}, "mae": {}}
+    status: dict[str, dict[str, str]] = {"pcc": {}, "srcc": {}}
+    for dim in DIMENSIONS:
+        pairs = [(predicted_score(p, dim) or MIDPOINT, r.scores.get(dim))
+                 for p, r in zip(predictions, references) if valid_score(r.scores.get(dim))]
+        pred = np.array([p for p, _ in pairs], dtype=float)
+        ref = np.array([r for _, r in pairs], dtype=float)
+        out["mae"][dim] = float(np.mean(np.abs(pred - ref))) if pairs else None
+        for key, kind in (("pcc", "pearson"), ("srcc", "spearman")):
+            out[key][dim], status[key][dim] = _correlation(kind, pred, ref)
+    maes = [out["mae"][d] for d in EVAL_DIMENSIONS if out["mae"][d] is not None]
+    out["mae"]["mean"] = float(np.mean(maes)) if maes else None
+    for key in ("pcc", "srcc"):
+        usable = [d for d in EVAL_DIMENSIONS if status[key][d] != "unusable_reference"]
+        vals = [out[key][d] if out[key][d] is not None else 0.0 for d in usable]
+        out[key]["mean"] = float(np.mean(vals)) if vals else None
+    return out
+
+
+def parse_rate(predictions: Sequence[Assessment | None], references: Sequence[Assessment]) -> float | None:
+    """Fraction of clips whose prediction has a valid score for every dimension the reference scores."""
+    if not references:
+        return None
+    ok = 0
+    for p, r in zip(predictions, references):
+        dims = [d for d in DIMENSIONS if valid_score(r.scores.get(d))]
+        ok += all(predicted_score(p, d) is not None for d in dims) and (p is not None)
+    return ok / len(references)
+
+
+# --------------------------------------------------------------------------------------- artifacts
+def detection_f1(pred_pos: Sequence[bool], ref_pos: Sequence[bool]) -> float | None:
+    """F1 of clip-level detection; ``None`` when neither side has a positive.
+
+    >>> detection_f1([True, True, False, False], [True, False, True, False])  # tp=1 fp=1 fn=1
+    0.5
+    """
+    tp = sum(p and r for p, r in zip(pred_pos, ref_pos))
+    fp = sum(p and not r for p, r in zip(pred_pos, ref_pos))
+    fn = sum(r and not p for p, r in zip(pred_pos, ref_pos))
+    return 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else None
+
+
+def artifact_metrics(predictions: Sequence[Assessment | None], references: Sequence[Assessment],
+                     *, embed: bool = True) -> dict[str, dict[str, float | None]]:
+    """``{kind: {"f1", "iou", "similarity"}}``; ``embed=False`` skips the embedder (similarity ``None``)."""
+    preds = [p if p is not None else Assessment() for p in predictions]
+    out = {}
+    for kind in ARTIFACT_KINDS:
+        pred_pos = [bool(kind_intervals(p, kind)) for p in preds]
+        ref_pos = [bool(kind_intervals(r, kind)) for r in references]
+        both = [i for i, (p, r) in enumerate(zip(pred_pos, ref_pos)) if p and r]
+        ious = [interval_iou(kind_intervals(preds[i], kind), kind_intervals(references[i], kind)) for i in both
+                if total_length(kind_intervals(references[i], kind)) > 0]
+        ious = [x for x in ious if x is not None]
+        sim = None
+        if embed and both:
+            sim = float(np.mean(text_similarity([kind_text(preds[i], kind) or "" for i in both],
+                                                [kind_text(references[i], kind) or "" for i in both])))
+        out[kind] = {"f1": detection_f1(pred_pos, ref_pos),
+                     "iou": float(np.mean(ious)) if ious else None,
+                     "similarity": sim}
+    return out
+
+
+def text_similarity(pred: Sequence[str], ref: Sequence[str]) -> list[float]:
+    """Paper eq. 5 per pair, with the empty-text rule: both empty -> 1, exactly one empty -> 0."""
+    out: list[float | None] = [None] * len(pred)
+    todo = []
+    for i, (p, r) in enumerate(zip(pred, ref)):
+        if not p or not r:
+            out[i] = 1.0 if (not p and not r) else 0.0
+        else:
+            todo.append(i)
+    if todo:
+        from sqrl.embedder import similarity
+
+        for i, s in zip(todo, similarity([pred[i] for i in todo], [ref[i] for i in todo])):
+            out[i] = s
+    return [float(x) for x in out]  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------- long form
+def rouge_l(predictions: Sequence[Assessment | None], references: Sequence[Assessment]) -> float | None:
+    """Mean ROUGE-L F-measure over clips with a reference description; a missing prediction scores 0."""
+    pairs = [((p.description if p is not None else None) or "", r.description)
+             for p, r in zip(predictions, references) if r.description and r.description.strip()]
+    if not pairs:
+        return None
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return float(np.mean([scorer.score(r, p)["rougeL"].fmeasure if p.strip() else 0.0 for p, r in pairs]))
+
+
+# ------------------------------------------------------------------------------------------- entry
+def compute_metrics(predictions: Sequence[Assessment | None], references: Sequence[Assessment],
+                    *, embed: bool = True) -> dict[str, Any]:
+    """All metrics for ``predictions`` (parsed model answers; ``None`` for a failed generation) against
+    ``references`` (the manifest's records), JSON-ready and NaN-free. Keys: ``pcc`` and ``srcc`` (per dimension
+    and ``mean``), ``mae`` (per dimension), ``parse_rate``, ``artifacts`` (``{kind: {f1, iou, similarity}}``),
+    ``long_form`` (``{rouge_l}``), ``n``. See the module docstring for the rules on missing values.
+
+    >>> from sqrl.schema import Record
+    >>> refs = [Record(scores={"noise": s}) for s in (1, 2, 3)]
+    >>> preds = [Assessment(scores={"noise": s}) for s in (1, 3, 3)]
+    >>> m = compute_metrics(preds, refs, embed=False)
+    >>> round(m["pcc"]["noise"], 4), round(m["mae"]["noise"], 4), m["n"]
+    (0.866, 0.3333, 3)
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    bad = [i for i, p in enumerate(predictions) if p is not None and not isinstance(p, Assessment)]
+    if bad:
+        raise TypeError(f"predictions must be Assessment or None; entry {bad[0]} is "
+                        f"{type(predictions[bad[0]]).__name__} (parse answers with sqrl.response.parse)")
+    out: dict[str, Any] = score_metrics(predictions, references)
+    out["parse_rate"] = parse_rate(predictions, references)
+    out["artifacts"] = artifact_metrics(predictions, references, embed=embed)
+    out["long_form"] = {"rouge_l": rouge_l(predictions, references)}
+    out["n"] = len(references)
+    return out

@@ -1,0 +1,102 @@
+"""Evaluation plots as PNG files (matplotlib's Agg canvas; no display, no global pyplot state).
+
+``sqrl eval`` calls ``scatter_per_dimension`` (a panel per dimension of predicted vs reference scores; integer
+scores are jittered so that stacked points show; a missing prediction is drawn at the midpoint 3 as a red
+cross, as the metrics count it) and ``pcc_bars`` (PCC per dimension, one bar per model or variant).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from sqrl.dimensions import DIMENSIONS, DISPLAY_NAMES, SCORE_MAX, SCORE_MIN, valid_score
+from sqrl.metrics import MIDPOINT, predicted_score, score_metrics
+from sqrl.schema import Assessment
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _draw_scatter(ax: Any, rows: list[tuple[int | None, int]], title: str, rng: np.random.Generator,
+                  jitter: float) -> None:
+    for missing, style in ((False, dict(marker="o", color="tab:blue", alpha=0.5, s=12, label="parsed")),
+                           (True, dict(marker="x", color="tab:red", alpha=0.8, s=18, label="missing -> 3"))):
+        pts = [(MIDPOINT if p is None else p, r) for p, r in rows if (p is None) == missing]
+        if pts:
+            pred, true = np.array(pts, dtype=float).T
+            ax.scatter(true + rng.uniform(-jitter, jitter, len(true)),
+                       pred + rng.uniform(-jitter, jitter, len(pred)), **style)
+    lim = (SCORE_MIN - 0.5, SCORE_MAX + 0.5)
+    ax.plot(lim, lim, color="grey", lw=0.8, ls="--")
+    ticks = range(SCORE_MIN, SCORE_MAX + 1)
+    ax.set(xlim=lim, ylim=lim, xticks=ticks, yticks=ticks, xlabel="reference", ylabel="predicted")
+    ax.set_title(title, fontsize=9)
+    if any(p is None for p, _ in rows):
+        ax.legend(loc="upper left", fontsize=7)
+
+
+def scatter_per_dimension(predictions: Sequence[Assessment | None], references: Sequence[Assessment],
+                          path: str | Path, *, dimensions: Sequence[str] | None = None, jitter: float = 0.15,
+                          seed: int = 0) -> Path:
+    """One PNG with a predicted-vs-reference panel per dimension (default: every dimension some reference
+    scores), each titled with its n and PCC as ``compute_metrics`` computes them."""
+    dims = list(dimensions) if dimensions is not None else \
+        [d for d in DIMENSIONS if any(valid_score(r.scores.get(d)) for r in references)]
+    pcc = score_metrics(predictions, references)["pcc"]
+    cols = min(4, max(1, len(dims)))
+    rows_n = max(1, -(-len(dims) // cols))
+    fig = _figure(3.2 * cols, 3.1 * rows_n)
+    rng = np.random.default_rng(seed)
+    for i, dim in enumerate(dims):
+        rows = [(predicted_score(p, dim), r.scores[dim]) for p, r in zip(predictions, references)
+                if valid_score(r.scores.get(dim))]
+        value = "n/a" if pcc.get(dim) is None else f"{pcc[dim]:.2f}"
+        _draw_scatter(fig.add_subplot(rows_n, cols, i + 1), rows,
+                      f"{DISPLAY_NAMES.get(dim, dim)} (n={len(rows)}, PCC={value})", rng, jitter)
+    if not dims:
+        fig.add_subplot(1, 1, 1).text(0.5, 0.5, "no reference scores", ha="center", va="center")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pcc_bars(pcc_by_model: Mapping[str, Mapping[str, float | None]], path: str | Path) -> Path:
+    """Grouped bars: for each dimension and the mean, one bar per model (``{label: metrics["pcc"]}``), so
+    variants (unified vs dimension-wise, before vs after GRPO) compare at a glance; ``None`` drawn as 'n/a'."""
+    names = [d for d in DIMENSIONS if any(d in pcc for pcc in pcc_by_model.values())] + ["mean"]
+    labels = list(pcc_by_model)
+    width = 0.8 / max(1, len(labels))
+    fig = _figure(max(6.0, 1.0 + 0.9 * len(names) * max(1, len(labels)) ** 0.5), 3.8)
+    ax = fig.add_subplot(1, 1, 1)
+    lowest = 0.0
+    for j, label in enumerate(labels):
+        values = [pcc_by_model[label].get(n) for n in names]
+        xs = np.arange(len(names)) + (j - (len(labels) - 1) / 2) * width
+        heights = [v if v is not None else 0.0 for v in values]
+        lowest = min([lowest, *heights])
+        bars = ax.bar(xs, heights, width=width * 0.95, label=label)
+        for bar, v in zip(bars, values):
+            ax.annotate("n/a" if v is None else f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, max(v or 0, 0)),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([DISPLAY_NAMES.get(n, "Mean (6 dims)") for n in names], rotation=30, ha="right", fontsize=8)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set(ylim=(lowest - 0.1, 1.08), ylabel="PCC", title="Pearson correlation per dimension (speed not in the mean)")
+    if len(labels) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
