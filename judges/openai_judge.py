@@ -1,0 +1,225 @@
+"""Any OpenAI-compatible server as the judge (``backend: openai``), e.g. ``vllm serve Qwen/Qwen3-8B``.
+
+Requests go to ``{base_url}/chat/completions`` (or ``/completions`` with ``endpoint: completions``
+for a base model) through ``requests``, ``concurrency`` at a time. Each request has a read timeout;
+timeouts, connection errors, HTTP 429 and 5xx are retried with exponential backoff
+(``judges.base.RetryPolicy``); other HTTP errors fail at once. Every failure is a ``Verdict`` with
+``score=None`` and an error such as ``"timeout: ..."`` or ``"http 500: ..."``, counted in ``stats``.
+
+``mode: logit`` asks for ``top_logprobs`` and reads them at the token where the written score
+starts (and the next token, for "10"): the expected value over the score tokens. Where the server
+gives no logprobs, the written number is used and ``logprobs_missing`` is counted.
+
+The API key comes from the environment variable named by ``api_key_env``, never from a file.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from judges.base import (
+    Judge,
+    JudgeRequest,
+    RetryableError,
+    RetryPolicy,
+    Verdict,
+    expected_verdict,
+    parse_verdict,
+    score_probs,
+    with_retries,
+)
+
+log = logging.getLogger("sqrl.judges")
+
+ENDPOINTS = ("chat", "completions")
+
+
+class HTTPFailure(Exception):
+    """A non-retryable failure (HTTP 4xx other than 429, or a malformed response)."""
+
+
+class OpenAIJudge(Judge):
+    """A judge behind an OpenAI-compatible HTTP API.
+
+    >>> judge = OpenAIJudge("http://127.0.0.1:8000/v1", "Qwen/Qwen3-8B", mode="logit")  # doctest: +SKIP
+    """
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str | None = None,
+        mode: str = "generate",
+        endpoint: str = "chat",
+        max_tokens: int = 16,
+        top_logprobs: int = 20,
+        temperature: float = 0.0,
+        extra_body: dict[str, Any] | None = None,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 10.0,
+        max_attempts: int = 4,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 16.0,
+        jitter: float = 0.1,
+        concurrency: int = 8,
+        score_prefix: str = "Score:",
+        max_answer_chars: int = 6000,
+        min_score_mass: float = 0.05,
+    ) -> None:
+        super().__init__(mode=mode, max_answer_chars=max_answer_chars, min_score_mass=min_score_mass)
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
+        if concurrency < 1 or timeout_s <= 0 or max_tokens < 1 or top_logprobs < 1:
+            raise ValueError("concurrency, max_tokens, top_logprobs must be >= 1 and timeout_s > 0")
+        self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
+        self.endpoint, self.max_tokens, self.top_logprobs = endpoint, max_tokens, top_logprobs
+        self.temperature, self.extra_body = temperature, dict(extra_body or {})
+        self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
+        self.retry = RetryPolicy(max_attempts, backoff_s, backoff_max_s, jitter)
+        self.concurrency, self.score_prefix = concurrency, score_prefix
+        self._local = threading.local()
+
+    def _drop_runtime(self, state: dict) -> dict:
+        state.pop("_local", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            elif not getattr(self._local, "warned", False):
+                self._local.warned = True
+                log.warning("judge API key variable %s is not set; sending no Authorization header", self.api_key_env)
+        return headers
+
+    def body(self, request: JudgeRequest) -> dict[str, Any]:
+        """The JSON body for one request (without retries or transport)."""
+        messages = self.messages(request)
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "temperature": self.temperature}
+        if self.endpoint == "chat":
+            body["messages"] = messages
+            if self.mode == "logit":
+                body.update(logprobs=True, top_logprobs=self.top_logprobs)
+        else:  # a base model: plain text, the score prefix opens the answer
+            body["prompt"] = f"{messages[0]['content']}\n\n{messages[1]['content']}\n\n{self.score_prefix}"
+            if self.mode == "logit":
+                body["logprobs"] = self.top_logprobs
+        body.update(self.extra_body)
+        return body
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        import requests
+
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        url = f"{self.base_url}/{'chat/completions' if self.endpoint == 'chat' else 'completions'}"
+        try:
+            resp = session.post(url, json=body, headers=self.headers(), timeout=(self.connect_timeout_s, self.timeout_s))
+        except requests.Timeout as exc:
+            raise RetryableError(f"timeout: no answer from {url} within {self.timeout_s:g} s ({type(exc).__name__})") from None
+        except requests.ConnectionError as exc:
+            raise RetryableError(f"connection: {url}: {str(exc)[:160]}") from None
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise RetryableError(f"http {resp.status_code}: {resp.text[:160]}")
+        if resp.status_code != 200:
+            raise HTTPFailure(f"http {resp.status_code}: {resp.text[:160]}")
+        try:
+            return resp.json()
+        except ValueError:
+            raise HTTPFailure(f"bad response: not JSON: {resp.text[:160]!r}") from None
+
+    # ------------------------------------------------------------------ judging
+
+    def _judge(self, requests: list[JudgeRequest]) -> list[Verdict]:
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+            return list(pool.map(self._one, requests))
+
+    def _one(self, request: JudgeRequest) -> Verdict:
+        try:
+            data = with_retries(lambda: self._post(self.body(request)), self.retry, self.stats)
+        except (RetryableError, HTTPFailure) as exc:
+            return Verdict(None, str(exc))
+        try:
+            text, tokens = self._read(data)
+        except (KeyError, IndexError, TypeError) as exc:
+            return Verdict(None, f"bad response: {type(exc).__name__} {exc} in {str(data)[:160]}")
+        if self.endpoint == "completions":
+            text = self.score_prefix + text
+        parsed = parse_verdict(text, request.scale)
+        if self.mode == "generate":
+            return Verdict(parsed.score, parsed.error, text=text)
+        return self._logit_verdict(text, tokens, parsed, request.scale)
+
+    def _read(self, data: dict[str, Any]) -> tuple[str, list[tuple[str, list[tuple[str, float]]]] | None]:
+        """(text, tokens) from a response; tokens = [(token, [(alternative, logprob), ...]), ...] or None."""
+        choice = data["choices"][0]
+        if self.endpoint == "chat":
+            text = choice["message"].get("content") or ""
+            content = (choice.get("logprobs") or {}).get("content")
+            if not content:
+                return text, None
+            return text, [(t["token"], [(a["token"], a["logprob"]) for a in t.get("top_logprobs") or []]) for t in content]
+        text = choice.get("text") or ""
+        lp = choice.get("logprobs") or {}
+        if not lp.get("tokens"):
+            return text, None
+        tops = lp.get("top_logprobs") or [{}] * len(lp["tokens"])
+        return text, [(tok, list((top or {}).items())) for tok, top in zip(lp["tokens"], tops)]
+
+    def _logit_verdict(self, text: str, tokens: list | None, parsed: Any, scale: tuple[int, int]) -> Verdict:
+        start = self._score_token_index(text, tokens, parsed)
+        if start is None:
+            self.stats.add("logprobs_missing")
+            return Verdict(parsed.score, parsed.error, text=text)
+
+        def next_dists(items: list[tuple[int, tuple]]) -> list[list]:
+            out = []
+            for _, path in items:
+                pos = start + len(path)
+                # only the generated path has alternatives; other branches are unknown (treated as ending)
+                on_path = all(tokens[start + j][0] == key for j, key in enumerate(path))
+                if not on_path or pos >= len(tokens):
+                    out.append([])
+                    continue
+                out.append([(alt, alt, math.exp(lp)) for alt, lp in tokens[pos][1] if lp is not None])
+            return out
+
+        probs = score_probs(next_dists, 1, scale)[0]
+        verdict = expected_verdict(probs, self.min_score_mass)
+        verdict.text = text
+        return verdict
+
+    def _score_token_index(self, text: str, tokens: list | None, parsed: Any) -> int | None:
+        """Index of the generated token where the written score begins, or None if it cannot be found
+        (no logprobs, no parsed score, tokens that do not spell the text, a number that starts mid-token)."""
+        if not tokens or parsed.score is None or parsed.start < 0:
+            return None
+        offset = len(self.score_prefix) if self.endpoint == "completions" else 0
+        if "".join(t for t, _ in tokens) != text[offset:]:
+            return None
+        pos = 0
+        for index, (tok, _) in enumerate(tokens):
+            if pos + len(tok) > parsed.start - offset:
+                lead = tok[: parsed.start - offset - pos]
+                return index if not lead.strip() and re.fullmatch(r"\s*\d+", tok) else None
+            pos += len(tok)
+        return None

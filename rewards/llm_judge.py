@@ -1,0 +1,207 @@
+"""The LLM-judge rewards: ``llm_judge_dimwise`` (Calibration-Reasoning, section 3.2.1 / Figure 2) and
+``llm_judge_unified`` (SQ-LLM's Helpfulness, Relevance, Accuracy, Level of Detail).
+
+Both send every judgement of a batch to the judge in one ``Judge.score`` call; identical requests
+(the same answer fragment against the same reference, e.g. repeated completions in a GRPO group)
+are judged once. A judge failure (timeout, HTTP error, unparseable verdict) makes that component
+``None`` and the sample's value ``None``: it is counted (``self.stats`` and the judge's own
+counters, logged) and never turned into a 0, which would teach the policy that the judge's outage
+was its fault.
+
+Scales:
+
+* ``llm_judge_dimwise``: per dimension the judge gives 0-10, normalised to [0, 1]; the value is the
+  sum over the dimensions the reference scores (the paper's "sum of dimension-wise rewards"), so
+  it lies in [0, number of dimensions] (7 by default, 6 with ``EVAL_DIMENSIONS``).
+* ``llm_judge_unified``: per criterion 0-10 normalised to [0, 1]; the value is the weighted *mean*
+  ``sum_k w_k r_k / sum_k w_k`` in [0, 1] (weights 1, 1, 2, 0.5), so it reads like one normalised
+  dimension of the dimension-wise reward; ``normalize=False`` gives SQ-LLM's weighted sum in
+  [0, 4.5]. Scale either with the reward's ``weight`` in the config.
+
+The judge is given as a config name (``"smollm2"``, ``"qwen3_openai"``), a YAML path, a dict of
+``build_judge`` parameters, or a ``Judge`` instance; it is built lazily on the first call, so the
+reward pickles small and loads its model in the worker.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Iterable, Sequence
+
+from judges.base import Judge, JudgeRequest, PromptSpec, Verdict, judge_from_config, load_judge_config, load_prompts
+from rewards.base import LazyReward, RewardOutput, parsed_column, register
+from rewards.builtin import select_dimensions
+from sqrl.dimensions import ARTIFACT_DIMENSION, ARTIFACT_KINDS, DISPLAY_NAMES
+from sqrl.response import render
+
+log = logging.getLogger("sqrl.rewards")
+
+
+def kinds_for(dimension: str) -> list[str]:
+    """The artifact kinds that explain ``dimension`` (``continuity`` -> ``unnatural_pause``)."""
+    return [k for k in ARTIFACT_KINDS if ARTIFACT_DIMENSION[k] == dimension]
+
+
+def reference_fragment(reference: Any, dimension: str) -> str | None:
+    """The reference annotation of one dimension in the canonical answer format: its score and, for
+    noise, distortion and continuity, the reference artifacts (or "none"). ``None`` when the
+    reference has no score for the dimension: there is nothing to judge against."""
+    if reference.scores.get(dimension) is None:
+        return None
+    return render(reference, dimensions=[dimension], artifacts=kinds_for(dimension) or False, description=False)
+
+
+def answer_fragment(parsed: Any, completion: Any, dimension: str, description: bool = False) -> str:
+    """The part of the answer about ``dimension``, rendered canonically from the parsed answer; the raw
+    completion when the parser found neither a score nor an artifact for it (prose the parser missed
+    is still judged, and the judge sees everything the model said)."""
+    kinds = kinds_for(dimension)
+    if parsed.scores.get(dimension) is None and not any(parsed.artifacts_of(k) for k in kinds):
+        return completion if isinstance(completion, str) else ""
+    return render(parsed, dimensions=[dimension], artifacts=kinds or False, description=description)
+
+
+class _JudgeReward(LazyReward):
+    """Holds the judge config and the prompt set; ``self.model`` is the judge, built on first use."""
+
+    def __init__(self, judge: str | dict | Judge, prompts: str | PromptSpec) -> None:
+        self._judge_obj = judge if isinstance(judge, Judge) else None
+        self.judge_config = None if self._judge_obj is not None else load_judge_config(judge)
+        if self.judge_config is not None:
+            judge_from_config(self.judge_config)  # constructors load nothing: a bad parameter fails here, not in a worker
+        self.prompts = prompts if isinstance(prompts, PromptSpec) else load_prompts(prompts)
+        self.stats: Counter[str] = Counter()
+
+    def load(self) -> Judge:
+        return self._judge_obj if self._judge_obj is not None else judge_from_config(self.judge_config)
+
+    def _judge_all(self, requests: list[JudgeRequest]) -> list[Verdict]:
+        self.stats["judgements"] += len(requests)
+        verdicts = self.model.score(requests) if requests else []
+        failed = sum(v.score is None for v in verdicts)
+        if failed:
+            self.stats["judge_failures"] += failed
+            log.warning("%s: %d of %d judgements failed (components set to None); judge counters: %s",
+                        type(self).__name__, failed, len(requests), self.model.stats.as_dict())
+        return verdicts
+
+    def _unscorable(self, n_failed: int) -> None:
+        self.stats["samples_failed"] += n_failed
+
+
+@register("llm_judge_dimwise")
+class LLMJudgeDimwise(_JudgeReward):
+    """Dimension-wise LLM-judge reward: the judge grades each dimension of the answer against that
+    dimension's reference annotation (score, and artifacts with intervals for noise, distortion,
+    continuity), 0-10 each. Components: per dimension, normalised to [0, 1]; ``None`` where the
+    reference has no score for it (left out of the sum) or the judge failed. Value: the sum of the
+    components, ``None`` if any judgement of the sample failed.
+
+    ``dimensions``: which to judge (default all seven); ``description``: also show the answer's
+    long description beside each dimension's fragment.
+
+    >>> from judges.base import Judge, Verdict
+    >>> class Fixed(Judge):            # a stand-in for the model, at the device boundary
+    ...     def _judge(self, requests): return [Verdict(8.0) for _ in requests]
+    >>> from sqrl.schema import Record
+    >>> reward = LLMJudgeDimwise(judge=Fixed(), dimensions=["noise", "overall"])
+    >>> out = reward(["Noise: 2/5"], [Record(scores={"noise": 2, "overall": 3})])
+    >>> out.values, out.components
+    ([1.6], {'noise': [0.8], 'overall': [0.8]})
+    """
+
+    def __init__(self, judge: str | dict | Judge = "smollm2", prompts: str | PromptSpec = "dimwise",
+                 dimensions: Iterable[str] | None = None, description: bool = False) -> None:
+        super().__init__(judge, prompts)
+        self.dimensions = select_dimensions(dimensions, "llm_judge_dimwise")
+        self.description = bool(description)
+        meanings = self.prompts.extra.get("meanings") or {}
+        missing = [d for d in self.dimensions if d not in meanings]
+        if missing:
+            raise ValueError(f"llm_judge_dimwise: prompt set {self.prompts.source} has no 'meanings' for {missing}")
+        self.meanings = {d: str(meanings[d]).strip() for d in self.dimensions}
+
+    def __call__(self, completions: Sequence[str], references: Sequence[Any], **columns: Any) -> RewardOutput:
+        parsed = parsed_column(completions, columns)
+        n = len(parsed)
+        comps: dict[str, list] = {d: [None] * n for d in self.dimensions}
+        slots, requests = [], []
+        for i, (p, c, r) in enumerate(zip(parsed, completions, references)):
+            for d in self.dimensions:
+                ref = reference_fragment(r, d)
+                if ref is None:
+                    continue
+                answer = answer_fragment(p, c, d, self.description)
+                requests.append(self.prompts.request(answer, dimension=DISPLAY_NAMES[d], meaning=self.meanings[d], reference=ref))
+                slots.append((d, i))
+        failed = [False] * n
+        for (d, i), verdict in zip(slots, self._judge_all(requests)):
+            comps[d][i] = verdict.normalized(self.prompts.scale)
+            failed[i] = failed[i] or verdict.score is None
+        judged = [False] * n
+        for _, i in slots:
+            judged[i] = True
+        values = [None if failed[i] or not judged[i] else sum(comps[d][i] for d in self.dimensions if comps[d][i] is not None)
+                  for i in range(n)]
+        self._unscorable(sum(failed))
+        return RewardOutput(values, comps)
+
+
+@register("llm_judge_unified")
+class LLMJudgeUnified(_JudgeReward):
+    """Unified LLM-judge reward (SQ-LLM): the judge grades the whole answer against the whole reference
+    on each criterion (helpfulness, relevance, accuracy, level of detail; rubric in
+    ``configs/judges/unified.yaml``), 0-10 each. Components: per criterion, normalised to [0, 1].
+    Value: ``sum_k w_k r_k / sum_k w_k`` in [0, 1] (``normalize=False``: ``sum_k w_k r_k``), ``None`` if
+    any criterion failed. ``weights`` overrides the YAML's (1, 1, 2, 0.5); ``criteria`` picks a subset;
+    ``dimensions`` limits the reference's score lines.
+
+    >>> from judges.base import Judge, Verdict
+    >>> class Fixed(Judge):
+    ...     def _judge(self, requests): return [Verdict(5.0) for _ in requests]
+    >>> from sqrl.schema import Record
+    >>> LLMJudgeUnified(judge=Fixed())(["Noise: 2/5"], [Record(scores={"noise": 2})]).values
+    [0.5]
+    """
+
+    def __init__(self, judge: str | dict | Judge = "smollm2", prompts: str | PromptSpec = "unified",
+                 criteria: Iterable[str] | None = None, weights: dict[str, float] | None = None,
+                 normalize: bool = True, dimensions: Iterable[str] | None = None) -> None:
+        super().__init__(judge, prompts)
+        table = self.prompts.extra.get("criteria")
+        if not isinstance(table, dict) or not table:
+            raise ValueError(f"llm_judge_unified: prompt set {self.prompts.source} has no 'criteria'")
+        self.criteria = tuple(criteria) if criteria is not None else tuple(table)
+        unknown = [c for c in list(self.criteria) + list(weights or {}) if c not in table]
+        if unknown or not self.criteria:
+            raise ValueError(f"llm_judge_unified: unknown or no criteria {unknown or self.criteria}; known: {', '.join(table)}")
+        self.table = {c: table[c] for c in self.criteria}
+        self.weights = {c: float((weights or {}).get(c, table[c].get("weight", 1.0))) for c in self.criteria}
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ValueError(f"llm_judge_unified: weights must be >= 0 with a positive sum, got {self.weights}")
+        self.normalize = bool(normalize)
+        self.dimensions = select_dimensions(dimensions, "llm_judge_unified")
+
+    def __call__(self, completions: Sequence[str], references: Sequence[Any], **columns: Any) -> RewardOutput:
+        n = len(completions)
+        comps: dict[str, list] = {c: [None] * n for c in self.criteria}
+        slots, requests = [], []
+        for i, (c, r) in enumerate(zip(completions, references)):
+            if all(r.scores.get(d) is None for d in self.dimensions) and not r.description and not r.artifacts:
+                continue  # an unannotated clip: nothing to judge against (the same for its whole group)
+            reference = render(r, dimensions=self.dimensions)
+            for k in self.criteria:
+                requests.append(self.prompts.request(
+                    c if isinstance(c, str) else "", criterion=self.table[k].get("name", k),
+                    rubric=str(self.table[k]["rubric"]).strip(), reference=reference))
+                slots.append((k, i))
+        failed = [False] * n
+        for (k, i), verdict in zip(slots, self._judge_all(requests)):
+            comps[k][i] = verdict.normalized(self.prompts.scale)
+            failed[i] = failed[i] or verdict.score is None
+        scale = sum(self.weights.values()) if self.normalize else 1.0
+        judged = {i for _, i in slots}
+        values = [None if failed[i] or i not in judged else sum(self.weights[k] * comps[k][i] for k in self.criteria) / scale
+                  for i in range(n)]
+        self._unscorable(sum(failed))
+        return RewardOutput(values, comps)

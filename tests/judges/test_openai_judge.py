@@ -1,0 +1,217 @@
+"""The openai backend against a local OpenAI-protocol server that answers like vLLM.
+
+The server runs in a thread on 127.0.0.1 and follows a script: each POST takes the next step
+("ok", "slow", a status code), records the body, headers and arrival time, and tracks how many
+requests are in flight at once.
+"""
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from judges.base import JudgeRequest
+from judges.openai_judge import OpenAIJudge
+
+
+def chat_response(tokens, tops=None):
+    """A vLLM-style chat completion whose content is the tokens joined; ``tops`` maps a token index
+    to its top_logprobs as {token: probability}."""
+    content = []
+    for i, tok in enumerate(tokens):
+        alts = (tops or {}).get(i, {tok: 1.0})
+        content.append({"token": tok, "logprob": math.log(alts.get(tok, 1.0)),
+                        "top_logprobs": [{"token": a, "logprob": math.log(p)} for a, p in alts.items()]})
+    return {"id": "x", "object": "chat.completion", "model": "judge",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "".join(tokens)},
+                         "logprobs": {"content": content}}]}
+
+
+class Server:
+    def __init__(self):
+        self.script, self.default = [], ("ok", chat_response(["Score", ":", " ", "7"]))
+        self.bodies, self.headers, self.arrivals = [], [], []
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.bodies.append(body)
+                    server.headers.append(dict(self.headers))
+                    server.arrivals.append(time.monotonic())
+                    step = server.script.pop(0) if server.script else server.default
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    kind, arg = step
+                    if kind == "slow":
+                        time.sleep(arg)
+                        kind, arg = server.default
+                    if kind == "status":
+                        self._send(arg, {"error": {"message": f"boom {arg}"}})
+                    else:
+                        self._send(200, arg)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _send(self, status, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and left
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    yield srv
+    srv.close()
+
+
+def judge_for(server, **kw):
+    params = dict(model="judge", timeout_s=5, max_attempts=3, backoff_s=0.01, jitter=0.0, concurrency=4)
+    params.update(kw)
+    return OpenAIJudge(server.url, **params)
+
+
+def req(answer="Noise: 2/5", scale=(0, 10)):
+    return JudgeRequest(system="grade", user="Ref: 2\n{answer_block}", answer=answer, scale=scale)
+
+
+def test_generate_mode_parses_the_written_score_and_sends_a_chat_request(server):
+    judge = judge_for(server, mode="generate", extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    verdict = judge.score([req()])[0]
+    assert verdict.score == 7.0 and verdict.error is None
+    body = server.bodies[0]
+    assert body["model"] == "judge" and body["temperature"] == 0.0 and "logprobs" not in body
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    assert "<<<ANSWER" in body["messages"][1]["content"]
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+def test_logit_mode_takes_the_expected_value_over_top_logprobs(server):
+    server.default = ("ok", chat_response(["Score", ":", " ", "7"], {3: {"7": 0.6, "8": 0.3, "x": 0.1}}))
+    verdict = judge_for(server, mode="logit").score([req()])[0]
+    assert verdict.score == pytest.approx((7 * 0.6 + 8 * 0.3) / 0.9)
+    assert verdict.mass == pytest.approx(0.9)
+    assert server.bodies[0]["logprobs"] is True and server.bodies[0]["top_logprobs"] == 20
+
+
+def test_logit_mode_follows_a_ten_written_as_one_then_zero(server):
+    tops = {2: {"1": 0.8, "9": 0.2}, 3: {"0": 0.75, ".": 0.25}}
+    server.default = ("ok", chat_response(["Score:", " ", "1", "0"], tops))
+    verdict = judge_for(server, mode="logit").score([req()])[0]
+    assert verdict.score == pytest.approx(10 * 0.6 + 1 * 0.2 + 9 * 0.2)
+
+
+def test_logit_mode_without_logprobs_falls_back_to_the_written_score_and_counts_it(server):
+    response = chat_response(["Score: 6"])
+    response["choices"][0]["logprobs"] = None
+    server.default = ("ok", response)
+    judge = judge_for(server, mode="logit")
+    assert judge.score([req()])[0].score == 6.0
+    assert judge.stats.as_dict()["logprobs_missing"] == 1
+
+
+def test_a_slow_server_times_out_is_retried_and_then_counted_as_a_failure(server):
+    server.script = [("slow", 1.0), ("slow", 1.0)]
+    judge = judge_for(server, timeout_s=0.2, max_attempts=2)
+    start = time.monotonic()
+    verdict = judge.score([req()])[0]
+    assert time.monotonic() - start < 1.5  # gave up on the timeout, did not wait for the server
+    assert verdict.score is None and verdict.error.startswith("timeout")
+    stats = judge.stats.as_dict()
+    assert stats["failed/timeout"] == 1 and stats["retries"] == 1 and len(server.bodies) == 2
+
+
+def test_server_errors_are_retried_with_exponential_backoff(server):
+    server.script = [("status", 500), ("status", 503)]
+    judge = judge_for(server, backoff_s=0.1, max_attempts=3)
+    verdict = judge.score([req()])[0]
+    assert verdict.score == 7.0
+    gaps = [b - a for a, b in zip(server.arrivals, server.arrivals[1:])]
+    assert len(gaps) == 2 and gaps[0] >= 0.1 and gaps[1] >= 0.2
+    assert judge.stats.as_dict()["retries"] == 2 and "failed" not in judge.stats.as_dict()
+
+
+def test_a_server_that_keeps_failing_gives_none_and_the_failure_counter_counts_it(server):
+    server.default = ("status", 500)
+    judge = judge_for(server, max_attempts=3)
+    verdicts = judge.score([req("a"), req("b")])
+    assert [v.score for v in verdicts] == [None, None]
+    assert all(v.error.startswith("http 500") for v in verdicts)
+    stats = judge.stats.as_dict()
+    assert stats["failed"] == 2 and stats["failed/http 500"] == 2 and stats["retries"] == 4
+    assert len(server.bodies) == 6
+
+
+def test_a_client_error_is_not_retried(server):
+    server.script = [("status", 400)]
+    judge = judge_for(server)
+    verdict = judge.score([req()])[0]
+    assert verdict.error.startswith("http 400") and len(server.bodies) == 1
+
+
+def test_no_more_than_concurrency_requests_are_in_flight(server):
+    server.script = [("slow", 0.15)] * 6
+    judge = judge_for(server, concurrency=2)
+    verdicts = judge.score([req(str(i)) for i in range(6)])
+    assert all(v.score == 7.0 for v in verdicts)
+    assert server.max_in_flight == 2
+
+
+def test_the_api_key_comes_from_the_named_environment_variable(server, monkeypatch):
+    monkeypatch.setenv("SQRL_TEST_JUDGE_KEY", "sk-test-123")
+    judge_for(server, api_key_env="SQRL_TEST_JUDGE_KEY").score([req()])
+    assert server.headers[0]["Authorization"] == "Bearer sk-test-123"
+    monkeypatch.delenv("SQRL_TEST_JUDGE_KEY")
+    judge_for(server, api_key_env="SQRL_TEST_JUDGE_KEY").score([req("other")])
+    assert "Authorization" not in server.headers[1]
+
+
+def test_an_unparseable_or_malformed_answer_is_a_counted_failure(server):
+    server.script = [("ok", chat_response(["I cannot grade this."])), ("ok", {"choices": []})]
+    judge = judge_for(server, concurrency=1)
+    v1, v2 = judge.score([req("a"), req("b")])
+    assert v1.score is None and v1.error.startswith("unparseable")
+    assert v2.score is None and v2.error.startswith("bad response")
+    assert judge.stats.as_dict()["failed"] == 2
+
+
+def test_the_completions_endpoint_sends_a_plain_prompt_that_ends_in_the_score_prefix(server):
+    server.default = ("ok", {"choices": [{"text": " 4", "logprobs": {"tokens": [" 4"], "top_logprobs": [{" 4": math.log(0.5), " 5": math.log(0.5)}]}}]})
+    judge = judge_for(server, endpoint="completions", mode="logit")
+    verdict = judge.score([req()])[0]
+    assert verdict.score == pytest.approx(4.5)
+    body = server.bodies[0]
+    assert body["prompt"].endswith("Score:") and body["logprobs"] == 20 and "messages" not in body
+
+
+def test_an_unreachable_server_fails_with_a_connection_error():
+    judge = OpenAIJudge("http://127.0.0.1:9/v1", "m", max_attempts=2, backoff_s=0.01, timeout_s=1, connect_timeout_s=0.5)
+    verdict = judge.score([req()])[0]
+    assert verdict.score is None and verdict.error.startswith("connection")
