@@ -6,6 +6,8 @@ from __future__ import annotations
 
 SCORE_MIN = 1
 SCORE_MAX = 5
+# Higher is better on every dimension except speed, where 3 is a natural pace, 1 very slow and 5 very
+# fast (QualiSpeech's convention; the paper leaves speed out of its evaluation for its imbalance).
 
 # Order matters: it is the order of the canonical answer (sqrl/response.py).
 DIMENSIONS: tuple[str, ...] = (

@@ -38,6 +38,8 @@ class Rubric:
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else DEFAULT_RUBRIC
+        if not self.path.is_absolute() and not self.path.exists() and (REPO_ROOT / self.path).exists():
+            self.path = REPO_ROOT / self.path  # configs name rubrics relative to the repository
         with open(self.path, encoding="utf-8") as fh:
             data: dict[str, Any] = yaml.safe_load(fh)
         self.scale: str = data["scale"]
