@@ -6,3 +6,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# One torch thread per process: tests start Ray actors and subprocesses beside the main process, and
+# two threads each on a 2-core machine made model tests 5-10x slower (busy-waiting OpenMP threads).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+torch.set_flush_denormal(True)

@@ -1,0 +1,111 @@
+"""SFT examples from manifests and the audio collator (TRL's collators know images only).
+
+An example is a plain dict ``{"id", "audio", "prompt", "target"}``; the collator loads the audio,
+resamples it and asks the backbone to build chat-formatted inputs with ``labels`` that are -100
+everywhere but the answer tokens. A clip that cannot be read is dropped from its batch, logged and
+counted (``AudioCollator.skipped``); it never stops a run.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sqrl.prompts import Rubric
+from sqrl.schema import Record, read_manifest
+
+log = logging.getLogger(__name__)
+
+SAMPLING_RATE = 16_000
+
+
+def resolve_manifests(data_cfg) -> tuple[Path, Path | None]:
+    """(train, eval) manifest paths; builds the synthetic corpus when the config asks for it."""
+    if data_cfg.train:
+        return Path(data_cfg.train), Path(data_cfg.eval) if data_cfg.eval else None
+    from sqrl.data.synth import ensure_corpus
+
+    synth = data_cfg.synth
+    root = ensure_corpus(synth.root, synth.num, synth.seed)
+    eval_path = Path(data_cfg.eval) if data_cfg.eval else root / "test.jsonl"
+    return root / "train.jsonl", eval_path
+
+
+def build_examples(records: list[Record], rubric: Rubric, prompting: str) -> list[dict[str, Any]]:
+    """Every (clip, prompt, target) triple for ``records`` under ``prompting``."""
+    out = []
+    for rec in records:
+        for ex in rubric.examples(rec, prompting):
+            out.append({"id": rec.id, "audio": rec.audio, "prompt": ex.prompt, "target": ex.target})
+    return out
+
+
+def load_examples(manifest: str | Path, rubric: Rubric, prompting: str, limit: int | None = None):
+    records = read_manifest(manifest)
+    if limit:
+        records = records[:limit]
+    return build_examples(records, rubric, prompting)
+
+
+class AudioCollator:
+    """Batch SFT examples into backbone inputs; unreadable clips are skipped and counted.
+
+    Picklable (the backbone is looked up by name), so DataLoader workers and Ray Train workers
+    can hold it.
+    """
+
+    def __init__(self, backbone_name: str, processor, max_seconds: float = 30.0, options: dict | None = None):
+        self.backbone_name = backbone_name
+        self.options = options or {}
+        self.processor = processor
+        self.max_seconds = max_seconds
+        self.skipped: Counter[str] = Counter()
+        self._backbone = None
+
+    @property
+    def backbone(self):
+        if self._backbone is None:
+            from sqrl.backbones import get_backbone
+
+            self._backbone = get_backbone(self.backbone_name, **self.options)
+        return self._backbone
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_backbone"] = None
+        return state
+
+    def _load(self, example: dict[str, Any]) -> np.ndarray | None:
+        from sqrl.audio import AudioError, load_audio
+
+        try:
+            return load_audio(example["audio"], sampling_rate=SAMPLING_RATE, max_seconds=self.max_seconds)
+        except AudioError as exc:
+            self.skipped[type(exc).__name__] += 1
+            log.warning("skipping clip %s: %s (skipped so far: %d)", example.get("id"), exc, sum(self.skipped.values()))
+            return None
+
+    def __call__(self, examples: list[dict[str, Any]]):
+        waves, kept = [], []
+        for ex in examples:
+            wave = self._load(ex)
+            if wave is not None:
+                waves.append(wave)
+                kept.append(ex)
+        if not kept:
+            raise RuntimeError(
+                f"every clip of a batch of {len(examples)} failed to load (first: {examples[0].get('audio')}); "
+                "run `sqrl data validate` on the manifest"
+            )
+        batch = self.backbone.build_inputs(
+            self.processor,
+            waves,
+            [ex["prompt"] for ex in kept],
+            answers=[ex["target"] for ex in kept],
+            sampling_rate=SAMPLING_RATE,
+        )
+        batch.pop("completion_mask", None)  # the model's forward does not take it; labels carry the same mask
+        return dict(batch)

@@ -1,0 +1,63 @@
+"""``sqrl merge``: fold a trained adapter (and the fully trained encoder) into a new base model.
+
+GRPO starts from the merged calibration model: a fresh adapter trains on top of it and the
+reference policy is that merged base with the adapter switched off.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sqrl.models import ModelMeta, load_model, read_meta, write_meta
+
+log = logging.getLogger(__name__)
+
+
+def probe_logits(model, processor, backbone, seed: int = 0) -> torch.Tensor:
+    """Logits on a fixed synthetic clip and prompt; used to check that a merge keeps the model."""
+    rng = np.random.default_rng(seed)
+    wave = (0.1 * rng.standard_normal(16_000 * 2)).astype(np.float32)
+    inputs = backbone.build_inputs(processor, [wave], ["Rate the noise."], answers=["Noise: 3/5"])
+    inputs.pop("labels", None)
+    inputs.pop("completion_mask", None)
+    model.eval()
+    with torch.no_grad():
+        return model(**inputs).logits.float()
+
+
+def merge(checkpoint: str | Path, out: str | Path, atol: float = 1e-4) -> dict[str, float]:
+    """Merge ``checkpoint`` (an adapter model dir) into a full model at ``out``; returns the check.
+
+    Written to a temporary folder and renamed, so a failed merge leaves no half-written model.
+    Raises if the merged model's logits differ from the adapter model's by more than ``atol``.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    meta = read_meta(checkpoint)
+    if meta.kind != "adapter":
+        raise ValueError(f"{checkpoint} is already a full model; nothing to merge")
+    model, processor, backbone = load_model(checkpoint)
+    before = probe_logits(model, processor, backbone)
+    merged = model.merge_and_unload()
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent if out.parent.exists() else None))
+    try:
+        merged.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
+        write_meta(tmp, ModelMeta(backbone=backbone.name, kind="full", base=None, stage="merge"))
+        reloaded, processor2, _ = load_model(tmp)
+        after = probe_logits(reloaded, processor2, backbone)
+        diff = float((before - after).abs().max())
+        if diff > atol:
+            raise RuntimeError(f"merged model's logits differ by {diff:.3g} (> {atol}); not writing {out}")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("merged %s into %s (max logit difference %.2e)", checkpoint, out, diff)
+    return {"max_abs_logit_diff": diff}

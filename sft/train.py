@@ -1,0 +1,204 @@
+"""The SFT stages on TRL's SFTTrainer: calibration with an unfrozen audio encoder, then warm-up.
+
+``run_sft(cfg, out)`` is the whole stage. It runs in this process, or, with ``ray.num_workers``
+set, on each worker of a Ray Train TorchTrainer (``sft/ray_train.py``), the same code either way.
+The result in ``out`` is an sqrl model directory (sqrl/models.py) holding the adapter, the fully
+trained encoder and projector (``modules_to_save``), and the processor.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from sft.config import SFTStageConfig
+from sft.data import AudioCollator, load_examples, resolve_manifests
+from sqrl.config import save_config
+from sqrl.models import ModelMeta, load_model, read_meta, write_meta
+from sqrl.prompts import Rubric
+
+log = logging.getLogger(__name__)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+def deepspeed_config(cfg: SFTStageConfig) -> dict[str, Any] | None:
+    """A ZeRO config whose batch and precision fields HF fills in ("auto")."""
+    ds = cfg.train.deepspeed
+    if not ds.enabled:
+        return None
+    zero: dict[str, Any] = {"stage": ds.stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if ds.stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        # On CPU the torch optimizer HF builds is kept (DeepSpeed's CPU Adam would compile an op first).
+        "zero_force_ds_cpu_optimizer": False,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_process_group_env(use_deepspeed: bool) -> None:
+    """A single process still needs the torch.distributed env for DeepSpeed; launchers set their own."""
+    if not use_deepspeed or "WORLD_SIZE" in os.environ:
+        return
+    os.environ.update(
+        {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    )
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+class JsonlLogger(TrainerCallback):
+    """Append every log dict (loss, learning rate, grad norm, throughput) to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path, collator: AudioCollator):
+        self.path = path
+        self.collator = collator
+        self._t0 = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch, "time_s": round(time.perf_counter() - self._t0, 2)}
+        row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+        row["skipped_clips"] = sum(self.collator.skipped.values())
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def build_model(cfg: SFTStageConfig):
+    """(peft model, processor, backbone, base path) for the stage."""
+    dtype = resolve_dtype(cfg.model.dtype)
+    if cfg.model.init:
+        meta = read_meta(cfg.model.init)
+        model, processor, backbone = load_model(cfg.model.init, dtype=dtype, trainable=True)
+        return model, processor, backbone, meta.base
+    from sqrl.backbones import get_backbone
+
+    backbone = get_backbone(cfg.model.backbone, **cfg.model.options)
+    base, processor = backbone.load(cfg.model.path, dtype=dtype)
+    lora = cfg.lora
+    model = backbone.apply_lora(
+        base, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, encoder_mode=lora.encoder_mode
+    )
+    return model, processor, backbone, cfg.model.path
+
+
+def trainable_summary(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"parameters": total, "trainable": trainable}
+
+
+def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False) -> Path:
+    """Train one SFT stage into ``out`` and return it. ``resume`` continues from the last checkpoint."""
+    from trl import SFTConfig, SFTTrainer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds_config = deepspeed_config(cfg)
+    ensure_process_group_env(ds_config is not None)
+    torch.manual_seed(cfg.train.seed)
+
+    train_manifest, _ = resolve_manifests(cfg.data)
+    rubric = Rubric(cfg.data.rubric)
+    examples = load_examples(train_manifest, rubric, cfg.data.prompting, cfg.data.limit)
+    model, processor, backbone, base = build_model(cfg)
+    options = dict(cfg.model.options) if base is None and cfg.model.options else None
+    if cfg.model.init:
+        options = read_meta(cfg.model.init).options
+    collator = AudioCollator(backbone.name, processor, cfg.data.max_seconds, options)
+    log.info("stage %s: %d examples from %s; %s", cfg.stage, len(examples), train_manifest, trainable_summary(model))
+
+    from datasets import Dataset
+
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
+
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.train.batch_size,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        num_train_epochs=cfg.train.epochs,
+        max_steps=cfg.train.max_steps,
+        learning_rate=cfg.train.lr,
+        lr_scheduler_type=cfg.train.lr_scheduler,
+        warmup_steps=cfg.train.warmup_ratio,
+        weight_decay=cfg.train.weight_decay,
+        max_grad_norm=cfg.train.max_grad_norm,
+        seed=cfg.train.seed,
+        logging_steps=cfg.train.logging_steps,
+        save_steps=cfg.train.save_steps,
+        save_total_limit=cfg.train.save_total_limit,
+        report_to=["tensorboard"],
+        bf16=resolve_dtype(cfg.model.dtype) == torch.bfloat16,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        deepspeed=ds_config,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        dataloader_num_workers=0,
+        max_length=None,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=[JsonlLogger(out / "metrics.jsonl", collator)],
+    )
+    last = _last_checkpoint(out / "checkpoints") if resume else None
+    if resume and last is None:
+        log.warning("--resume: no checkpoint under %s; starting from scratch", out / "checkpoints")
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(out))
+        processor.save_pretrained(str(out))
+        write_meta(out, ModelMeta(backbone=backbone.name, kind="adapter", base=base, stage=cfg.stage, options=options,
+                                        base_build=_base_build(backbone, base, cfg)))
+        save_config(cfg, out / "sqrl_config.yaml")
+        if collator.skipped:
+            log.warning("skipped clips: %s", dict(collator.skipped))
+    return out
+
+
+def _base_build(backbone, base: str | None, cfg: SFTStageConfig) -> str | None:
+    """The tiny build's cache key when the adapter sits on the default tiny build (None otherwise)."""
+    if cfg.model.init:
+        return read_meta(cfg.model.init).base_build
+    if base is None and backbone.tiny is not None:
+        return backbone.build_dir().name
+    return None
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    if not folder.exists():
+        return None
+    ckpts = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)

@@ -1,0 +1,94 @@
+"""What a model directory holds, and loading one for any stage.
+
+Every stage writes the same layout so that ``sqrl eval --model DIR``, ``sqrl merge DIR`` and the
+GRPO stage take any of them::
+
+    DIR/sqrl_model.json   {"backbone": "tiny-qwen2-audio", "kind": "adapter" | "full", "base": PATH | null}
+    DIR/adapter_model.safetensors, adapter_config.json     (kind "adapter": peft LoRA + modules_to_save)
+    DIR/model.safetensors, config.json                     (kind "full": a merged model)
+    DIR/processor files                                    (tokenizer, feature extractor, chat template)
+
+``base`` is the model the adapter was trained on: null means the backbone's own default (the
+offline tiny build, or the hub id of a released model).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+META_FILE = "sqrl_model.json"
+
+
+@dataclass
+class ModelMeta:
+    backbone: str
+    kind: str  # "adapter" or "full"
+    base: str | None = None
+    stage: str | None = None  # which stage wrote it: calibration, warmup, grpo, merge
+    options: dict | None = None  # tiny-build options (TinySpec fields) when ``base`` is the default build
+    base_build: str | None = None  # the tiny build's cache key (name-hash) the adapter was trained on
+
+    def __post_init__(self):
+        if self.kind not in ("adapter", "full"):
+            raise ValueError(f"model kind must be 'adapter' or 'full', not {self.kind!r}")
+
+
+def write_meta(path: str | os.PathLike, meta: ModelMeta) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / META_FILE, "w", encoding="utf-8") as fh:
+        json.dump(asdict(meta), fh, indent=2)
+
+
+def read_meta(path: str | os.PathLike) -> ModelMeta:
+    file = Path(path) / META_FILE
+    if not file.exists():
+        raise FileNotFoundError(
+            f"{path} is not an sqrl model directory (no {META_FILE}); pass a directory written by "
+            "`sqrl sft`, `sqrl merge` or `sqrl grpo`, or a backbone name such as tiny-qwen2-audio"
+        )
+    with open(file, encoding="utf-8") as fh:
+        return ModelMeta(**json.load(fh))
+
+
+def load_model(
+    spec: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu", trainable: bool = False
+) -> tuple[Any, Any, Any]:
+    """Load ``(model, processor, backbone)`` from an sqrl model directory or a backbone name.
+
+    An adapter directory comes back as a ``PeftModel`` over its base (``trainable`` keeps the
+    adapter weights trainable); a full directory or a backbone name as the plain model.
+    """
+    from sqrl.backbones import get_backbone
+
+    spec_path = Path(spec)
+    if not (spec_path / META_FILE).exists():
+        if spec_path.exists():
+            raise FileNotFoundError(f"{spec}: no {META_FILE}; not an sqrl model directory")
+        backbone = get_backbone(str(spec))
+        model, processor = backbone.load(None, dtype=dtype, device=device)
+        return model, processor, backbone
+    meta = read_meta(spec_path)
+    backbone = get_backbone(meta.backbone, **(meta.options or {}))
+    if meta.kind == "full":
+        model, processor = backbone.load(str(spec_path), dtype=dtype, device=device)
+        return model, processor, backbone
+    if meta.base is None and meta.base_build and backbone.tiny is not None:
+        built = backbone.build_dir().name
+        if built != meta.base_build:
+            raise RuntimeError(
+                f"{spec_path} was trained on tiny build {meta.base_build}, but this sqrl builds {built} "
+                "(the tiny build changed: transformers version, tokenizer corpus or build code); retrain it"
+            )
+    base, processor = backbone.load(meta.base, dtype=dtype, device=device)
+    model = backbone.load_adapter(base, spec_path, is_trainable=trainable)
+    log.info("loaded adapter %s over %s", spec_path, meta.base or meta.backbone)
+    return model, processor, backbone
