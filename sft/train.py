@@ -87,6 +87,7 @@ class JsonlLogger(TrainerCallback):
         row = {"step": state.global_step, "epoch": state.epoch, "time_s": round(time.perf_counter() - self._t0, 2)}
         row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
         row["skipped_clips"] = sum(self.collator.skipped.values())
+        row["world_size"] = args.world_size
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 

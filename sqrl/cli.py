@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = (
     "sqrl.data.cli",
+    "sft.cli",
+    "sqrl.evaluate",
 )
 
 
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sqrl.runtime import configure_torch
+
+    configure_torch()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

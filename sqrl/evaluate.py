@@ -1,0 +1,206 @@
+"""``sqrl eval``: a model over a manifest -> metrics.json, predictions.jsonl, report.md, plots.
+
+Greedy decoding in batches. The prompt matches how the model was trained (read from its
+``sqrl_config.yaml``; long-form when unknown). An answer that cannot be parsed, or a clip that
+cannot be read, counts against the model (its scores are missing, see sqrl/metrics.py); it is
+never dropped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS
+from sqrl.prompts import PROMPTINGS, Rubric
+from sqrl.response import parse
+from sqrl.schema import Assessment, Record, read_manifest
+
+log = logging.getLogger(__name__)
+SAMPLING_RATE = 16_000
+
+
+def training_prompts(model_spec: str | Path) -> tuple[str, str | None]:
+    """(prompting, rubric path) a model directory was trained with; long_form and the default rubric
+    when it does not say. Evaluating with other prompts than training measures the prompt, not the model."""
+    cfg_file = Path(model_spec) / "sqrl_config.yaml"
+    prompting, rubric = "long_form", None
+    if cfg_file.exists():
+        data = (yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}
+        if data.get("prompting") in PROMPTINGS:
+            prompting = data["prompting"]
+        rubric = data.get("rubric")
+    return prompting, rubric
+
+
+class Generator:
+    """Greedy (or sampled) batched generation for one loaded model."""
+
+    def __init__(self, model, processor, backbone, max_new_tokens: int = 256):
+        self.model, self.processor, self.backbone = model, processor, backbone
+        self.max_new_tokens = max_new_tokens
+        self.model.eval()
+
+    @torch.no_grad()
+    def __call__(self, waves: list, prompts: list[str], **sampling: Any) -> list[str]:
+        inputs = self.backbone.build_inputs(self.processor, waves, prompts, sampling_rate=SAMPLING_RATE)
+        device = next(self.model.parameters()).device
+        inputs = inputs.to(device)
+        tokenizer = self.processor.tokenizer
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=bool(sampling.get("do_sample", False)),
+            pad_token_id=tokenizer.pad_token_id,
+            **{k: v for k, v in sampling.items() if k != "do_sample"},
+        )
+        return self.backbone.decode(self.processor, out[:, inputs["input_ids"].shape[1]:])
+
+
+def _requests(records: list[Record], rubric: Rubric, prompting: str) -> list[tuple[int, str | None, str]]:
+    """(record index, dimension or None, prompt) for every generation the evaluation needs."""
+    out = []
+    for i, rec in enumerate(records):
+        if prompting == "per_dimension":
+            out += [(i, dim, rubric.per_dimension(dim)) for dim in rec.scores if rec.scores.get(dim) is not None]
+        else:
+            out.append((i, None, rubric.all_dimensions() if prompting == "all_dimensions" else rubric.long_form()))
+    return out
+
+
+def _combine(parts: list[tuple[str | None, str]]) -> tuple[Assessment, str]:
+    """One Assessment from a clip's answers (several under per-dimension prompting)."""
+    if len(parts) == 1 and parts[0][0] is None:
+        return parse(parts[0][1]), parts[0][1]
+    merged = Assessment()
+    for dim, text in parts:
+        answer = parse(text)
+        merged.scores[dim] = answer.scores.get(dim)
+        merged.artifacts += [a for a in answer.artifacts if ARTIFACT_DIMENSION.get(a.kind) == dim]
+    return merged, "\n\n".join(t for _, t in parts)
+
+
+def predict(generator: Generator, records: list[Record], rubric: Rubric, prompting: str, batch_size: int = 8,
+            max_seconds: float = 30.0, progress: bool = True) -> tuple[list[Assessment | None], list[str], int]:
+    """Predictions for ``records``: (assessments, raw texts, unreadable clip count)."""
+    from sqrl.audio import AudioError, load_audio
+
+    requests = _requests(records, rubric, prompting)
+    texts: dict[int, list[tuple[str | None, str]]] = {}
+    unreadable: set[int] = set()
+    waves: dict[int, Any] = {}
+    bar = tqdm(total=len(requests), desc="eval", unit="answer", disable=not progress)
+    for start in range(0, len(requests), batch_size):
+        chunk = []
+        for i, dim, prompt in requests[start:start + batch_size]:
+            if i not in waves and i not in unreadable:
+                try:
+                    waves[i] = load_audio(records[i].audio, sampling_rate=SAMPLING_RATE, max_seconds=max_seconds)
+                except AudioError as exc:
+                    log.warning("clip %s counts as unanswered: %s", records[i].id, exc)
+                    unreadable.add(i)
+            if i not in unreadable:
+                chunk.append((i, dim, prompt))
+        if chunk:
+            answers = generator([waves[i] for i, _, _ in chunk], [p for _, _, p in chunk])
+            for (i, dim, _), text in zip(chunk, answers):
+                texts.setdefault(i, []).append((dim, text))
+        bar.update(len(requests[start:start + batch_size]))
+        # requests come clip by clip: only a clip whose prompts continue in the next batch stays loaded
+        following = requests[start + batch_size][0] if start + batch_size < len(requests) else None
+        waves = {i: w for i, w in waves.items() if following is not None and i >= following}
+    bar.close()
+    preds: list[Assessment | None] = []
+    raw: list[str] = []
+    for i in range(len(records)):
+        if i in texts:
+            answer, text = _combine(texts[i])
+            preds.append(answer)
+            raw.append(text)
+        else:
+            preds.append(None)
+            raw.append("")
+    return preds, raw, len(unreadable)
+
+
+def write_report(out: Path, metrics: dict[str, Any], model: str, data: str) -> None:
+    lines = [f"# Evaluation of `{model}`", "", f"Data: `{data}` ({metrics['n']} clips). "
+             f"Parse rate: {_fmt(metrics['parse_rate'])}.", "", "## Scores (Table 1)", "",
+             "| dimension | PCC | SRCC | MAE |", "|---|---|---|---|"]
+    for dim in [*EVAL_DIMENSIONS, "speed"]:
+        lines.append(f"| {dim} | {_fmt(metrics['pcc'].get(dim))} | {_fmt(metrics['srcc'].get(dim))} | "
+                     f"{_fmt(metrics['mae'].get(dim))} |")
+    lines.append(f"| **mean (6 dims)** | **{_fmt(metrics['pcc'].get('mean'))}** | "
+                 f"{_fmt(metrics['srcc'].get('mean'))} | |")
+    lines += ["", "## Artifacts (Table 3)", "", "| kind | F1 | IoU | similarity |", "|---|---|---|---|"]
+    for kind, row in metrics["artifacts"].items():
+        lines.append(f"| {kind} | {_fmt(row.get('f1'))} | {_fmt(row.get('iou'))} | {_fmt(row.get('similarity'))} |")
+    lines += ["", f"Long-form ROUGE-L: {_fmt(metrics['long_form'].get('rouge_l'))}", "",
+              "![PCC per dimension](plots/pcc.png)", "", "![predicted vs true](plots/scatter.png)", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int = 8, max_new_tokens: int = 256,
+             prompting: str | None = None, limit: int | None = None, rubric: str | None = None) -> dict[str, Any]:
+    """Evaluate a model directory (or backbone name) on a manifest and write the result files to ``out``."""
+    from sqrl.metrics import compute_metrics
+    from sqrl.models import load_model
+    from sqrl.plots import pcc_bars, scatter_per_dimension
+
+    out = Path(out)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    records = read_manifest(manifest)[:limit] if limit else read_manifest(manifest)
+    trained_prompting, trained_rubric = training_prompts(model_spec)
+    prompting = prompting or trained_prompting
+    rubric = rubric or trained_rubric
+    model, processor, backbone = load_model(model_spec, dtype=torch.float32)
+    generator = Generator(model, processor, backbone, max_new_tokens=max_new_tokens)
+    t0 = time.perf_counter()
+    preds, raw, unreadable = predict(generator, records, Rubric(rubric), prompting, batch_size)
+    seconds = time.perf_counter() - t0
+    metrics = compute_metrics(preds, records)
+    metrics.update(unreadable_clips=unreadable, prompting=prompting, seconds=round(seconds, 1))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
+        for rec, pred, text in zip(records, preds, raw):
+            row = {"id": rec.id, "text": text, "parsed": pred.to_dict() if pred else None, "reference": rec.to_dict()}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    scatter_per_dimension(preds, records, out / "plots" / "scatter.png")
+    pcc_bars({"model": metrics["pcc"]}, out / "plots" / "pcc.png")
+    write_report(out, metrics, str(model_spec), str(manifest))
+    log.info("eval: mean PCC %s, parse rate %s, %.0f s", metrics["pcc"].get("mean"), metrics["parse_rate"], seconds)
+    return metrics
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on a manifest (PCC, artifacts F1/IoU/similarity, ROUGE-L)")
+    p.add_argument("--model", required=True, help="model directory (sqrl sft/merge/grpo output) or backbone name")
+    p.add_argument("--data", required=True, help="manifest JSONL")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--prompting", choices=PROMPTINGS, default=None, help="default: as the model was trained")
+    p.add_argument("--limit", type=int, default=None, help="first N clips only")
+    p.add_argument("--rubric", default=None, help="rubric YAML (default configs/rubrics/qualispeech.yaml)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    metrics = evaluate(args.model, args.data, args.out, batch_size=args.batch_size,
+                       max_new_tokens=args.max_new_tokens, prompting=args.prompting, limit=args.limit,
+                       rubric=args.rubric)
+    print(json.dumps({"pcc_mean": metrics["pcc"].get("mean"), "parse_rate": metrics["parse_rate"],
+                      "n": metrics["n"]}, indent=None))
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
