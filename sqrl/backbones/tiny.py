@@ -26,7 +26,7 @@ from sqrl.backbones.tokenizer import AUDIO_TOKENS, IM_END, PAD_TOKEN, corpus_dig
 log = logging.getLogger(__name__)
 
 # Bump when the build code changes what it writes, so stale caches are not reused.
-BUILD_VERSION = 2  # 2: LM head initialised at lm_head_std
+BUILD_VERSION = 3  # 2: LM head initialised at lm_head_std; 3: weights saved on every rank
 BUILD_MARKER = "sqrl_build.json"
 
 
@@ -90,12 +90,27 @@ def build_tiny(family: Family, spec: TinySpec, out_dir: str | os.PathLike) -> Pa
     im_end, pad = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     # Stop at the end of the assistant turn (or at <|endoftext|>, as Qwen2 checkpoints do).
     model.generation_config = GenerationConfig(eos_token_id=[im_end, pad], pad_token_id=pad)
-    model.save_pretrained(out)
+    _save_model(model, out)
     processor.save_pretrained(out)
     marker = {"family": family.key, "spec": dataclasses.asdict(spec), "build_version": BUILD_VERSION,
               "transformers": transformers.__version__, "parameters": model.num_parameters()}
     (out / BUILD_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return out
+
+
+def _save_model(model, out: Path) -> None:
+    """``save_pretrained`` without its rank check.
+
+    Under torch.distributed (Ray Train, DeepSpeed) transformers writes weights only on global rank 0,
+    but every node builds its own cache; another rank's build would then lack its weights.
+    """
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def ensure_tiny(name: str, family: Family, spec: TinySpec, root: str | os.PathLike | None = None) -> Path:
