@@ -11,6 +11,8 @@ COMMAND_MODULES = (
     "sqrl.data.cli",
     "sft.cli",
     "sqrl.evaluate",
+    "grpo.cli",
+    "sqrl.pipeline",
 )
 
 

@@ -1,0 +1,273 @@
+"""Configuration of the GRPO stage (paper section 3.2, Table 2), one dataclass per concern.
+
+Loaded with ``sqrl.config.load_config(GRPOConfig, path, overrides)``; unknown keys are errors and
+dotted overrides work (``rollout.temperature=0.9``). The builders in ``grpo/driver.py`` hand each
+worker flat arguments taken from these sections, never the whole config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqrl.prompts import PROMPTINGS
+
+ENCODER_MODES = ("trainable", "frozen", "lora")
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+SCALE_REWARDS = ("group", "batch", "none")
+ZERO_VARIANCE = ("keep", "skip", "resample")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class BootstrapSettings:
+    """How to build ``model.init`` when it is missing (tiny configs): calibration, warm-up, merge."""
+
+    calibration: str = "configs/tiny/calibration.yaml"
+    """SFT config of the calibration stage (a relative path is looked up in the working directory,
+    then in the repository)."""
+    warmup: str = "configs/tiny/warmup.yaml"
+    """SFT config of the long-form warm-up; its ``model.init`` is pointed at the calibration output."""
+    calibration_out: str | None = None
+    """Where the calibration adapter goes (reused when it is there); None: ``<model.init>.parts/calibration``."""
+    warmup_out: str | None = None
+    """Where the warm-up adapter goes (reused when it is there); None: ``<model.init>.parts/warmup``."""
+    overrides: list[str] = field(default_factory=list)
+    """Dotted overrides applied to both SFT stages (e.g. ``train.max_steps=2`` for a smoke run)."""
+
+
+@dataclass
+class ModelSettings:
+    init: str = "runs/tiny/calibrated"
+    """The merged calibration checkpoint: a full sqrl model directory (``sqrl merge`` output)."""
+    bootstrap: BootstrapSettings | None = None
+    """If set and ``init`` is missing, build it (tiny configs only; the paper's comes from its SFT runs)."""
+    dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16; rollouts use the same."""
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+
+
+@dataclass
+class LoraSettings:
+    """The fresh adapter GRPO trains on top of the merged calibration model."""
+
+    rank: int = 64
+    """LoRA rank on every linear layer of the LLM (paper: 64)."""
+    alpha: int | None = None
+    """None: equal to ``rank`` (scaling 1)."""
+    dropout: float = 0.0
+    """0 keeps the policy's log-probs deterministic, so old, new and rollout log-probs agree."""
+    encoder_mode: str = "trainable"
+    """trainable: audio tower and projector trained in full (synced to rollouts each step); frozen:
+    tower frozen, projector trained; lora: LoRA on the tower too."""
+
+    def __post_init__(self):
+        if self.encoder_mode not in ENCODER_MODES:
+            raise ValueError(f"lora.encoder_mode must be one of {', '.join(ENCODER_MODES)}, not {self.encoder_mode!r}")
+        if self.rank < 1:
+            raise ValueError("lora.rank must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("lora.dropout must be in [0, 1)")
+
+
+@dataclass
+class SynthSettings:
+    root: str = "data/synth"
+    num: int = 2000
+    seed: int = 0
+
+
+@dataclass
+class DataSettings:
+    train: str | None = None
+    """Training manifest (JSONL). None: the synthetic corpus of ``synth`` (made when absent)."""
+    synth: SynthSettings | None = field(default_factory=SynthSettings)
+    rubric: str | None = None
+    """Rubric YAML (default configs/rubrics/qualispeech.yaml)."""
+    prompting: str = "long_form"
+    """The prompt the policy answers (GRPO: the long-form prompt); saved with the policy for ``sqrl eval``."""
+    max_seconds: float = 30.0
+    """Longer clips are dropped from their step and counted."""
+    limit: int | None = None
+    """Use only the first N clips."""
+
+    def __post_init__(self):
+        if self.prompting not in PROMPTINGS:
+            raise ValueError(f"data.prompting must be one of {', '.join(PROMPTINGS)}, not {self.prompting!r}")
+        if self.train is None and self.synth is None:
+            raise ValueError("data.train or data.synth must be set")
+
+
+@dataclass
+class RolloutSettings:
+    backend: str = "hf"
+    """hf (batched transformers generate) or a dotted path to a ``RolloutWorker`` subclass (vLLM: next issue)."""
+    num_workers: int = 1
+    group_size: int = 4
+    """G: completions sampled per clip (paper: 4)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0: no top-k."""
+    max_new_tokens: int = 256
+    options: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific keyword arguments for the rollout worker's constructor (e.g. vLLM engine settings)."""
+    return_logprobs: bool = False
+    """Ask the backend for sampling log-probs (logged as the rollout/policy mismatch). Cheap in vLLM; in
+    the hf backend it keeps every step's logits."""
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError("rollout.group_size must be >= 2 (a group of one has no relative advantage)")
+        if self.temperature <= 0:
+            raise ValueError("rollout.temperature must be > 0 (GRPO samples)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("rollout.top_p must be in (0, 1]")
+        if self.top_k < 0 or self.max_new_tokens < 1 or self.num_workers < 1:
+            raise ValueError("rollout.top_k >= 0, rollout.max_new_tokens >= 1, rollout.num_workers >= 1")
+
+
+@dataclass
+class RewardSettings:
+    entries: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "accuracy"}, {"name": "semantic"}])
+    """Reward entries as in docs/rewards.md: name, weight, params, dimensions, label."""
+    aggregation: str = "sum"
+    num_workers: int = 1
+    max_restarts: int = 3
+    """Ray restarts a dead reward worker this many times."""
+    max_retries: int = 3
+    """The driver retries a batch whose worker died this many times."""
+    pass_audio: bool = False
+    """Load each clip in the reward worker and pass ``audio``/``sampling_rate`` (the ``signal`` reward)."""
+
+    def __post_init__(self):
+        if not self.entries:
+            raise ValueError("rewards.entries must name at least one reward")
+        if self.num_workers < 1 or self.max_restarts < 0 or self.max_retries < 0:
+            raise ValueError("rewards.num_workers >= 1, rewards.max_restarts >= 0, rewards.max_retries >= 0")
+
+
+@dataclass
+class AlgorithmSettings:
+    """Names and meanings follow TRL's GRPOConfig so that results compare."""
+
+    loss_type: str = "grpo"
+    """grpo (per-sequence mean, the paper's eq. 3), dr_grpo, dapo, bnpo."""
+    scale_rewards: str = "group"
+    """group: divide by the group's std (eq. 2); batch: by the batch's std; none: centre only (Dr. GRPO)."""
+    beta: float = 0.04
+    """KL coefficient (lambda in eq. 3), k3 estimator against the base with the adapter off."""
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    """Upper clip bound (DAPO's clip-higher); None: ``epsilon``."""
+    num_iterations: int = 1
+    """Updates per batch (mu); > 1 reuses the batch with PPO clipping against the pre-update policy."""
+    zero_variance: str = "keep"
+    """Groups whose rewards are all equal: keep (zero advantage, KL only), skip (out of the loss), or
+    resample (draw other clips for those slots, up to ``max_resample`` rounds; what stays flat is kept)."""
+    max_resample: int = 2
+    mask_truncated: bool = False
+    """Leave completions that hit ``max_new_tokens`` out of the loss (TRL's mask_truncated_completions)."""
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"algorithm.loss_type must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ValueError(f"algorithm.scale_rewards must be one of {', '.join(SCALE_REWARDS)}")
+        if self.zero_variance not in ZERO_VARIANCE:
+            raise ValueError(f"algorithm.zero_variance must be one of {', '.join(ZERO_VARIANCE)}")
+        if self.beta < 0 or self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high <= 0):
+            raise ValueError("algorithm.beta >= 0 and algorithm.epsilon(_high) > 0")
+        if self.num_iterations < 1 or self.max_resample < 0:
+            raise ValueError("algorithm.num_iterations >= 1 and algorithm.max_resample >= 0")
+
+
+@dataclass
+class PolicySettings:
+    """The policy workers: a DeepSpeed ZeRO engine each, data parallel."""
+
+    num_workers: int = 1
+    lr: float = 5e-6
+    """Paper Table 2: 5e-6 (constant)."""
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 16
+    """Sequences per forward/backward on one worker; a step accumulates over its share of the batch."""
+    zero_stage: int = 2
+    """2 by default, 3 for 7B backbones."""
+    offload_optimizer: bool = False
+
+    def __post_init__(self):
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError("policy.zero_stage must be 0-3")
+        if self.lr <= 0 or self.micro_batch_size < 1 or self.num_workers < 1:
+            raise ValueError("policy.lr > 0, policy.micro_batch_size >= 1, policy.num_workers >= 1")
+        if len(self.adam_betas) != 2:
+            raise ValueError("policy.adam_betas needs two numbers")
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 200
+    """GRPO iterations (paper Table 2: 200)."""
+    batch_size: int = 4
+    """Clips per step (paper: 4); each yields ``rollout.group_size`` completions."""
+    seed: int = 0
+    save_every: int = 50
+    """Checkpoint every N steps (and at the end); 0: only at the end."""
+    keep_checkpoints: int = 2
+    check_sync_every: int = 0
+    """Every N steps, compare rollout and policy log-probs of one completion after the sync (logged as
+    ``sync/max_abs_logprob_diff``); 0: never."""
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("train.steps and train.batch_size must be >= 1")
+        if self.save_every < 0 or self.keep_checkpoints < 1 or self.check_sync_every < 0:
+            raise ValueError("train.save_every >= 0, train.keep_checkpoints >= 1, train.check_sync_every >= 0")
+
+
+@dataclass
+class ClusterSettings:
+    """Where the workers run. Placement groups and split GPU pools come with the vLLM issue."""
+
+    address: str | None = None
+    """Ray address; None: ``$RAY_ADDRESS`` or a new local cluster."""
+    num_cpus: int | None = None
+    """CPUs of a new local cluster (None: Ray's count)."""
+    policy_cpus: float = 0
+    policy_gpus: float = 0
+    rollout_cpus: float = 0
+    rollout_gpus: float = 0
+    reward_cpus: float = 0
+    reward_gpus: float = 0
+    torch_threads: int | None = None
+    """Threads per worker process (``OMP_NUM_THREADS``). None: Ray's default, the worker's CPU count
+    rounded down and at least 1. On 2 cores, 2 threads per worker made a tiny step 3x slower than 1
+    (idle workers' OpenMP threads spin while another role runs), so the tiny configs keep the default."""
+
+
+@dataclass
+class LoggingSettings:
+    tensorboard: bool = True
+    progress: bool = True
+    plot: bool = True
+
+
+@dataclass
+class GRPOConfig:
+    stage: str = "grpo"
+    model: ModelSettings = field(default_factory=ModelSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    rewards: RewardSettings = field(default_factory=RewardSettings)
+    algorithm: AlgorithmSettings = field(default_factory=AlgorithmSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)

@@ -1,0 +1,126 @@
+"""Per-step metrics of a GRPO run: ``DIR/metrics.jsonl``, TensorBoard, a progress bar, the reward curve.
+
+One JSON object per step (``step`` plus flat scalar keys: ``rewards/<name>/<dim>/mean`` from
+``rewards.summarize``, ``loss``, ``kl``, ``clip_ratio/*``, ``zero_variance/*``, ``completion/*``,
+``time/*``, ``tokens_per_s`` ...). On resume the rows after the checkpoint's step are dropped before
+the run re-logs them, and TensorBoard purges its events after that step.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class RunLogger:
+    """Writes each step's scalars to JSONL (always), TensorBoard and a tqdm bar (when enabled)."""
+
+    def __init__(self, run_dir: str | Path, total_steps: int, *, start_step: int = 0, tensorboard: bool = True,
+                 progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
+        truncate_after(self.path, start_step)
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", dynamic_ncols=True)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, step)
+            self.tb.flush()
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{row[v]:.3g}" for k, v in (("reward", "rewards/total/mean"), ("kl", "kl"),
+                                                                    ("s/step", "time/step")) if isinstance(row.get(v), float)})
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN; a mean over nothing is left out upstream, a NaN here becomes null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """Drop rows logged after ``step`` (a resumed run logs those steps again); 0 keeps nothing."""
+    if not path.exists():
+        return
+    rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    tmp.replace(path)
+
+
+def plot_reward_curve(metrics_path: str | Path, out_png: str | Path, smooth: int = 5) -> Path | None:
+    """Total reward and each reward's mean per step (left), and each reward's components per dimension
+    (right), with a moving average over ``smooth`` steps. None when there is nothing to plot."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return None
+    keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")))
+    totals = [k for k in keys if k.count("/") == 2]  # rewards/<name>/mean and rewards/total/mean
+    dims = [k for k in keys if k.count("/") == 3]  # rewards/<name>/<dim>/mean
+    fig = Figure(figsize=(13 if dims else 7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 if dims else 1, squeeze=False)[0]
+    steps = np.array([r["step"] for r in rows])
+
+    def draw(ax, series, title):
+        for key in series:
+            y = np.array([r.get(key) if r.get(key) is not None else np.nan for r in rows], dtype=float)
+            label = key[len("rewards/"):-len("/mean")]
+            smoothed = smooth > 1 and len(y) >= smooth
+            style = {"color": "black"} if key == "rewards/total/mean" else {}
+            line, = ax.plot(steps, y, lw=0.8, alpha=0.35 if smoothed else 1.0, **style)
+            if smoothed:
+                kernel = np.ones(smooth) / smooth
+                ax.plot(steps[smooth - 1:], np.convolve(np.nan_to_num(y), kernel, mode="valid"),
+                        color=line.get_color(), lw=1.8 if key == "rewards/total/mean" else 1.2, label=label)
+            else:
+                line.set_label(label)
+        ax.set(title=title, xlabel="step", ylabel="mean reward")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+
+    draw(axes[0], totals, "total and per-reward")
+    if dims:
+        draw(axes[1], dims, "components per dimension")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out

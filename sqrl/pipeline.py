@@ -1,0 +1,188 @@
+"""``sqrl pipeline``: the whole method in one command.
+
+synthetic corpus -> calibration (SFT, encoder trained) -> long-form warm-up -> merge -> GRPO -> eval
+-> report. Each stage writes its own folder under ``OUT`` and is skipped when that folder is
+complete, so an interrupted pipeline picks up where it stopped. Every stage's model is evaluated on
+the same held-out clips, so the final table shows what each stage added.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqrl.config import load_config, save_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageSettings:
+    config: str
+    """The stage's own YAML (sft or grpo)."""
+    overrides: list[str] = field(default_factory=list)
+    """Dotted overrides applied on top of it."""
+    enabled: bool = True
+
+
+@dataclass
+class CorpusSettings:
+    root: str = "data/synth"
+    num: int = 2000
+    seed: int = 0
+
+
+@dataclass
+class EvalSettings:
+    limit: int | None = None
+    """Evaluate on the first N test clips (None: all)."""
+    batch_size: int = 16
+    max_new_tokens: int = 200
+
+
+@dataclass
+class PipelineConfig:
+    corpus: CorpusSettings = field(default_factory=CorpusSettings)
+    calibration: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/calibration.yaml"))
+    warmup: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/warmup.yaml"))
+    grpo: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/grpo_accsem_dimwise.yaml"))
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+def _done(path: Path) -> bool:
+    return (path / "sqrl_model.json").exists()
+
+
+def _corpus_overrides(cfg: PipelineConfig, section: str = "data") -> list[str]:
+    c = cfg.corpus
+    return [f"{section}.synth.root={c.root}", f"{section}.synth.num={c.num}", f"{section}.synth.seed={c.seed}"]
+
+
+def run_sft_stage(name: str, stage: StageSettings, out: Path, extra: list[str]) -> Path:
+    from sft.config import SFTStageConfig
+    from sft.train import run_sft
+
+    if _done(out):
+        log.info("%s: %s exists, skipping", name, out)
+        return out
+    cfg = load_config(SFTStageConfig, stage.config, [*extra, *stage.overrides])
+    t0 = time.perf_counter()
+    run_sft(cfg, out)
+    _stamp(out, name, time.perf_counter() - t0)
+    return out
+
+
+def _stamp(out: Path, name: str, seconds: float) -> None:
+    (out / "stage_time.json").write_text(json.dumps({"stage": name, "seconds": round(seconds, 1)}))
+
+
+def run_pipeline(cfg: PipelineConfig, out: str | Path) -> dict[str, Any]:
+    """Run every enabled stage into ``out`` and return the final table (metrics per stage)."""
+    from sft.data import resolve_manifests
+    from sft.config import DataConfig, SynthSettings
+    from sft.merge import merge
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "pipeline.yaml")
+    t0 = time.perf_counter()
+    corpus = SynthSettings(cfg.corpus.root, cfg.corpus.num, cfg.corpus.seed)
+    _, test_manifest = resolve_manifests(DataConfig(synth=corpus))
+    models: dict[str, Path] = {}
+    calib = run_sft_stage("calibration", cfg.calibration, out / "calibration", _corpus_overrides(cfg))
+    models["calibration"] = calib
+    last = calib
+    if cfg.warmup.enabled:
+        warm = run_sft_stage("warmup", cfg.warmup, out / "warmup", [*_corpus_overrides(cfg), f"model.init={calib}"])
+        models["warmup"] = last = warm
+    if cfg.grpo.enabled:
+        merged = out / "merged"
+        if not _done(merged):
+            merge(last, merged)
+        models["grpo"] = run_grpo_stage(cfg, merged, out / "grpo")
+    table = evaluate_stages(cfg, models, test_manifest, out)
+    table["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "results.json").write_text(json.dumps(table, indent=2))
+    write_report(out, table)
+    return table
+
+
+def run_grpo_stage(cfg: PipelineConfig, init: Path, out: Path) -> Path:
+    from grpo.config import GRPOConfig
+    from grpo.driver import run_grpo
+
+    if _done(out):
+        log.info("grpo: %s exists, skipping", out)
+        return out
+    grpo_cfg = load_config(GRPOConfig, cfg.grpo.config,
+                           [*_corpus_overrides(cfg), f"model.init={init}", *cfg.grpo.overrides])
+    t0 = time.perf_counter()
+    run_grpo(grpo_cfg, out, resume=(out / "checkpoints").exists())
+    _stamp(out, "grpo", time.perf_counter() - t0)
+    return out
+
+
+def evaluate_stages(cfg: PipelineConfig, models: dict[str, Path], manifest: Path, out: Path) -> dict[str, Any]:
+    from sqrl.evaluate import evaluate
+
+    rows = {}
+    for name, model in models.items():
+        target = out / "eval" / name
+        metrics_file = target / "metrics.json"
+        if metrics_file.exists():
+            rows[name] = json.loads(metrics_file.read_text())
+            continue
+        rows[name] = evaluate(str(model), str(manifest), target, batch_size=cfg.eval.batch_size,
+                              max_new_tokens=cfg.eval.max_new_tokens, limit=cfg.eval.limit)
+    return {"stages": rows}
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def table_lines(table: dict[str, Any]) -> list[str]:
+    """The final table: Table 1 style PCC columns, then artifact F1/IoU and ROUGE-L, one row per stage."""
+    from sqrl.dimensions import ARTIFACT_KINDS, EVAL_DIMENSIONS
+
+    head = ["stage", *EVAL_DIMENSIONS, "mean", "parse", *[f"{k} F1" for k in ARTIFACT_KINDS], "ROUGE-L"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in table["stages"].items():
+        cells = [name, *[_fmt(m["pcc"].get(d)) for d in EVAL_DIMENSIONS], _fmt(m["pcc"].get("mean")),
+                 _fmt(m["parse_rate"]), *[_fmt(m["artifacts"].get(k, {}).get("f1")) for k in ARTIFACT_KINDS],
+                 _fmt(m["long_form"].get("rouge_l"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(out: Path, table: dict[str, Any]) -> None:
+    from sqrl.plots import pcc_bars
+
+    pcc_bars({name: m["pcc"] for name, m in table["stages"].items()}, out / "pcc_by_stage.png")
+    lines = ["# sqrl pipeline", "", f"Total time: {table['seconds'] / 60:.1f} min.", "",
+             "PCC per dimension on the held-out synthetic test set, per stage:", "", *table_lines(table), "",
+             "![PCC by stage](pcc_by_stage.png)", ""]
+    if (out / "grpo" / "plots" / "reward_curve.png").exists():
+        lines += ["GRPO reward curve:", "", "![reward curve](grpo/plots/reward_curve.png)", ""]
+    lines += [f"Per-stage reports: `{out}/eval/<stage>/report.md`."]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="the whole method: corpus, calibration, warm-up, GRPO, eval, report")
+    p.add_argument("--config", default="configs/tiny/pipeline.yaml")
+    p.add_argument("--out", required=True)
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. grpo.enabled=false")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    cfg = load_config(PipelineConfig, args.config, args.overrides)
+    table = run_pipeline(cfg, args.out)
+    print("\n".join(table_lines(table)))
+    print(f"\nfinished in {table['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.md'}")
+    return 0

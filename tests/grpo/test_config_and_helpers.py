@@ -1,0 +1,147 @@
+"""Configs, data cursor, sample selection, scored-batch plumbing, checkpoints and logs (no Ray, no model)."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from grpo import checkpoint
+from grpo.batch import Completion
+from grpo.config import GRPOConfig
+from grpo.driver import ClipStream, Driver, Group, sampling_seed, slice_scored
+from grpo.logging import RunLogger, plot_reward_curve, read_metrics
+from grpo.reward_worker import merge_scored, split_groups
+from rewards import RewardSet, ScoredBatch
+from sqrl.config import ConfigError, load_config
+from sqrl.schema import Record
+
+REPO = Path(__file__).resolve().parents[2]
+GRPO_CONFIGS = sorted(REPO.glob("configs/*/grpo_*.yaml"))
+
+
+@pytest.mark.parametrize("path", GRPO_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_grpo_config_loads_and_its_rewards_build(path):
+    cfg = load_config(GRPOConfig, path)
+    RewardSet.from_config(cfg.rewards.entries, cfg.rewards.aggregation)
+    assert cfg.rollout.group_size == 4 and cfg.train.batch_size == 4  # Table 2
+
+
+def test_paper_configs_follow_table_2():
+    for path in REPO.glob("configs/paper/grpo_*.yaml"):
+        cfg = load_config(GRPOConfig, path)
+        assert (cfg.train.steps, cfg.policy.lr, cfg.lora.rank, cfg.policy.zero_stage) == (200, 5e-6, 64, 3)
+
+
+def test_the_three_tiny_variants_differ_only_in_their_rewards():
+    from sqrl.config import to_dict
+
+    cfgs = {p.stem: to_dict(load_config(GRPOConfig, p)) for p in REPO.glob("configs/tiny/grpo_*.yaml")}
+    assert set(cfgs) == {"grpo_accsem_dimwise", "grpo_llmjudge_dimwise", "grpo_unified"}
+    for cfg in cfgs.values():
+        cfg.pop("rewards")
+    assert all(c == cfgs["grpo_accsem_dimwise"] for c in cfgs.values())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algorithm.loss_type=ppo", "loss_type"),
+    ("algorithm.scale_rewards=max", "scale_rewards"),
+    ("algorithm.zero_variance=drop", "zero_variance"),
+    ("rollout.group_size=1", "group_size"),
+    ("rollout.tempreature=0.9", "unknown config key"),
+])
+def test_bad_settings_are_rejected_with_their_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(GRPOConfig, REPO / "configs/tiny/grpo_accsem_dimwise.yaml", [override])
+
+
+def test_dotted_overrides_reach_the_config():
+    cfg = load_config(GRPOConfig, REPO / "configs/tiny/grpo_accsem_dimwise.yaml",
+                      ["rollout.temperature=0.7", "rewards.entries=[{name: accuracy, dimensions: [noise]}]"])
+    assert cfg.rollout.temperature == 0.7 and cfg.rewards.entries == [{"name": "accuracy", "dimensions": ["noise"]}]
+
+
+def test_clip_stream_permutes_each_epoch_and_resumes_from_its_state():
+    records = [Record(id=f"c{i}", audio=f"{i}.wav") for i in range(5)]
+    stream = ClipStream(records, seed=1)
+    first = [r.id for r in stream.take(7)]  # crosses into epoch 1
+    assert sorted(first[:5]) == [f"c{i}" for i in range(5)] and stream.epoch == 1
+    state = stream.state()
+    expected = [r.id for r in stream.take(6)]
+    again = ClipStream(records, seed=1)
+    again.load_state(state)
+    assert [r.id for r in again.take(6)] == expected
+
+
+def test_sampling_seeds_depend_on_the_call_not_on_history():
+    assert sampling_seed(0, 5, 0, 0) == sampling_seed(0, 5, 0, 0)
+    assert len({sampling_seed(0, s, a, w) for s in range(3) for a in range(2) for w in range(2)}) == 12
+
+
+def _groups(n: int, G: int, truncated_every: int = 0) -> list[Group]:
+    return [Group(Record(id=f"c{g}", audio="a.wav"),
+                  [Completion(f"c{g}", "a.wav", "p", [1, 2], "x", truncated=bool(truncated_every) and i % truncated_every == 0)
+                   for i in range(G)]) for g in range(n)]
+
+
+@pytest.mark.parametrize("mode, mask_truncated, expected", [
+    ("keep", False, 8), ("resample", False, 8), ("skip", False, 4), ("skip", True, 2), ("keep", True, 4)])
+def test_sample_selection_follows_zero_variance_and_truncation_settings(tmp_path, mode, mask_truncated, expected):
+    cfg = load_config(GRPOConfig, None, [f"algorithm.zero_variance={mode}", f"algorithm.mask_truncated={mask_truncated}",
+                                         "rollout.group_size=4"])
+    driver = Driver(cfg, tmp_path)
+    adv = torch.arange(8, dtype=torch.float32)
+    samples = driver.select_samples(_groups(2, 4, truncated_every=2), adv, torch.tensor([True, False]))
+    assert len(samples) == expected
+    if mode == "skip":
+        assert all(s.advantage >= 4 for s in samples)  # only the second (non-flat) group trains
+
+
+def test_scored_batches_split_and_merge_back():
+    rs = RewardSet.from_config([{"name": "format", "dimensions": ["noise", "overall"]}])
+    texts = ["Noise: 3/5", "Overall quality: 2/5", "nothing", "Noise: 1/5\nOverall quality: 5/5"]
+    refs = [Record(id=f"c{i // 2}") for i in range(4)]
+    whole = rs.score(texts, refs)
+    parts = [slice_scored(whole, 0, 2), slice_scored(whole, 2, 4)]
+    merged = merge_scored(parts)
+    assert merged.total == whole.total and merged.components == whole.components
+    assert split_groups(5, 2) == [range(0, 3), range(3, 5)] and split_groups(1, 3) == [range(0, 1)]
+
+
+def test_merge_fills_a_reward_missing_from_one_worker_with_none():
+    a = ScoredBatch([1.0], {"r": [1.0]}, {"r/x": [1.0]}, {"r": 0}, {"r": 0})
+    b = ScoredBatch([None], {"r": [None]}, {}, {"r": 0}, {"r": 1}, total_skipped=1)
+    m = merge_scored([a, b])
+    assert m.components == {"r/x": [1.0, None]} and m.errors == {"r": 1} and m.total_skipped == 1
+
+
+def test_checkpoints_are_atomic_and_restore_the_driver_rng(tmp_path):
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    tmp = checkpoint.begin(tmp_path, 3)
+    assert checkpoint.latest(tmp_path) is None  # a half-written checkpoint is invisible
+    final = checkpoint.commit(tmp, 3, {"data": {"epoch": 0, "pos": 4}})
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    checkpoint.begin(tmp_path, 4)  # a kill -9 while writing step 4
+    assert checkpoint.latest(tmp_path) == final
+    state = checkpoint.load_state(final)
+    assert state["step"] == 3 and state["data"] == {"epoch": 0, "pos": 4}
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+    for step in (5, 6):
+        checkpoint.commit(checkpoint.begin(tmp_path, step), step, {})
+    checkpoint.prune(tmp_path, keep=2)
+    assert sorted(p.name for p in checkpoint.checkpoints_dir(tmp_path).iterdir()) == ["step-000005", "step-000006"]
+
+
+def test_run_logger_writes_jsonl_and_drops_rows_after_the_resumed_step(tmp_path):
+    logger = RunLogger(tmp_path, 3, tensorboard=True, progress=False)
+    for step in (1, 2, 3):
+        logger.log(step, {"rewards/total/mean": float(step), "rewards/acc/noise/mean": 0.5, "kl": float("nan")})
+    logger.close()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["kl"] is None
+    RunLogger(tmp_path, 3, start_step=1, tensorboard=False, progress=False).close()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
+    png = plot_reward_curve(tmp_path / "metrics.jsonl", tmp_path / "plots" / "reward_curve.png")
+    assert png.stat().st_size > 0

@@ -1,0 +1,166 @@
+"""The GRPO loop end to end on one Ray cluster (shared by this module): logs, restarts, sync, resume.
+
+Every run starts from an untrained tiny model, so the test rewards (tests/grpo/rewards_for_tests.py)
+give the groups something to rank.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from grpo.config import GRPOConfig
+from grpo.driver import Driver
+from grpo.logging import read_metrics
+from sqrl.config import apply_overrides, from_dict, save_config
+
+ray = pytest.importorskip("ray")
+REPO = Path(__file__).resolve().parents[2]
+TEST_REWARDS = "tests.grpo.rewards_for_tests"
+G = 4
+
+
+@pytest.fixture(scope="module")
+def cluster(grpo_cache, tiny_init, corpus):
+    """One local Ray cluster for the module; workers inherit SQRL_CACHE and run from the repository."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    cwd = os.getcwd()
+    os.chdir(REPO)  # workers import the test rewards by dotted path from the working directory
+    info = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield info.address_info["address"]
+    ray.shutdown()
+    os.chdir(cwd)
+
+
+def make_config(tiny_init, corpus, *overrides: str) -> GRPOConfig:
+    base = {
+        "model": {"init": str(tiny_init)},
+        "lora": {"rank": 8},
+        "data": {"train": str(corpus / "train.jsonl"), "synth": None},
+        "rollout": {"group_size": G, "max_new_tokens": 12},
+        "policy": {"lr": 2e-3, "micro_batch_size": 8},
+        "train": {"steps": 3, "batch_size": 2, "save_every": 2, "seed": 3},
+        "logging": {"progress": False},
+    }
+    return from_dict(GRPOConfig, apply_overrides(base, list(overrides)))
+
+
+@pytest.fixture(scope="module")
+def main_run(cluster, tiny_init, corpus, tmp_path_factory):
+    """3 steps; the training reward is flat on chosen clips and `zero_variance: skip`; a weight-0 reward
+    kills its worker on the first batch; the rollout/policy log-probs are compared after every sync."""
+    tmp = tmp_path_factory.mktemp("main_run")
+    entries = (f"[{{name: {TEST_REWARDS}.text_stats, params: {{flat_every: 2}}}}, {{name: accuracy, weight: 0}}, "
+               f"{{name: {TEST_REWARDS}.crash_once, weight: 0, params: {{marker: '{tmp / 'crashed'}'}}}}]")
+    cfg = make_config(tiny_init, corpus, f"rewards.entries={entries}", "algorithm.zero_variance=skip",
+                      "train.check_sync_every=1")
+    run_dir = Driver(cfg, tmp / "run").run()
+    return run_dir, read_metrics(run_dir / "metrics.jsonl"), tmp
+
+
+def test_every_reward_component_per_dimension_is_logged(main_run):
+    _, rows, _ = main_run
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        for key in ("rewards/text_stats/vowels/mean", "rewards/text_stats/spaces/mean", "rewards/accuracy/noise/mean",
+                    "rewards/accuracy/overall/mean", "rewards/total/mean", "zero_variance/fraction",
+                    "completion/mean_length", "time/generate", "time/score", "time/update", "time/sync",
+                    "tokens_per_s/generate", "update/skipped"):
+            assert key in row, key
+    updated = [r for r in rows if not r["update/skipped"]]
+    assert updated
+    for row in updated:  # a step whose groups were all flat (and skipped) has no update to report
+        for key in ("loss", "kl", "clip_ratio/region_mean", "grad_norm", "tokens_per_s/update"):
+            assert key in row, key
+
+
+def test_a_killed_reward_worker_is_restarted_and_its_batch_retried(main_run):
+    _, rows, tmp = main_run
+    assert (tmp / "crashed").exists()
+    assert rows[-1]["reward_worker_restarts"] == 1
+    assert all(r["rewards/crash_once/errors"] == 0 for r in rows)  # the retried batch was scored
+
+
+def test_rollout_logprobs_equal_the_policys_after_every_sync(main_run):
+    _, rows, _ = main_run
+    assert all(r["sync/max_abs_logprob_diff"] < 1e-4 for r in rows)
+    assert max(r.get("kl", 0) for r in rows) > 0  # the policy moved away from the reference
+
+
+def test_flat_groups_are_counted_and_skipped_groups_leave_the_loss(main_run):
+    _, rows, _ = main_run
+    assert any(0 < r["zero_variance/fraction"] < 1 for r in rows)
+    for r in rows:
+        kept_groups = round(2 * (1 - r["zero_variance/fraction"]))
+        assert r["zero_variance/skipped_groups"] == 2 - kept_groups
+        assert r.get("update/trained_sequences", 0) == G * kept_groups
+
+
+def test_the_run_directory_holds_the_policy_checkpoints_and_the_reward_curve(main_run, tiny_init):
+    import yaml
+
+    from sqrl.models import load_model, read_meta
+
+    run_dir, _, _ = main_run
+    assert (run_dir / "plots" / "reward_curve.png").stat().st_size > 0
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    assert any((run_dir / "tensorboard").iterdir())
+    meta = read_meta(run_dir)
+    assert (meta.kind, meta.stage, Path(meta.base)) == ("adapter", "grpo", tiny_init.resolve())
+    from peft import PeftModel
+
+    model, _, _ = load_model(run_dir)  # what `sqrl eval --model DIR` loads
+    assert isinstance(model, PeftModel)
+    assert any(float(p.abs().sum()) > 0 for n, p in model.named_parameters() if "lora_B" in n)  # trained, not fresh
+    saved = yaml.safe_load((run_dir / "sqrl_config.yaml").read_text())
+    assert saved["data"]["prompting"] == "long_form"  # `sqrl eval` prompts the policy as it was trained
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(main_run, tiny_init, corpus):
+    run_dir, _, _ = main_run
+    with pytest.raises(FileExistsError, match="--resume"):
+        Driver(make_config(tiny_init, corpus), run_dir).start()
+
+
+def test_resume_after_kill_9_reproduces_the_uninterrupted_run(cluster, tiny_init, corpus, tmp_path):
+    steps = 4
+    cfg = make_config(tiny_init, corpus, f"train.steps={steps}", "train.save_every=1", "train.keep_checkpoints=10",
+                      "algorithm.zero_variance=resample", "algorithm.max_resample=1", "logging.tensorboard=false",
+                      f"rewards.entries=[{{name: {TEST_REWARDS}.text_stats, params: {{flat_every: 2}}}}]")
+    reference = read_metrics(Driver(cfg, tmp_path / "reference").run() / "metrics.jsonl")
+    assert any(r["zero_variance/resampled"] > 0 for r in reference)  # resampling (and its data draws) is exercised
+
+    config = tmp_path / "grpo.yaml"
+    save_config(cfg, config)
+    killed = tmp_path / "killed"
+    env = dict(os.environ, RAY_ADDRESS=cluster, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "grpo.cli", "--config", str(config), "--out", str(killed)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (killed / "checkpoints" / "step-000002" / "trainer_state.json").exists():
+            assert proc.poll() is None, "the run ended before its checkpoint"
+            assert time.time() < deadline, "no checkpoint within 4 minutes"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    from grpo.checkpoint import latest
+
+    resumed_from = int(latest(killed).name.split("-")[1])
+    logged_before_kill = len(read_metrics(killed / "metrics.jsonl"))
+    print(f"killed after step {logged_before_kill} was logged; resuming from checkpoint {resumed_from}")
+    assert resumed_from < steps, "the kill came too late to test anything"
+    Driver(cfg, killed, resume=True).run()
+    resumed = read_metrics(killed / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == list(range(1, steps + 1))
+    for ref, got in zip(reference[resumed_from:], resumed[resumed_from:]):
+        assert got["completion/mean_length"] == ref["completion/mean_length"]
+        for key in ("rewards/total/mean", "loss", "kl", "grad_norm", "zero_variance/resampled"):
+            assert got[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-7), (got["step"], key)
