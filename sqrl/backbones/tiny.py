@@ -26,7 +26,7 @@ from sqrl.backbones.tokenizer import AUDIO_TOKENS, IM_END, PAD_TOKEN, corpus_dig
 log = logging.getLogger(__name__)
 
 # Bump when the build code changes what it writes, so stale caches are not reused.
-BUILD_VERSION = 3  # 2: LM head initialised at lm_head_std; 3: weights saved on every rank
+BUILD_VERSION = 4  # 2: LM head at lm_head_std; 3: weights saved on every rank; 4: architectures
 BUILD_MARKER = "sqrl_build.json"
 
 
@@ -107,6 +107,7 @@ def _save_model(model, out: Path) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]  # vLLM picks its model class from this
     model.config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
