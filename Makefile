@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/sqrl demo --out runs/demo
+	$(BIN)/sqrl pipeline --config configs/tiny/pipeline.yaml --out runs/demo
 
 test: setup
 	$(BIN)/pytest
