@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sft.config import SynthSettings  # one corpus spec for every stage
 from sqrl.prompts import PROMPTINGS
 
 ENCODER_MODES = ("trainable", "frozen", "lora")
@@ -71,13 +72,6 @@ class LoraSettings:
             raise ValueError("lora.rank must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("lora.dropout must be in [0, 1)")
-
-
-@dataclass
-class SynthSettings:
-    root: str = "data/synth"
-    num: int = 2000
-    seed: int = 0
 
 
 @dataclass

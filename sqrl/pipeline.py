@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sft.config import SynthSettings
 from sqrl.config import load_config, save_config
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,6 @@ class StageSettings:
 
 
 @dataclass
-class CorpusSettings:
-    root: str = "data/synth"
-    num: int = 2000
-    seed: int = 0
-
-
-@dataclass
 class EvalSettings:
     limit: int | None = None
     """Evaluate on the first N test clips (None: all)."""
@@ -46,7 +40,7 @@ class EvalSettings:
 
 @dataclass
 class PipelineConfig:
-    corpus: CorpusSettings = field(default_factory=CorpusSettings)
+    corpus: SynthSettings = field(default_factory=SynthSettings)
     calibration: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/calibration.yaml"))
     warmup: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/warmup.yaml"))
     grpo: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/grpo_accsem_dimwise.yaml"))
@@ -83,15 +77,14 @@ def _stamp(out: Path, name: str, seconds: float) -> None:
 def run_pipeline(cfg: PipelineConfig, out: str | Path) -> dict[str, Any]:
     """Run every enabled stage into ``out`` and return the final table (metrics per stage)."""
     from sft.data import resolve_manifests
-    from sft.config import DataConfig, SynthSettings
+    from sft.config import DataConfig
     from sft.merge import merge
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.yaml")
     t0 = time.perf_counter()
-    corpus = SynthSettings(cfg.corpus.root, cfg.corpus.num, cfg.corpus.seed)
-    _, test_manifest = resolve_manifests(DataConfig(synth=corpus))
+    _, test_manifest = resolve_manifests(DataConfig(synth=cfg.corpus))
     models: dict[str, Path] = {}
     calib = run_sft_stage("calibration", cfg.calibration, out / "calibration", _corpus_overrides(cfg))
     models["calibration"] = calib
