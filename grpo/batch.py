@@ -82,6 +82,14 @@ def load_waves(paths: Sequence[str], max_seconds: float | None = None) -> tuple[
     return waves, failed
 
 
+def readable_requests(requests: Sequence["ClipRequest"], max_seconds: float | None = None
+                      ) -> tuple[list["ClipRequest"], dict[str, np.ndarray], "RolloutBatch"]:
+    """The rollout backends' common start: (readable requests, waves by path, a batch naming the unreadable clips)."""
+    waves, bad = load_waves([r.audio for r in requests], max_seconds)
+    ok = [r for r in requests if r.audio in waves]
+    return ok, waves, RolloutBatch(failed={r.clip_id: bad[r.audio] for r in requests if r.audio in bad})
+
+
 def completion_inputs(backbone: Any, processor: Any, waves: Sequence[np.ndarray], prompts: Sequence[str],
                       token_ids: Sequence[Sequence[int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Right-padded ``prompt + completion`` rows with the audio features: (model inputs, completion mask)."""

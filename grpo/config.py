@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sft.config import SynthSettings  # one corpus spec for every stage
+from sft.config import SynthSettings  # one corpus and adapter spec for every stage
+from sft.config import LoraSettings as SftLoraSettings
 from sqrl.prompts import PROMPTINGS
 
-ENCODER_MODES = ("trainable", "frozen", "lora")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
 ZERO_VARIANCE = ("keep", "skip", "resample")
@@ -52,26 +52,11 @@ class ModelSettings:
 
 
 @dataclass
-class LoraSettings:
-    """The fresh adapter GRPO trains on top of the merged calibration model."""
+class LoraSettings(SftLoraSettings):
+    """The fresh adapter GRPO trains on top of the merged calibration model (fields as in SFT)."""
 
-    rank: int = 64
-    """LoRA rank on every linear layer of the LLM (paper: 64)."""
-    alpha: int | None = None
-    """None: equal to ``rank`` (scaling 1)."""
     dropout: float = 0.0
     """0 keeps the policy's log-probs deterministic, so old, new and rollout log-probs agree."""
-    encoder_mode: str = "trainable"
-    """trainable: audio tower and projector trained in full (synced to rollouts each step); frozen:
-    tower frozen, projector trained; lora: LoRA on the tower too."""
-
-    def __post_init__(self):
-        if self.encoder_mode not in ENCODER_MODES:
-            raise ValueError(f"lora.encoder_mode must be one of {', '.join(ENCODER_MODES)}, not {self.encoder_mode!r}")
-        if self.rank < 1:
-            raise ValueError("lora.rank must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("lora.dropout must be in [0, 1)")
 
 
 @dataclass

@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from grpo.batch import SAMPLING_RATE, Completion, RolloutBatch, ClipRequest, load_waves
+from grpo.batch import SAMPLING_RATE, Completion, RolloutBatch, ClipRequest, load_waves, readable_requests
 from grpo.rollout_worker import RolloutWorker, SamplingParams, WeightUpdate, suppressed_token_ids
 
 log = logging.getLogger(__name__)
@@ -296,9 +296,7 @@ class VLLMRolloutWorker(RolloutWorker):
         from vllm import SamplingParams as VLLMSampling
 
         t0 = time.perf_counter()
-        waves, bad = load_waves([r.audio for r in requests], self.max_seconds)
-        ok = [r for r in requests if r.audio in waves]
-        result = RolloutBatch(failed={r.clip_id: bad[r.audio] for r in requests if r.audio in bad})
+        ok, waves, result = readable_requests(requests, self.max_seconds)
         if not ok:
             return result
         # vLLM seeds the i-th of n samples with seed + i: give each clip its own block of n seeds.

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from grpo.batch import (ClipRequest, Completion, RolloutBatch, completion_inputs, completion_logprobs, load_waves, per_row,
-                        resolve_dtype)
+                        readable_requests, resolve_dtype)
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,7 @@ class HFRolloutWorker(RolloutWorker):
     @torch.no_grad()
     def generate(self, requests: Sequence[ClipRequest], n: int, sampling: SamplingParams, seed: int) -> RolloutBatch:
         t0 = time.perf_counter()
-        waves, bad = load_waves([r.audio for r in requests], self.max_seconds)
-        ok = [r for r in requests if r.audio in waves]
-        result = RolloutBatch(failed={r.clip_id: bad[r.audio] for r in requests if r.audio in bad})
+        ok, waves, result = readable_requests(requests, self.max_seconds)
         if not ok:
             return result
         inputs = self.backbone.build_inputs(self.processor, [waves[r.audio] for r in ok], [r.prompt for r in ok])

@@ -33,7 +33,7 @@ class LoraSettings:
     rank: int = 64
     """LoRA rank on every linear layer of the LLM (paper: 64)."""
     alpha: int | None = None
-    """LoRA alpha; None means 2 * rank."""
+    """LoRA alpha; None: equal to ``rank`` (scaling 1)."""
     dropout: float = 0.05
     encoder_mode: str = "trainable"
     """trainable: audio tower and projector trained in full (the paper's calibration); frozen: tower
@@ -44,6 +44,8 @@ class LoraSettings:
             raise ValueError(f"lora.encoder_mode must be one of {', '.join(ENCODER_MODES)}, not {self.encoder_mode!r}")
         if self.rank < 1:
             raise ValueError("lora.rank must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("lora.dropout must be in [0, 1)")
 
 
 @dataclass

@@ -42,25 +42,22 @@ def merge(checkpoint: str | Path, out: str | Path, atol: float = 1e-4) -> dict[s
         raise ValueError(f"{checkpoint} is already a full model; nothing to merge")
     model, processor, backbone = load_model(checkpoint)
     before = probe_logits(model, processor, backbone)
-    merged = model.merge_and_unload()
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        merged.save_pretrained(str(tmp))
-        processor.save_pretrained(str(tmp))
-        write_meta(tmp, ModelMeta(backbone=backbone.name, kind="full", base=None, stage="merge"))
+        merged = backbone.save_merged(model, processor, stage / "model")
+        write_meta(merged, ModelMeta(backbone=backbone.name, kind="full", base=None, stage="merge"))
         # the prompts the model was trained with travel with it (sqrl eval and GRPO read them)
         if (checkpoint / "sqrl_config.yaml").exists():
-            shutil.copy(checkpoint / "sqrl_config.yaml", tmp / "sqrl_config.yaml")
-        reloaded, processor2, _ = load_model(tmp)
-        after = probe_logits(reloaded, processor2, backbone)
-        diff = float((before - after).abs().max())
+            shutil.copy(checkpoint / "sqrl_config.yaml", merged / "sqrl_config.yaml")
+        reloaded, processor2, _ = load_model(merged)
+        diff = float((before - probe_logits(reloaded, processor2, backbone)).abs().max())
         if diff > atol:
             raise RuntimeError(f"merged model's logits differ by {diff:.3g} (> {atol}); not writing {out}")
         if out.exists():
             shutil.rmtree(out)
-        tmp.rename(out)
+        merged.rename(out)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
     log.info("merged %s into %s (max logit difference %.2e)", checkpoint, out, diff)
     return {"max_abs_logit_diff": diff}

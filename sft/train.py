@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from sft.config import SFTStageConfig
 from sft.data import AudioCollator, load_examples, resolve_manifests
@@ -174,10 +175,11 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False) -> Path:
         processing_class=processor,
         callbacks=[JsonlLogger(out / "metrics.jsonl", collator)],
     )
-    last = _last_checkpoint(out / "checkpoints") if resume else None
+    ckpts = out / "checkpoints"
+    last = get_last_checkpoint(str(ckpts)) if resume and ckpts.is_dir() else None
     if resume and last is None:
         log.warning("--resume: no checkpoint under %s; starting from scratch", out / "checkpoints")
-    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))
         processor.save_pretrained(str(out))
@@ -196,10 +198,3 @@ def _base_build(backbone, base: str | None, cfg: SFTStageConfig) -> str | None:
     if base is None and backbone.tiny is not None:
         return backbone.build_dir().name
     return None
-
-
-def _last_checkpoint(folder: Path) -> Path | None:
-    if not folder.exists():
-        return None
-    ckpts = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
