@@ -6,7 +6,7 @@ import time
 import pytest
 
 from judges.base import PromptSpec
-from judges.transformers_judge import TransformersJudge, converted_gguf, shared_prefix, smollm2_location
+from judges.transformers_judge import TransformersJudge, converted_gguf, prefix_batches, shared_prefix, smollm2_location
 
 # A short prompt keeps each forward pass cheap on two cores; the real prompt sets are tested in the rewards.
 SPEC = PromptSpec(
@@ -74,6 +74,40 @@ def test_generate_mode_parses_scores_in_range_and_the_prefix_cache_changes_no_te
 def test_shared_prefix_length_is_the_longest_common_start():
     assert shared_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
     assert shared_prefix([[5], [6]]) == 0
+
+
+def test_prefix_batches_cut_where_sharing_drops_and_respect_the_batch_size():
+    sys_ = [9, 9, 9]
+    a = [sys_ + [1, 1, 1, k] for k in range(3)]  # three answers about reference [1, 1, 1]
+    b = [sys_ + [2, 2, 2, k] for k in range(3)]  # three about reference [2, 2, 2]
+    seqs = [b[0], a[0], b[1], a[1], b[2], a[2]]
+    assert prefix_batches(seqs, 8) == [[1, 3, 5], [0, 2, 4]]  # one batch per reference, not one mixed batch
+    assert prefix_batches(seqs, 2) == [[1, 3], [5], [0, 2], [4]]
+    flat = [[k] for k in range(5)]  # nothing shared: plain chunks in sorted order
+    assert prefix_batches(flat, 2) == [[0, 1], [2, 3], [4]]
+
+
+def test_grpo_like_groups_compute_each_reference_once_and_score_as_alone(smollm2):
+    refs = ["Noise: 2/5, a steady hiss from 0.0 to 1.7 s.", "Noise: 4/5, a faint hum throughout."]
+    answers = ["Noise: 2/5, hiss from 0 to 1.7 s.", "Noise: 5/5, clean.", "Noise: 3/5, some hum."]
+    reqs = [SPEC.request(ans, reference=ref) for ref in refs for ans in answers]
+    judge = smollm2(mode="logit", batch_size=8)
+    verdicts = judge.score(reqs)
+    plain = smollm2(mode="logit", batch_size=1, prefix_cache=False).score(reqs)
+    for a, b in zip(verdicts, plain):
+        assert a.score == pytest.approx(b.score, abs=1e-3)
+    stats = judge.stats.as_dict()
+    per_answer = [len(judge.prompt_ids(r, judge.score_prefix)) + 1 for r in reqs]  # + the speculated "1"
+    assert stats["tokens/prompt"] == sum(per_answer)
+    # the system prompt once, each reference once, then only the answers. One mixed batch (the old cut
+    # every batch_size rows) shares only the common start; per-reference batches save (G - 1) x the
+    # reference part of each group on top of that.
+    ids = [judge.prompt_ids(r, judge.score_prefix) + [0] for r in reqs]
+    common = shared_prefix(ids)
+    mixed = common + sum(len(i) - common for i in ids)
+    saved = sum((len(answers) - 1) * (shared_prefix(ids[g:g + 3]) - common) for g in (0, 3))
+    assert saved > 20
+    assert stats["tokens/computed"] == mixed - saved
 
 
 def test_a_prompt_over_the_token_limit_fails_with_a_reason_not_a_crash(smollm2):
