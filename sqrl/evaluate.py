@@ -40,6 +40,47 @@ def training_prompts(model_spec: str | Path) -> tuple[str, str | None]:
     return prompting, rubric
 
 
+class ScoreReader:
+    """A logits processor that keeps, at every generation step, the log-probabilities of the score digits.
+
+    ``templates`` maps a token spelling with its digit replaced by ``{}`` (``"{}"``, ``"Ġ{}"``) to the
+    ids of its five spellings 1..5; only spellings with all five in the vocabulary count. The
+    processor leaves the scores unchanged.
+    """
+
+    def __init__(self, tokenizer: Any):
+        vocab = tokenizer.get_vocab()
+        found: dict[str, dict[int, int]] = {}
+        for tok, tid in vocab.items():
+            digits = [c for c in tok if c.isdigit()]
+            if len(digits) == 1 and digits[0] in "12345":
+                found.setdefault(tok.replace(digits[0], "{}"), {})[int(digits[0])] = tid
+        self.templates = {t: [ids[k] for k in range(1, 6)] for t, ids in found.items() if len(ids) == 5}
+        self.columns = sorted({i for ids in self.templates.values() for i in ids})
+        self._col = {tid: c for c, tid in enumerate(self.columns)}
+        self._index = torch.tensor(self.columns, dtype=torch.long)
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.columns:
+            self.steps.append(torch.log_softmax(scores.float(), dim=-1)[:, self._index.to(scores.device)].cpu())
+        return scores
+
+    def expectation(self, step: int, row: int, token: str) -> tuple[float, float] | None:
+        """(expected score, probability mass of 1..5) for the digit token ``token`` generated at ``step``."""
+        digits = [c for c in token if c.isdigit()]
+        if len(digits) != 1 or step >= len(self.steps):
+            return None
+        ids = self.templates.get(token.replace(digits[0], "{}"))
+        if ids is None:
+            return None
+        probs = self.steps[step][row, [self._col[i] for i in ids]].exp()
+        mass = float(probs.sum())
+        if mass <= 0:
+            return None
+        return float((probs * torch.arange(1, 6)).sum() / mass), mass
+
+
 class Generator:
     """Greedy (or sampled) batched generation for one loaded model."""
 
@@ -48,20 +89,63 @@ class Generator:
         self.max_new_tokens = max_new_tokens
         self.model.eval()
 
-    @torch.no_grad()
-    def __call__(self, waves: list, prompts: list[str], **sampling: Any) -> list[str]:
+    def _generate(self, waves: list, prompts: list[str], reader: ScoreReader | None = None, **sampling: Any):
         inputs = self.backbone.build_inputs(self.processor, waves, prompts, sampling_rate=SAMPLING_RATE)
         device = next(self.model.parameters()).device
         inputs = inputs.to(device)
         tokenizer = self.processor.tokenizer
+        extra = {"logits_processor": [reader]} if reader is not None else {}
         out = self.model.generate(
             **inputs,
             max_new_tokens=self.max_new_tokens,
             do_sample=bool(sampling.get("do_sample", False)),
             pad_token_id=tokenizer.pad_token_id,
+            **extra,
             **{k: v for k, v in sampling.items() if k != "do_sample"},
         )
-        return self.backbone.decode(self.processor, out[:, inputs["input_ids"].shape[1]:])
+        return out[:, inputs["input_ids"].shape[1]:]
+
+    @torch.no_grad()
+    def __call__(self, waves: list, prompts: list[str], **sampling: Any) -> list[str]:
+        return self.backbone.decode(self.processor, self._generate(waves, prompts, **sampling))
+
+    @torch.no_grad()
+    def with_expected_scores(self, waves: list, prompts: list[str]) -> list[tuple[str, dict[str, float]]]:
+        """Greedy answers and, per dimension whose score line is found, the expected score.
+
+        The expected score is ``sum_k k * p(k)`` over the model's next-token probabilities of the digits
+        1..5 at the position where it wrote its score (renormalised over those five), as in Q-Align.
+        The greedy digit is the argmax of the same distribution, so the two agree on a confident model;
+        where the model hesitates, the expectation keeps the ranking that the argmax throws away.
+        """
+        tokenizer = self.processor.tokenizer
+        reader = ScoreReader(tokenizer)
+        generated = self._generate(waves, prompts, reader)
+        return [read_expected(tokenizer, reader, row, ids) for row, ids in enumerate(generated.tolist())]
+
+
+def read_expected(tokenizer: Any, reader: ScoreReader, row: int, ids: list[int]) -> tuple[str, dict[str, float]]:
+    """(text, expected score per dimension) for one generated row; ``ids[step]`` was generated at ``step``.
+
+    Each score digit that ``score_spans`` finds in the text is traced back to the token that wrote it,
+    and that step's probabilities of the digits 1..5 give the expectation.
+    """
+    from sqrl.response import score_spans
+
+    special = set(tokenizer.all_special_ids)
+    kept = [(step, t) for step, t in enumerate(ids) if t >= 0 and t not in special]
+    tokens = [t for _, t in kept]
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    ends = [len(tokenizer.decode(tokens[:k + 1], skip_special_tokens=True)) for k in range(len(tokens))]
+    expected: dict[str, float] = {}
+    for dim, (start, _) in score_spans(text).items():
+        k = next((k for k, end in enumerate(ends) if end > start), None)
+        if k is None:
+            continue
+        value = reader.expectation(kept[k][0], row, tokenizer.convert_ids_to_tokens(tokens[k]))
+        if value is not None:
+            expected[dim] = value[0]
+    return text.strip(), expected
 
 
 def _requests(records: list[Record], rubric: Rubric, prompting: str) -> list[tuple[int, str | None, str]]:
@@ -87,13 +171,25 @@ def _combine(parts: list[tuple[str | None, str]]) -> tuple[Assessment, str]:
     return merged, "\n\n".join(t for _, t in parts)
 
 
+def _combine_expected(parts: list[tuple[str | None, dict[str, float]]]) -> dict[str, float]:
+    """A clip's expected scores from its answers (under per-dimension prompting, each answer's own dimension)."""
+    if len(parts) == 1 and parts[0][0] is None:
+        return dict(parts[0][1])
+    return {dim: exp[dim] for dim, exp in parts if dim in exp}
+
+
 def predict(generator: Generator, records: list[Record], rubric: Rubric, prompting: str, batch_size: int = 8,
-            max_seconds: float = 30.0, progress: bool = True) -> tuple[list[Assessment | None], list[str], int]:
-    """Predictions for ``records``: (assessments, raw texts, unreadable clip count)."""
+            max_seconds: float = 30.0, progress: bool = True,
+            expected: list[dict[str, float]] | None = None) -> tuple[list[Assessment | None], list[str], int]:
+    """Predictions for ``records``: (assessments, raw texts, unreadable clip count).
+
+    With a list as ``expected``, it is filled with each clip's expected scores (``Generator.with_expected_scores``;
+    an empty dict for an unanswered clip)."""
     from sqrl.audio import AudioError, load_audio
 
     requests = _requests(records, rubric, prompting)
     texts: dict[int, list[tuple[str | None, str]]] = {}
+    expectations: dict[int, list[tuple[str | None, dict[str, float]]]] = {}
     unreadable: set[int] = set()
     waves: dict[int, Any] = {}
     bar = tqdm(total=len(requests), desc="eval", unit="answer", disable=not progress)
@@ -109,9 +205,14 @@ def predict(generator: Generator, records: list[Record], rubric: Rubric, prompti
             if i not in unreadable:
                 chunk.append((i, dim, prompt))
         if chunk:
-            answers = generator([waves[i] for i, _, _ in chunk], [p for _, _, p in chunk])
-            for (i, dim, _), text in zip(chunk, answers):
+            batch_waves, batch_prompts = [waves[i] for i, _, _ in chunk], [p for _, _, p in chunk]
+            if expected is None:
+                answers = [(text, {}) for text in generator(batch_waves, batch_prompts)]
+            else:
+                answers = generator.with_expected_scores(batch_waves, batch_prompts)
+            for (i, dim, _), (text, exp) in zip(chunk, answers):
                 texts.setdefault(i, []).append((dim, text))
+                expectations.setdefault(i, []).append((dim, exp))
         bar.update(len(requests[start:start + batch_size]))
         # requests come clip by clip: only a clip whose prompts continue in the next batch stays loaded
         following = requests[start + batch_size][0] if start + batch_size < len(requests) else None
@@ -127,18 +228,24 @@ def predict(generator: Generator, records: list[Record], rubric: Rubric, prompti
         else:
             preds.append(None)
             raw.append("")
+        if expected is not None:
+            expected.append(_combine_expected(expectations[i]) if i in expectations else {})
     return preds, raw, len(unreadable)
 
 
 def write_report(out: Path, metrics: dict[str, Any], model: str, data: str) -> None:
     lines = [f"# Evaluation of `{model}`", "", f"Data: `{data}` ({metrics['n']} clips). "
              f"Parse rate: {_fmt(metrics['parse_rate'])}.", "", "## Scores (Table 1)", "",
-             "| dimension | PCC | SRCC | MAE |", "|---|---|---|---|"]
+             "| dimension | PCC | SRCC | MAE | PCC, expected score |", "|---|---|---|---|---|"]
+    exp = (metrics.get("expected") or {}).get("pcc", {})
     for dim in [*EVAL_DIMENSIONS, "speed"]:
         lines.append(f"| {dim} | {_fmt(metrics['pcc'].get(dim))} | {_fmt(metrics['srcc'].get(dim))} | "
-                     f"{_fmt(metrics['mae'].get(dim))} |")
+                     f"{_fmt(metrics['mae'].get(dim))} | {_fmt(exp.get(dim))} |")
     lines.append(f"| **mean (6 dims)** | **{_fmt(metrics['pcc'].get('mean'))}** | "
-                 f"{_fmt(metrics['srcc'].get('mean'))} | |")
+                 f"{_fmt(metrics['srcc'].get('mean'))} | | **{_fmt(exp.get('mean'))}** |")
+    lines += ["", "PCC, SRCC and MAE are for the integer scores of the greedy answers (as the paper reports). "
+              "*PCC, expected score* uses the model's probabilities of the digits 1-5 where it wrote each score "
+              "(sum of k p(k), as in Q-Align); it keeps a ranking that the argmax flattens."]
     lines += ["", "## Artifacts (Table 3)", "", "| kind | F1 | IoU | similarity |", "|---|---|---|---|"]
     for kind, row in metrics["artifacts"].items():
         lines.append(f"| {kind} | {_fmt(row.get('f1'))} | {_fmt(row.get('iou'))} | {_fmt(row.get('similarity'))} |")
@@ -152,9 +259,15 @@ def _fmt(value: Any) -> str:
 
 
 def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int = 8, max_new_tokens: int = 256,
-             prompting: str | None = None, limit: int | None = None, rubric: str | None = None) -> dict[str, Any]:
-    """Evaluate a model directory (or backbone name) on a manifest and write the result files to ``out``."""
-    from sqrl.metrics import compute_metrics
+             prompting: str | None = None, limit: int | None = None, rubric: str | None = None,
+             expected_scores: bool = True) -> dict[str, Any]:
+    """Evaluate a model directory (or backbone name) on a manifest and write the result files to ``out``.
+
+    ``metrics["pcc"]`` etc. are for the greedy answers' integer scores, as the paper reports them. With
+    ``expected_scores``, ``metrics["expected"]`` holds PCC/SRCC/MAE of the expected scores read from the
+    same greedy pass (see ``Generator.with_expected_scores``; a dimension without one keeps its integer).
+    """
+    from sqrl.metrics import compute_metrics, score_metrics
     from sqrl.models import load_model
     from sqrl.plots import pcc_bars, scatter_per_dimension
 
@@ -167,20 +280,37 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     model, processor, backbone = load_model(model_spec, dtype=torch.float32)
     generator = Generator(model, processor, backbone, max_new_tokens=max_new_tokens)
     t0 = time.perf_counter()
-    preds, raw, unreadable = predict(generator, records, Rubric(rubric), prompting, batch_size)
+    expected: list[dict[str, float]] | None = [] if expected_scores else None
+    preds, raw, unreadable = predict(generator, records, Rubric(rubric), prompting, batch_size, expected=expected)
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(preds, records)
+    if expected is not None:
+        metrics["expected"] = score_metrics(with_expected(preds, expected), records)
     metrics.update(unreadable_clips=unreadable, prompting=prompting, seconds=round(seconds, 1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
-        for rec, pred, text in zip(records, preds, raw):
+        for k, (rec, pred, text) in enumerate(zip(records, preds, raw)):
             row = {"id": rec.id, "text": text, "parsed": pred.to_dict() if pred else None, "reference": rec.to_dict()}
+            if expected is not None:
+                row["expected_scores"] = {d: round(v, 4) for d, v in expected[k].items()}
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     scatter_per_dimension(preds, records, out / "plots" / "scatter.png")
     pcc_bars({"model": metrics["pcc"]}, out / "plots" / "pcc.png")
     write_report(out, metrics, str(model_spec), str(manifest))
     log.info("eval: mean PCC %s, parse rate %s, %.0f s", metrics["pcc"].get("mean"), metrics["parse_rate"], seconds)
     return metrics
+
+
+def with_expected(preds: list[Assessment | None], expected: list[dict[str, float]]) -> list[Assessment | None]:
+    """Copies of ``preds`` whose scores are the expected scores where there is one (the integer elsewhere)."""
+    out: list[Assessment | None] = []
+    for pred, exp in zip(preds, expected):
+        if pred is None:
+            out.append(None)
+            continue
+        scores = {d: exp.get(d, v) if v is not None else None for d, v in pred.scores.items()}
+        out.append(Assessment(scores=scores, artifacts=list(pred.artifacts), description=pred.description))
+    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -192,6 +322,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--prompting", choices=PROMPTINGS, default=None, help="default: as the model was trained")
     p.add_argument("--limit", type=int, default=None, help="first N clips only")
+    p.add_argument("--no-expected", action="store_true",
+                   help="skip the expected-score readout (the probabilities of the score digits)")
     p.add_argument("--rubric", default=None, help="rubric YAML (default configs/rubrics/qualispeech.yaml)")
     p.set_defaults(func=_run)
 
@@ -199,8 +331,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args) -> int:
     metrics = evaluate(args.model, args.data, args.out, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, prompting=args.prompting, limit=args.limit,
-                       rubric=args.rubric)
-    print(json.dumps({"pcc_mean": metrics["pcc"].get("mean"), "parse_rate": metrics["parse_rate"],
+                       rubric=args.rubric, expected_scores=not args.no_expected)
+    print(json.dumps({"pcc_mean": metrics["pcc"].get("mean"),
+                      "pcc_mean_expected": (metrics.get("expected") or {}).get("pcc", {}).get("mean"),
+                      "parse_rate": metrics["parse_rate"],
                       "n": metrics["n"]}, indent=None))
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sqrl.dimensions import ARTIFACT_KINDS, DIMENSIONS, EVAL_DIMENSIONS, valid_score
+from sqrl.dimensions import ARTIFACT_KINDS, DIMENSIONS, EVAL_DIMENSIONS, SCORE_MAX, SCORE_MIN, valid_score
 from sqrl.schema import Assessment
 
 MIDPOINT = 3  # fill value for a missing predicted score
@@ -93,8 +93,12 @@ def kind_text(answer: Assessment, kind: str) -> str | None:
     return "; ".join(a.text.strip() for a in found if a.text and a.text.strip())
 
 
-def predicted_score(answer: Assessment | None, dim: str) -> int | None:
+def predicted_score(answer: Assessment | None, dim: str) -> float | None:
+    """The predicted score if usable: an integer on the 1-5 scale, or a real number in [1, 5] (an
+    expected score from ``sqrl eval``'s probability readout)."""
     value = answer.scores.get(dim) if answer is not None else None
+    if isinstance(value, float) and math.isfinite(value) and SCORE_MIN <= value <= SCORE_MAX:
+        return value
     return value if valid_score(value) else None
 
 

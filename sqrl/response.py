@@ -185,6 +185,45 @@ def _parse_score(line: str) -> tuple[str, int | None] | None:
     return dim, value
 
 
+_LINE_LEAD = re.compile(r"^\s*(?:#+\s*|[-*•+]\s+|\d+[.)]\s+)?")
+
+
+def score_spans(text: object) -> dict[str, tuple[int, int]]:
+    """Character spans of the score digits that ``parse`` reads, per dimension.
+
+    Only plain lines are located (``- Noise: 4/5``, ``Noise: 4 out of 5``, with or without a bullet);
+    a score inside markdown emphasis or after a ``<think>`` block is parsed but has no span. Spans are
+    for ``text`` as given. Used to read the model's probability of each score (``sqrl eval``'s
+    expected scores).
+
+    >>> text = "Scores:\\n- Noise: 4/5\\n- Distortion: 2/5"
+    >>> {d: text[a:b] for d, (a, b) in score_spans(text).items()}
+    {'noise': '4', 'distortion': '2'}
+    """
+    spans: dict[str, tuple[int, int]] = {}
+    if not isinstance(text, str) or not text or _THINK.search(text[:MAX_PARSE_CHARS]):
+        return spans
+    offset, section = 0, None
+    for raw in text[:MAX_PARSE_CHARS].splitlines(keepends=True):
+        line = raw.rstrip("\r\n")
+        lead = _LINE_LEAD.match(line).end()
+        body = line[lead:]
+        header = _HEADER.match(body.strip())
+        if header and not _SCORE_LINE.match(body):
+            h = header["h"].lower()
+            section = ("description" if h.startswith(("desc", "long", "summ", "overall desc", "expl"))
+                       else "artifacts" if h.startswith(("artifact", "audio art", "detected")) else "scores")
+        elif section not in ("description", "artifacts"):
+            m = _SCORE_LINE.match(body)
+            if m and re.fullmatch(r"\d", m["value"]):
+                dim = _canonical(m["name"], _DIM_ALIASES)
+                if dim not in spans and SCORE_MIN <= int(m["value"]) <= SCORE_MAX:
+                    start = offset + lead + m.start("value")
+                    spans[dim] = (start, start + 1)
+        offset += len(raw)
+    return spans
+
+
 def _intervals(text: str) -> list[tuple[float, float]]:
     out = []
     for match in _INTERVAL.finditer(text):

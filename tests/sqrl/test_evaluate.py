@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from sqrl.dimensions import DIMENSIONS
@@ -34,7 +35,8 @@ def test_eval_writes_every_file_and_counts_unreadable_clips_against_the_model(tm
     for name in ("metrics.json", "predictions.jsonl", "report.md", "plots/scatter.png", "plots/pcc.png"):
         assert (out / name).exists(), name
     saved = json.loads((out / "metrics.json").read_text())
-    assert {"pcc", "srcc", "mae", "parse_rate", "artifacts", "long_form", "n"} <= set(saved)
+    assert {"pcc", "srcc", "mae", "parse_rate", "artifacts", "long_form", "n", "expected"} <= set(saved)
+    assert set(saved["expected"]) == {"pcc", "srcc", "mae"}
     assert saved["n"] == 5 and saved["unreadable_clips"] == 1
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and rows[-1]["parsed"] is None and rows[-1]["text"] == ""
@@ -51,3 +53,71 @@ def test_per_dimension_answers_combine_into_one_assessment():
     assert merged.scores["overall"] is None
     assert [(a.kind, a.start) for a in merged.artifacts] == [("noise", 0.1)]
     assert "Distortion: 4/5" in text
+
+
+# ---------------------------------------------------------------- expected scores (probability readout)
+def test_score_spans_point_at_the_digits_parse_reads_and_skip_artifacts_and_description():
+    from sqrl.response import parse, score_spans
+
+    text = ("Scores:\n- Speed: 3/5\n* Noise: 4 out of 5\n1. Overall quality: 2/5\n**Distortion**: 5/5\n"
+            "Artifacts:\n- Noise [0.00-1.70 s]: hiss\nDescription: Continuity: 1/5 is what I'd say")
+    spans = score_spans(text)
+    assert {d: text[a:b] for d, (a, b) in spans.items()} == {"speed": "3", "noise": "4", "overall": "2"}
+    # every located digit is the score parse reads; bold is parsed but not located (no span, no readout)
+    assert all(parse(text).scores[d] == int(text[a:b]) for d, (a, b) in spans.items())
+    assert parse(text).scores["distortion"] == 5 and "distortion" not in spans
+    assert score_spans("<think>Noise: 1/5</think>\nNoise: 4/5") == {}
+    assert score_spans(None) == {} and score_spans("Noise: 3.5/5") == {}
+
+
+def test_the_readout_traces_each_score_digit_to_its_token_and_takes_the_expectation(tmp_path, monkeypatch):
+    import torch
+
+    from sqrl.backbones import get_backbone
+    from sqrl.evaluate import ScoreReader, read_expected
+
+    monkeypatch.setenv("SQRL_CACHE", str(tmp_path / "cache"))
+    tok = get_backbone("tiny-qwen2-audio", window_s=5).load()[1].tokenizer
+    reader = ScoreReader(tok)
+    assert reader.templates  # the tiny BPE spells the digits 1-5 as tokens
+    text = "Scores:\n- Noise: 4/5\n- Distortion: 2/5\nArtifacts:\n- Noise: none"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    # hand-set distributions: at every step p(1..5) = (0.1, 0.2, 0.3, 0.4, 0) except at the noise digit
+    # (p(4) = 0.5, p(5) = 0.5 -> 4.5) and the distortion digit (p(2) = 1 -> 2.0)
+    steps = []
+    noise_at = distortion_at = None
+    for step in range(len(ids)):
+        piece = tok.decode(ids[:step + 1])
+        if noise_at is None and piece.endswith("Noise: 4"):
+            noise_at = step
+        if distortion_at is None and piece.endswith("Distortion: 2"):
+            distortion_at = step
+    assert noise_at is not None and distortion_at is not None
+    for step in range(len(ids)):
+        logp = torch.full((1, len(reader.columns)), -30.0)
+        probs = {noise_at: (0, 0, 0, 0.5, 0.5), distortion_at: (0, 1, 0, 0, 0)}.get(step, (0.1, 0.2, 0.3, 0.4, 0))
+        for digit_ids in reader.templates.values():
+            for k, tid in enumerate(digit_ids):
+                if probs[k] > 0:
+                    logp[0, reader._col[tid]] = float(np.log(probs[k]))
+        reader.steps.append(logp)
+    padded = ids + [tok.pad_token_id or 0] * 3  # padding after the answer is skipped
+    out_text, expected = read_expected(tok, reader, 0, padded)
+    assert out_text == text
+    assert expected["noise"] == pytest.approx(4.5, abs=1e-4)
+    assert expected["distortion"] == pytest.approx(2.0, abs=1e-4)
+    assert set(expected) == {"noise", "distortion"}
+
+
+def test_eval_reports_expected_score_metrics_next_to_the_greedy_ones(tmp_path):
+    from sqrl.evaluate import with_expected
+    from sqrl.metrics import score_metrics
+    from sqrl.schema import Assessment, Record
+
+    refs = [Record(scores={"noise": s}) for s in (1, 2, 3, 4)]
+    greedy = [Assessment(scores={"noise": 5}) for _ in refs]  # argmax always 5: PCC undefined (constant)
+    exp = [{"noise": v} for v in (4.1, 4.3, 4.6, 4.9)]      # ...but the probabilities still rank the clips
+    assert score_metrics(greedy, refs)["pcc"]["noise"] is None
+    m = score_metrics(with_expected(greedy, exp), refs)
+    assert m["pcc"]["noise"] == pytest.approx(float(np.corrcoef([4.1, 4.3, 4.6, 4.9], [1, 2, 3, 4])[0, 1]))
+    assert with_expected([None], [{}]) == [None]
