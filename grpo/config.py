@@ -72,8 +72,13 @@ class DataSettings:
     """Longer clips are dropped from their step and counted."""
     limit: int | None = None
     """Use only the first N clips."""
+    balance: str = "none"
+    """Which clips a step draws: none (a shuffled pass over the corpus) or labels (clips with rare
+    scores drawn more often, inverse label frequency averaged over dimensions; see ClipStream)."""
 
     def __post_init__(self):
+        if self.balance not in ("none", "labels"):
+            raise ValueError(f"data.balance must be none or labels, not {self.balance!r}")
         if self.prompting not in PROMPTINGS:
             raise ValueError(f"data.prompting must be one of {', '.join(PROMPTINGS)}, not {self.prompting!r}")
         if self.train is None and self.synth is None:
@@ -210,15 +215,63 @@ class TrainSettings:
             raise ValueError("train.save_every >= 0, train.keep_checkpoints >= 1, train.check_sync_every >= 0")
 
 
+PLACEMENTS = ("none", "colocate", "split")
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+POOLS = ("shared", "own")
+ROLES = ("policy", "rollout", "reward")
+"""The worker roles, in the order the driver starts them; the number of workers of each stays in
+``policy.num_workers``, ``rollout.num_workers`` and ``rewards.num_workers``."""
+
+
+@dataclass
+class PoolSettings:
+    """What one worker of a role asks Ray for, and which placement group it goes into."""
+
+    cpus: float | None = None
+    """CPUs per worker. None: the flat ``cluster.<role>_cpus`` (default 0)."""
+    gpus: float | None = None
+    """GPUs per worker (a fraction shares a GPU). None: the flat ``cluster.<role>_gpus`` (default 0).
+    A reward pool with GPUs hosts an in-process judge (``backend: vllm`` or ``transformers``)."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources per worker (``{judge_node: 0.1}`` pins the role to nodes started with
+    ``--resources '{"judge_node": 1}'``)."""
+    pool: str | None = None
+    """shared (the one colocated placement group) or own (a placement group of this role's workers).
+    None: shared under ``placement: colocate``, own under ``placement: split``."""
+    strategy: str | None = None
+    """Strategy of this role's own placement group. None: ``cluster.strategy``."""
+
+
 @dataclass
 class ClusterSettings:
-    """Where the workers run. Placement groups and split GPU pools come with the vLLM issue."""
+    """Where the workers run: the Ray cluster, what each worker asks for, and the placement groups.
+
+    ``placement: none`` (the default) schedules each worker on its own, as plain Ray actors.
+    ``colocate`` puts every role into one placement group whose bundle k holds worker k of each role
+    (policy rank k and rollout worker k share a node and, with fractional GPUs, a GPU). ``split``
+    gives each role its own placement group (own GPUs, own strategy): e.g. the policy STRICT_PACK
+    on one node, the rollouts and a GPU judge pool on another. A role's ``pool`` overrides the
+    default, e.g. colocated policy and rollouts beside a judge in its own pool. See grpo/placement.py
+    and docs/multinode.md.
+    """
 
     address: str | None = None
     """Ray address; None: ``$RAY_ADDRESS`` or a new local cluster."""
     num_cpus: int | None = None
     """CPUs of a new local cluster (None: Ray's count)."""
+    placement: str = "none"
+    """none | colocate | split (above)."""
+    strategy: str = "PACK"
+    """Placement-group strategy of the shared pool and the default of own pools: PACK, SPREAD,
+    STRICT_PACK (one node) or STRICT_SPREAD (one node per bundle)."""
+    policy: PoolSettings = field(default_factory=PoolSettings)
+    rollout: PoolSettings = field(default_factory=PoolSettings)
+    reward: PoolSettings = field(default_factory=PoolSettings)
+    placement_timeout_s: float = 600.0
+    """How long to wait for the placement groups' resources before failing with what was asked for
+    and what the cluster has (an autoscaling cluster may take minutes to add nodes)."""
     policy_cpus: float = 0
+    """Shorthand of ``policy.cpus`` (kept for older configs); so are the five below."""
     policy_gpus: float = 0
     rollout_cpus: float = 0
     rollout_gpus: float = 0
@@ -228,6 +281,53 @@ class ClusterSettings:
     """Threads per worker process (``OMP_NUM_THREADS``). None: Ray's default, the worker's CPU count
     rounded down and at least 1. On 2 cores, 2 threads per worker made a tiny step 3x slower than 1
     (idle workers' OpenMP threads spin while another role runs), so the tiny configs keep the default."""
+
+    def __post_init__(self):
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"cluster.placement must be one of {', '.join(PLACEMENTS)}, not {self.placement!r}")
+        self.strategy = _strategy(self.strategy, "cluster.strategy")
+        if self.placement_timeout_s <= 0:
+            raise ValueError("cluster.placement_timeout_s must be > 0")
+        for role in ROLES:
+            pool = getattr(self, role)
+            for kind in ("cpus", "gpus"):  # fold the flat shorthand into the role's section
+                flat, nested = getattr(self, f"{role}_{kind}"), getattr(pool, kind)
+                if nested is None:
+                    setattr(pool, kind, float(flat))
+                elif flat and float(flat) != nested:
+                    raise ValueError(f"cluster.{role}_{kind} ({flat}) and cluster.{role}.{kind} ({nested}) "
+                                     "disagree; set one of them")
+            amounts = {"cpus": pool.cpus, "gpus": pool.gpus, **pool.resources}
+            bad = {k: v for k, v in amounts.items()
+                   if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0}
+            if bad:
+                raise ValueError(f"cluster.{role}: resources must be numbers >= 0, got {bad}")
+            if pool.pool is not None and pool.pool not in POOLS:
+                raise ValueError(f"cluster.{role}.pool must be one of {', '.join(POOLS)}, not {pool.pool!r}")
+            if pool.strategy is not None:
+                pool.strategy = _strategy(pool.strategy, f"cluster.{role}.strategy")
+            if self.placement == "none":
+                continue
+            if self.pool_of(role) == "shared" and pool.strategy is not None:
+                raise ValueError(f"cluster.{role}.strategy applies to an own pool; the shared pool uses "
+                                 "cluster.strategy")
+            if self.pool_of(role) == "own" and not any(amounts.values()):
+                raise ValueError(f"cluster.{role}: a worker in its own placement group must ask for something "
+                                 "(cpus, gpus or a custom resource); Ray refuses empty bundles")
+
+    def pool_of(self, role: str) -> str | None:
+        """``shared``, ``own``, or None under ``placement: none``."""
+        if self.placement == "none":
+            return None
+        chosen = getattr(self, role).pool
+        return chosen or ("shared" if self.placement == "colocate" else "own")
+
+
+def _strategy(value: str, where: str) -> str:
+    upper = str(value).upper()
+    if upper not in STRATEGIES:
+        raise ValueError(f"{where} must be one of {', '.join(STRATEGIES)}, not {value!r}")
+    return upper
 
 
 @dataclass

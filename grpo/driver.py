@@ -33,6 +33,7 @@ from grpo.algorithm import LossSettings, flat_groups, group_advantages
 from grpo.batch import ClipRequest, Completion, TrainSample
 from grpo.config import GRPOConfig
 from grpo.logging import RunLogger, plot_reward_curve
+from grpo.placement import actor_nodes, create_placement, plan_placement, worker_counts
 from grpo.policy_worker import PolicyWorker, plan_update
 from grpo.reward_worker import RewardWorker, merge_scored, split_groups
 from grpo.rollout_worker import SamplingParams, rollout_worker_class
@@ -49,18 +50,76 @@ PROPAGATED_ENV = ("SQRL_", "HF_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM", "DS
 
 
 # ------------------------------------------------------------------------------------------- data
-class ClipStream:
-    """Clips in a fresh seeded permutation per epoch; its state is (epoch, position)."""
+BALANCES = ("none", "labels")
 
-    def __init__(self, records: Sequence[Record], seed: int):
+
+def label_balance_weights(records: Sequence[Record], cap: float = 10.0, rounds: int = 30) -> np.ndarray:
+    """Sampling probabilities that flatten every dimension's label distribution at once.
+
+    Raking (iterative proportional fitting): for each dimension in turn, scale the weights of the clips
+    with each label so the labels share the mass equally; repeat ``rounds`` times. No clip may weigh
+    more than ``cap`` times the uniform weight, which keeps the effective number of clips large: the
+    dimensions are correlated (a noisy clip is also a low-MOS clip), and uncapped raking on the tiny
+    corpus put all the mass on 24 clips. With cap 10 it keeps ~275 of 1,700 effective clips and the largest class of
+    noise falls from 60% to 41% (overall's from 26% to 21%). Clips without a label for a dimension
+    are left alone in that dimension's round.
+    """
+    n = len(records)
+    w = np.full(n, 1.0 / n)
+    dims = sorted({d for r in records for d, v in (r.scores or {}).items() if v is not None})
+    labels = {d: np.array([(r.scores or {}).get(d) for r in records], dtype=object) for d in dims}
+    for _ in range(rounds):
+        for d in dims:
+            lab = labels[d]
+            present = [v for v in set(lab.tolist()) if v is not None]
+            known = lab != None  # noqa: E711 (elementwise on an object array)
+            share = w[known].sum() / len(present)
+            for v in present:
+                m = lab == v
+                w[m] *= share / w[m].sum()
+            w = _capped(w / w.sum(), cap / n)
+    return w
+
+
+def _capped(w: np.ndarray, limit: float) -> np.ndarray:
+    """``w`` (summing to 1) with no entry above ``limit``: the excess goes to the others in proportion."""
+    w = w.copy()
+    if limit * len(w) <= 1:
+        return np.full(len(w), 1.0 / len(w))
+    while (w > limit + 1e-15).any():
+        over = w >= limit
+        w[over] = limit
+        free = 1.0 - limit * over.sum()
+        w[~over] *= free / w[~over].sum()
+    return w
+
+
+class ClipStream:
+    """Clips in a fresh seeded order per epoch; its state is (epoch, position).
+
+    ``balance="none"``: a permutation (every clip once per epoch). ``balance="labels"``: an epoch of
+    ``len(records)`` draws with replacement under ``label_balance_weights``, so rare scores come up
+    about as often as common ones. On a
+    corpus where 60% of clips are "no noise" (5/5), exact-match rewards otherwise pay a policy that
+    always answers 5, and GRPO collapses onto it (tiny accsem run: noise/distortion/naturalness
+    predictions became constant, mean PCC 0.37 -> 0.27).
+    """
+
+    def __init__(self, records: Sequence[Record], seed: int, balance: str = "none"):
         if not records:
             raise ValueError("no training clips")
-        self.records, self.seed = list(records), seed
+        if balance not in BALANCES:
+            raise ValueError(f"data.balance must be one of {', '.join(BALANCES)}, not {balance!r}")
+        self.records, self.seed, self.balance = list(records), seed, balance
+        self.weights = label_balance_weights(self.records) if balance == "labels" else None
         self.epoch, self.pos = 0, 0
         self._order = self._permutation()
 
     def _permutation(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.records))
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.weights is None:
+            return rng.permutation(len(self.records))
+        return rng.choice(len(self.records), size=len(self.records), replace=True, p=self.weights)
 
     def take(self, k: int) -> list[Record]:
         out = []
@@ -338,7 +397,7 @@ class Driver:
         self._check_run_dir()
         self.init = ensure_init(cfg.model)
         self.backbone = read_meta(self.init).backbone
-        self.data = ClipStream(self._records(), cfg.train.seed)
+        self.data = ClipStream(self._records(), cfg.train.seed, cfg.data.balance)
         self.prompt = self._prompt()
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k,
                                        cfg.rollout.max_new_tokens, cfg.rollout.return_logprobs)
@@ -397,8 +456,11 @@ class Driver:
         loss = LossSettings(cfg.algorithm.loss_type, cfg.algorithm.beta, cfg.algorithm.epsilon,
                             cfg.algorithm.epsilon_high if cfg.algorithm.epsilon_high is not None else cfg.algorithm.epsilon,
                             cfg.rollout.max_new_tokens)
-        policy_cls = ray.remote(PolicyWorker).options(num_cpus=cl.policy_cpus, num_gpus=cl.policy_gpus, runtime_env=env)
-        self.policy = [policy_cls.remote(
+        plan = plan_placement(cl, worker_counts(cfg))
+        self.placement = create_placement(plan, cl.placement_timeout_s)
+        place = self.placement.options
+        policy_cls = ray.remote(PolicyWorker)
+        self.policy = [policy_cls.options(runtime_env=env, **place("policy", r)).remote(
             str(self.init), self.backbone, lora_rank=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             encoder_mode=lora.encoder_mode, dtype=cfg.model.dtype, loss=loss, lr=cfg.policy.lr,
             weight_decay=cfg.policy.weight_decay, adam_betas=cfg.policy.adam_betas,
@@ -406,20 +468,25 @@ class Driver:
             offload_optimizer=cfg.policy.offload_optimizer, gradient_checkpointing=cfg.model.gradient_checkpointing,
             num_iterations=cfg.algorithm.num_iterations, max_seconds=cfg.data.max_seconds, seed=cfg.train.seed,
             rank=r, world_size=W) for r in range(W)]
-        rollout_cls = ray.remote(rollout_worker_class(cfg.rollout.backend)).options(
-            num_cpus=cl.rollout_cpus, num_gpus=cl.rollout_gpus, runtime_env=env)
-        self.rollout = [rollout_cls.remote(str(self.init), self.backbone, lora.rank, lora.alpha, lora.encoder_mode,
-                                           dtype=cfg.model.dtype, max_seconds=cfg.data.max_seconds, **cfg.rollout.options)
-                        for _ in range(cfg.rollout.num_workers)]
-        reward_cls = ray.remote(RewardWorker).options(num_cpus=cl.reward_cpus, num_gpus=cl.reward_gpus, runtime_env=env,
-                                                      max_restarts=cfg.rewards.max_restarts, max_task_retries=0)
-        self.reward = [reward_cls.remote(cfg.rewards.entries, cfg.rewards.aggregation, cfg.rewards.pass_audio,
-                                         cfg.data.max_seconds) for _ in range(cfg.rewards.num_workers)]
+        rollout_cls = ray.remote(rollout_worker_class(cfg.rollout.backend))
+        self.rollout = [rollout_cls.options(runtime_env=env, **place("rollout", i)).remote(
+            str(self.init), self.backbone, lora.rank, lora.alpha, lora.encoder_mode, dtype=cfg.model.dtype,
+            max_seconds=cfg.data.max_seconds, **cfg.rollout.options) for i in range(cfg.rollout.num_workers)]
+        # Reward workers hold no state: Ray restarts a dead one (on another node if its node is gone; its
+        # placement-group bundle is rescheduled there) and ``get_with_retry`` sends its batch again.
+        reward_cls = ray.remote(RewardWorker)
+        self.reward = [reward_cls.options(runtime_env=env, max_restarts=cfg.rewards.max_restarts, max_task_retries=0,
+                                          **place("reward", i)).remote(
+            cfg.rewards.entries, cfg.rewards.aggregation, cfg.rewards.pass_audio, cfg.data.max_seconds)
+            for i in range(cfg.rewards.num_workers)]
         master = ray.get(self.policy[0].rendezvous.remote())
         info = ray.get([w.setup.remote(*master) for w in self.policy] + [r.version.remote() for r in self.rollout]
                        + [r.pid.remote() for r in self.reward])[0]
         log.info("policy: %s; %d policy, %d rollout (%s), %d reward workers", info, W, len(self.rollout),
                  cfg.rollout.backend, len(self.reward))
+        self.worker_nodes = {role: actor_nodes(actors) for role, actors in
+                             (("policy", self.policy), ("rollout", self.rollout), ("reward", self.reward))}
+        log.info("worker nodes: %s", {role: Counter(n[:8] for n in nodes) for role, nodes in self.worker_nodes.items()})
 
     def _restore(self, ckpt: Path) -> None:
         state = checkpoint.load_state(ckpt)
@@ -450,6 +517,9 @@ class Driver:
         for actor in self.policy + self.rollout + self.reward:
             self.ray.kill(actor)
         self.policy, self.rollout, self.reward = [], [], []
+        if getattr(self, "placement", None) is not None:
+            self.placement.remove()
+            self.placement = None
         if self._owns_ray:
             self.ray.shutdown()
             self._owns_ray = False
