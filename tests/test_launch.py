@@ -1,0 +1,149 @@
+"""The launch scripts: syntax, the SLURM script's key lines, and their logic run with stand-ins for
+the cluster commands (``srun``, ``scontrol``, ``ray``, ``sqrl``, ``python``) that record their arguments.
+
+The same SLURM script bringing up a real two-raylet Ray cluster on this machine and running the tiny
+GRPO job is the slow test in tests/grpo/test_multinode.py.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+SCRIPTS = sorted(LAUNCH.glob("*.sh")) + sorted(LAUNCH.glob("*.sbatch"))
+SBATCH = LAUNCH / "slurm_grpo.sbatch"
+
+
+def test_the_launch_scripts_are_there():
+    names = {p.name for p in SCRIPTS}
+    assert {"ray_head.sh", "ray_worker.sh", "ray_common.sh", "submit.sh", "slurm_grpo.sbatch"} <= names
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_bash_parses_every_launch_script(script):
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+@pytest.mark.parametrize("script", [p for p in SCRIPTS if p.name != "install_vllm_cpu.sh"], ids=lambda p: p.name)
+def test_shellcheck_finds_nothing(script):
+    subprocess.run(["shellcheck", "-x", str(script.relative_to(REPO))], check=True, cwd=REPO)
+
+
+def test_the_slurm_script_starts_head_then_workers_then_the_driver():
+    text = SBATCH.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8", "set -euo pipefail"):
+        assert line in text, line
+    commands = text.replace("\\\n", " ")  # continuation lines joined
+    head = commands.index('srun --nodes=1 --ntasks=1 -w "$HEAD"')
+    assert re.match(r'[^\n]*bash "\$LAUNCH/ray_head.sh" &\n', commands[head:])
+    worker = commands.index('srun --nodes=1 --ntasks=1 -w "${NODES[i]}"')
+    assert re.match(r'[^\n]*bash "\$LAUNCH/ray_worker.sh" "\$RAY_ADDRESS" &\n', commands[worker:])
+    driver = commands.index('sqrl grpo --config "$CONFIG" --out "$OUT"')
+    assert head < worker < driver
+    assert re.search(r'^export RAY_ADDRESS="\$HEAD_IP:\$RAY_PORT"$', text, re.M)
+    assert 'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")' in text
+
+
+def _stub(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    """A bin directory of stand-ins; each appends its name and arguments, one per line, to calls.log."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    record = f'printf "%s" "$(basename "$0")" >> {log}; printf " [%s]" "$@" >> {log}; echo >> {log}\n'
+    _stub(bin_dir, "scontrol", record + "printf 'gpu-a\\ngpu-b\\ngpu-c\\n'\n")
+    _stub(bin_dir, "srun", record)
+    _stub(bin_dir, "python", "cat > /dev/null; echo 3\n")  # sqrl_wait_for_nodes: 3 nodes alive
+    _stub(bin_dir, "ray", record)
+    # sqrl fails on its first call, then succeeds (SQRL_ATTEMPTS resumes)
+    _stub(bin_dir, "sqrl", record + f'[[ $(grep -c "^sqrl" {log}) -gt 1 ]]\n')
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SQRL_VENV=str(tmp_path / "no-venv"))
+    return env, log
+
+
+def test_the_slurm_script_with_stand_ins_places_head_workers_and_resumes_the_driver(stubs, tmp_path):
+    env, log = stubs
+    env.update(SLURM_JOB_NODELIST="gpu-[a-c]", SLURM_SUBMIT_DIR=str(REPO), RAY_NODE_IP="10.0.0.1",
+               SQRL_ATTEMPTS="2", RAY_RESOURCES_LAST='{"judge_node": 1}')
+    done = subprocess.run(["bash", str(SBATCH), "configs/paper/grpo_unified.yaml", "runs/x", "train.steps=3"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = log.read_text().splitlines()
+    srun = [c for c in calls if c.startswith("srun")]
+    (head,) = [c for c in srun if "launch/ray_head.sh]" in c]  # all started in the background: any order
+    assert "[-w] [gpu-a]" in head and "[RAY_NODE_IP=10.0.0.1]" in head
+    workers = {re.search(r"\[-w\] \[(gpu-.)\]", c).group(1): c for c in srun if c != head}
+    assert sorted(workers) == ["gpu-b", "gpu-c"] and len(srun) == 3
+    assert all(c.endswith("launch/ray_worker.sh] [10.0.0.1:6379]") for c in workers.values())
+    assert "[RAY_RESOURCES=]" in workers["gpu-b"] and '[RAY_RESOURCES={"judge_node": 1}]' in workers["gpu-c"]
+    sqrl = [c for c in calls if c.startswith("sqrl")]
+    run = "sqrl [grpo] [--config] [configs/paper/grpo_unified.yaml] [--out] [runs/x]"
+    assert sqrl == [f"{run} [train.steps=3]", f"{run} [--resume] [train.steps=3]"]
+
+
+def test_the_slurm_script_fails_when_every_attempt_fails(stubs, tmp_path):
+    env, log = stubs
+    env.update(SLURM_JOB_NODELIST="gpu-a", SLURM_SUBMIT_DIR=str(REPO), RAY_NODE_IP="10.0.0.1")
+    done = subprocess.run(["bash", str(SBATCH), "c.yaml", "out"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0
+    assert sum(c.startswith("sqrl") for c in log.read_text().splitlines()) == 1
+
+
+def test_submit_uploads_the_repository_and_runs_sqrl_grpo_with_an_absolute_out(stubs, tmp_path):
+    env, log = stubs
+    env["RAY_ADDRESS"] = "10.0.0.1:6379"  # the driver's GCS address: the job API is the dashboard's
+    done = subprocess.run(["bash", str(LAUNCH / "submit.sh"), "configs/paper/grpo_unified.yaml", "runs/x",
+                           "model.init=/shared/calibrated"], env=env, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (call,) = log.read_text().splitlines()
+    args = re.findall(r"\[(.*?)\](?= \[|$)", call)
+    assert args[:4] == ["job", "submit", "--address", "http://10.0.0.1:8265"]
+    assert args[args.index("--working-dir") + 1] == str(REPO)
+    assert '"runs"' in args[args.index("--runtime-env-json") + 1]
+    assert args[args.index("--") + 1:] == ["sqrl", "grpo", "--config", "configs/paper/grpo_unified.yaml", "--out",
+                                           str(REPO / "runs/x"), "model.init=/shared/calibrated"]
+
+
+def test_submit_refuses_a_missing_config(stubs, tmp_path):
+    env, log = stubs
+    done = subprocess.run(["bash", str(LAUNCH / "submit.sh"), "nope.yaml", "out"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "no such config" in done.stderr and not log.exists()
+
+
+@pytest.mark.parametrize("env, gpus", [({"CUDA_VISIBLE_DEVICES": "0,3,5"}, "3"), ({"CUDA_VISIBLE_DEVICES": ""}, "0"),
+                                       ({"RAY_NUM_GPUS": "8", "CUDA_VISIBLE_DEVICES": "0"}, "8")])
+def test_a_node_offers_the_gpus_it_was_given(env, gpus, tmp_path):
+    base = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "RAY_NUM_GPUS")}
+    out = subprocess.run(["bash", "-c", f". {LAUNCH / 'ray_common.sh'}; sqrl_num_gpus"], env={**base, **env},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == gpus
+
+
+def test_ray_start_arguments_carry_gpus_cpus_resources_and_drop_an_inherited_thread_count(tmp_path):
+    script = (f". {LAUNCH / 'ray_common.sh'}; sqrl_ray_env; a=(); sqrl_ray_start_args a; "
+              "printf '%s\\n' \"${a[@]}\"; echo OMP=${OMP_NUM_THREADS-unset}")
+    env = dict(os.environ, RAY_NODE_IP="10.0.0.2", RAY_NUM_GPUS="8", SLURM_CPUS_PER_TASK="64", RAY_BLOCK="1",
+               RAY_RESOURCES='{"judge_node": 1}', OMP_NUM_THREADS="1")
+    lines = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert lines[:6] == ["--node-ip-address", "10.0.0.2", "--num-gpus", "8", "--disable-usage-stats", "--num-cpus"]
+    assert lines[6:10] == ["64", "--resources", '{"judge_node": 1}', "--block"]
+    assert "OMP=unset" in lines
+    env["SQRL_WORKER_THREADS"] = "4"
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert "OMP=4" in out
