@@ -5,15 +5,22 @@ Two measurements per variant (``accsem_dimwise``, ``llmjudge_dimwise``, ``unifie
 * ``mode: "step"``: the real loop (Ray, rollout, reward and DeepSpeed policy workers) for ``--steps``
   steps of the variant's tiny config with B clips x G completions; the median over the steps after the
   first of ``time/step``, ``time/generate``, ``time/score``, ``time/update``, ``time/sync`` and the
-  rollout tokens/s. ``--init`` is the model to start from; by default an *untrained* tiny model, whose
+  rollout tokens/s, with each phase's worker compute (``<phase>_worker_s``: the workers' own seconds),
+  the orchestration overhead (``overhead_s``, ``overhead_fraction``: the step minus the workers'
+  compute; Ray calls, serialisation, waiting, the driver's own work) and each phase's share of the
+  step (``share``). ``--init`` is the model to start from; by default an *untrained* tiny model, whose
   random answers run to ``max_new_tokens`` and give the judges unparseable text (an upper bound on
   generation, not a faithful judge cost).
 * ``mode: "score"``: the variant's rewards alone on B x G answer-like completions (the clips' reference
   answers with 40% of the scores changed), best and median of ``--repeats`` after a warm-up: what the
   judge costs per step on a calibrated policy's answers (in this process, ``OMP_NUM_THREADS=1`` unless set).
 
+``--metrics RUN/metrics.jsonl ...`` instead summarises runs that already exist (``mode: "run"``, same
+fields; runs logged before the worker timers existed lack the ``*_worker_s`` and overhead fields).
+
     .venv/bin/python benchmarks/bench_grpo_step.py                         # all variants, 3 steps
     .venv/bin/python benchmarks/bench_grpo_step.py --variants accsem_dimwise --init runs/tiny/calibrated
+    .venv/bin/python benchmarks/bench_grpo_step.py --metrics runs/tiny/grpo_llmjudge/metrics.jsonl
 """
 from __future__ import annotations
 
@@ -38,7 +45,37 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 VARIANTS = ("accsem_dimwise", "llmjudge_dimwise", "unified")
-PHASES = ("step", "generate", "score", "update", "sync")
+PHASES = ("generate", "score", "update", "sync")
+
+
+def step_summary(rows: list[dict]) -> dict:
+    """Medians over the steps after the first (the first loads models and warms caches) of the step's
+    phases, their worker compute and the orchestration overhead; ``share``: each phase's (and the
+    overhead's) median seconds over the median step."""
+    later = rows[1:] or rows
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in later if key in r]
+        return statistics.median(values) if values else None
+
+    out: dict = {"steps": len(rows), "first_step_s": round(rows[0]["time/step"], 2)}
+    step = median("time/step")
+    out["step_s"] = round(step, 3)
+    share = {}
+    for phase in PHASES:
+        out[f"{phase}_s"] = round(median(f"time/{phase}"), 3)
+        worker = median(f"time/{phase}_worker")
+        if worker is not None:
+            out[f"{phase}_worker_s"] = round(worker, 3)
+        share[phase] = round(out[f"{phase}_s"] / step, 3)
+    if median("time/overhead") is not None:
+        out["overhead_s"] = round(median("time/overhead"), 3)
+        out["overhead_fraction"] = round(median("time/overhead_fraction"), 3)
+        share["overhead"] = round(out["overhead_s"] / step, 3)
+    out["share"] = share
+    out["completion_tokens_mean"] = round(statistics.mean(r["completion/mean_length"] for r in later), 1)
+    out["rollout_tokens_per_s"] = round(median("tokens_per_s/generate"), 1)
+    return out
 
 
 def load_variant(name: str, overrides: list[str]):
@@ -60,15 +97,26 @@ def bench_step(name: str, args: argparse.Namespace, init: Path, manifest: Path, 
     t0 = time.perf_counter()
     rows = read_metrics(Driver(cfg, out / name).run() / "metrics.jsonl")
     total = time.perf_counter() - t0
-    later = rows[1:] or rows
-    result = {"variant": name, "mode": "step", "steps": len(rows), "clips_per_step": cfg.train.batch_size,
-              "group_size": cfg.rollout.group_size, "max_new_tokens": cfg.rollout.max_new_tokens,
-              "run_wall_s": round(total, 1), "first_step_s": round(rows[0]["time/step"], 2)}
-    for phase in PHASES:
-        result[f"{phase}_s"] = round(statistics.median(r[f"time/{phase}"] for r in later), 2)
-    result["completion_tokens_mean"] = round(statistics.mean(r["completion/mean_length"] for r in later), 1)
-    result["rollout_tokens_per_s"] = round(statistics.median(r["tokens_per_s/generate"] for r in later), 1)
-    return result
+    return {"variant": name, "mode": "step", "init": str(init), "clips_per_step": cfg.train.batch_size,
+            "group_size": cfg.rollout.group_size, "max_new_tokens": cfg.rollout.max_new_tokens,
+            "run_wall_s": round(total, 1), **step_summary(rows), "load_avg": os.getloadavg()}
+
+
+def bench_metrics(path: Path) -> dict:
+    """``step_summary`` of an existing run's metrics.jsonl, with the run's config where it is saved."""
+    from grpo.logging import read_metrics
+
+    rows = read_metrics(path)
+    out: dict = {"run": str(path.parent), "mode": "run"}
+    cfg_path = path.parent / "sqrl_config.yaml"
+    if cfg_path.exists():
+        import yaml
+
+        cfg = yaml.safe_load(cfg_path.read_text())
+        out.update(clips_per_step=cfg["train"]["batch_size"], group_size=cfg["rollout"]["group_size"],
+                   max_new_tokens=cfg["rollout"]["max_new_tokens"], rollout_backend=cfg["rollout"]["backend"],
+                   rewards=[e["name"] for e in cfg["rewards"]["entries"]])
+    return {**out, **step_summary(rows)}
 
 
 def bench_score(name: str, args: argparse.Namespace, manifest: Path) -> dict:
@@ -98,7 +146,8 @@ def bench_score(name: str, args: argparse.Namespace, manifest: Path) -> dict:
         rewards.score(texts, refs)
         times.append(time.perf_counter() - t0)
     return {"variant": name, "mode": "score", "completions": len(texts), "load_s": round(load, 1),
-            "best_s": round(min(times), 2), "median_s": round(statistics.median(times), 2)}
+            "best_s": round(min(times), 2), "median_s": round(statistics.median(times), 2),
+            "load_avg": os.getloadavg()}
 
 
 def main() -> None:
@@ -113,8 +162,14 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=16, help="synthetic corpus size")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="METRICS_JSONL",
+                   help="summarise these runs' metrics.jsonl instead of running anything")
     p.add_argument("override", nargs="*", help="dotted.key=value overrides for every variant")
     args = p.parse_args()
+    if args.metrics:
+        for path in args.metrics:
+            print(json.dumps(bench_metrics(Path(path))), flush=True)
+        return
 
     from grpo.bootstrap import untrained_init
     from sqrl.data.synth import ensure_corpus

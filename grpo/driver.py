@@ -152,6 +152,11 @@ def sampling_seed(seed: int, step: int, attempt: int, worker: int) -> int:
     return int(np.random.SeedSequence([seed, step, attempt, worker]).generate_state(1)[0])
 
 
+PHASES = ("generate", "score", "update", "sync")
+"""A step's phases; each is timed in the driver (``time/<phase>``, wall time around the Ray calls) and in
+its workers (``time/<phase>_worker``, the slowest worker's own seconds per call, summed over the phase's calls)."""
+
+
 class Timer:
     def __init__(self):
         self.seconds: Counter[str] = Counter()
@@ -194,6 +199,7 @@ class Driver:
 
     def step(self, step: int) -> dict[str, Any]:
         timer = Timer()
+        self._step_resampled, self._worker = 0, Counter()
         with timer("step"):
             batch = self.data.take(self.cfg.train.batch_size)
             with timer("generate"):
@@ -210,7 +216,8 @@ class Driver:
             with timer("sync"):
                 self.sync_weights(step, updated=updated)
             if self.cfg.train.check_sync_every and step % self.cfg.train.check_sync_every == 0:
-                stats["sync/max_abs_logprob_diff"] = self.check_sync(groups[0].completions[:2])
+                with timer("check_sync"):
+                    stats["sync/max_abs_logprob_diff"] = self.check_sync(groups[0].completions[:2])
         metrics = self.metrics(groups, scores, flat, stats, updated, timer)
         self.logger.log(step, metrics)
         self.maybe_checkpoint(step)
@@ -224,7 +231,7 @@ class Driver:
         results = self.ray.get([w.generate.remote([ClipRequest(r.id, r.audio, prompt) for r in batch[p.start:p.stop]],
                                                   self.G, self.sampling, sampling_seed(self.cfg.train.seed, step, attempt, i))
                                 for i, (w, p) in enumerate(zip(self.rollout, parts))])
-        self._worker_seconds += max(r.seconds for r in results)
+        self._worker["generate"] += max(r.seconds for r in results)
         groups = []
         for res, part in zip(results, parts):  # by position: a batch may hold a clip twice (an epoch boundary)
             completions = iter(res.completions)
@@ -250,6 +257,7 @@ class Driver:
                                                           [c.audio for c in cs])
 
         results = self.get_with_retry([call(i, p) for i, p in enumerate(parts)])
+        self._worker["score"] += max(r.seconds for r in results)  # a retried call: its last attempt only
         merged = merge_scored(results)
         self.counters["reward_errors"] += sum(merged.errors.values())
         return merged
@@ -325,6 +333,7 @@ class Driver:
             self.counters["skipped_updates"] += 1
             return {}
         parts = self.ray.get([w.update.remote(shard, norm) for w, shard in zip(self.policy, shards)])
+        self._worker["update"] += max(p["seconds"] for p in parts)
         sums = {k: sum(p[k] for p in parts) for k in parts[0]}
         tokens = max(sums.pop("tokens"), 1.0)
         iters = self.cfg.algorithm.num_iterations
@@ -343,7 +352,8 @@ class Driver:
         if not updated:
             return
         refs = [w.weights.remote(version) for w in self.policy]
-        self.ray.get([r.load_weights.remote(refs[0]) for r in self.rollout] + refs[1:])
+        loads = self.ray.get([r.timed_load_weights.remote(refs[0]) for r in self.rollout] + refs[1:])
+        self._worker["sync"] += max(loads[:len(self.rollout)])  # rank 0 building the update, then the load
 
     def check_sync(self, completions: Sequence[Completion]) -> float:
         """Max |log-prob difference| between rollout worker 0 and the policy on given completions."""
@@ -374,8 +384,7 @@ class Driver:
         if updated:
             out["tokens_per_s/update"] = stats["update/trained_tokens"] / max(t["update"], 1e-9)
         out.update({f"time/{k}": v for k, v in t.items()})
-        out["time/generate_worker"] = self._worker_seconds
-        self._step_resampled, self._worker_seconds = 0, 0.0
+        out.update(overhead_metrics(t, self._worker))
         return out
 
     def maybe_checkpoint(self, step: int) -> None:
@@ -401,7 +410,7 @@ class Driver:
         self.prompt = self._prompt()
         self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k,
                                        cfg.rollout.max_new_tokens, cfg.rollout.return_logprobs)
-        self._step_resampled, self._worker_seconds = 0, 0.0
+        self._step_resampled, self._worker = 0, Counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "sqrl_config.yaml")
         self._start_workers()
@@ -523,6 +532,24 @@ class Driver:
         if self._owns_ray:
             self.ray.shutdown()
             self._owns_ray = False
+
+
+def overhead_metrics(seconds: Counter[str], worker: Counter[str]) -> dict[str, float]:
+    """``time/<phase>_worker`` and the step's orchestration overhead from the driver's timer ``seconds``
+    and the workers' own ``worker`` seconds per phase.
+
+    The phases run one after another (score waits for generate, and so on), so the workers' compute on the
+    step's critical path is the sum of the phases' worker seconds; ``time/overhead`` is the rest of the
+    step: Ray calls, (de)serialisation, waiting for a busy core, a dead reward worker's lost attempt, and the
+    driver's own work between the calls (advantages, sample selection, merging scores). The sync check
+    (``train.check_sync_every``) is a diagnostic and is left out of both. ``time/overhead_fraction`` is
+    overhead over that step time."""
+    out = {f"time/{p}_worker": float(worker[p]) for p in PHASES}
+    step = seconds["step"] - seconds["check_sync"]
+    overhead = step - sum(worker[p] for p in PHASES)
+    out["time/overhead"] = overhead
+    out["time/overhead_fraction"] = overhead / step if step > 0 else 0.0
+    return out
 
 
 def _totals(scores: ScoredBatch) -> torch.Tensor:

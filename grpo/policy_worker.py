@@ -230,13 +230,14 @@ class PolicyWorker:
         """The trainable tensors in peft's adapter format (rank 0; other ranks take part and return None)."""
         from peft import get_peft_model_state_dict
 
+        t0 = time.perf_counter()
         with self._gathered():  # collective under ZeRO-3: every rank enters, rank 0 copies
             if self.rank != 0:
                 return None
             state = get_peft_model_state_dict(self.module)
             tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
         config = self.module.peft_config["default"].to_dict()
-        return WeightUpdate(version=version, tensors=tensors, adapter_config=config)
+        return WeightUpdate(version=version, tensors=tensors, adapter_config=config, seconds=time.perf_counter() - t0)
 
     @torch.no_grad()
     def logprobs(self, completions: Sequence[Completion], reference: bool = False) -> list[list[float]]:

@@ -9,9 +9,19 @@ completions share a clip, and ``RewardSet`` decides ``None`` handling per group)
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 from rewards import RewardSet, ScoredBatch
+
+
+@dataclass
+class TimedScores(ScoredBatch):
+    """A worker's ``ScoredBatch`` and the seconds its ``score`` call worked (logged as ``time/score_worker``;
+    the rest of ``time/score`` is Ray and serialisation). The first call includes loading the reward models."""
+
+    seconds: float = 0.0
 
 
 class RewardWorker:
@@ -24,15 +34,18 @@ class RewardWorker:
         self.max_seconds = max_seconds
 
     def score(self, completions: Sequence[str], references: Sequence[Any], prompts: Sequence[str],
-              audio: Sequence[str]) -> ScoredBatch:
+              audio: Sequence[str]) -> TimedScores:
         """``references`` are the clips' ``Record``s, one per completion; ``audio`` their paths."""
+        t0 = time.perf_counter()
         columns: dict[str, Any] = {"prompts": list(prompts)}
         if self.pass_audio:
             from grpo.batch import SAMPLING_RATE, load_waves
 
             waves, _ = load_waves(audio, self.max_seconds)
             columns.update(audio=[waves.get(p) for p in audio], sampling_rate=SAMPLING_RATE)
-        return self.reward_set.score(list(completions), list(references), **columns)
+        scored = self.reward_set.score(list(completions), list(references), **columns)
+        return TimedScores(**{f.name: getattr(scored, f.name) for f in fields(ScoredBatch)},
+                           seconds=time.perf_counter() - t0)
 
     def pid(self) -> int:
         return os.getpid()

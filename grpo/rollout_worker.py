@@ -53,6 +53,8 @@ class WeightUpdate:
     version: int
     tensors: dict[str, torch.Tensor]
     adapter_config: dict[str, Any]
+    seconds: float = 0.0
+    """Time the policy worker took to gather and copy the tensors (part of ``time/sync_worker``)."""
 
 
 class RolloutWorker(ABC):
@@ -71,6 +73,13 @@ class RolloutWorker(ABC):
     @abstractmethod
     def logprobs(self, completions: Sequence[Completion]) -> list[list[float]]:
         """Per-token log-probs (temperature 1) of given completions, teacher-forced."""
+
+    def timed_load_weights(self, update: WeightUpdate) -> float:
+        """``load_weights``; returns the worker seconds behind this sync: the policy building the update
+        (``update.seconds``) plus this load. The driver calls this one and logs the slowest as ``time/sync_worker``."""
+        t0 = time.perf_counter()
+        self.load_weights(update)
+        return update.seconds + time.perf_counter() - t0
 
     def version(self) -> int:
         """The version of the last weights loaded (-1: none yet)."""

@@ -73,6 +73,16 @@ def test_every_reward_component_per_dimension_is_logged(main_run):
                     "completion/mean_length", "time/generate", "time/score", "time/update", "time/sync",
                     "tokens_per_s/generate", "update/skipped"):
             assert key in row, key
+    for row in rows:  # the workers' own seconds fit inside the driver's phases; the rest is overhead
+        work = 0.0
+        for phase in ("generate", "score", "update", "sync"):
+            assert 0 <= row[f"time/{phase}_worker"] <= row[f"time/{phase}"] + 1e-3, phase
+            work += row[f"time/{phase}_worker"]
+        assert row["time/generate_worker"] > 0 and row["time/score_worker"] > 0
+        loop = row["time/step"] - row["time/check_sync"]  # the sync check (every step here) is left out
+        assert row["time/overhead"] == pytest.approx(loop - work)
+        assert 0 <= row["time/overhead_fraction"] <= 1
+        assert row["time/overhead_fraction"] == pytest.approx(row["time/overhead"] / loop)
     updated = [r for r in rows if not r["update/skipped"]]
     assert updated
     for row in updated:  # a step whose groups were all flat (and skipped) has no update to report
