@@ -11,8 +11,11 @@ COMMAND_MODULES = (
     "sqrl.data.cli",
     "sft.cli",
     "sqrl.evaluate",
+    "sqrl.assess",
+    "sqrl.baselines",
     "grpo.cli",
     "sqrl.pipeline",
+    "sqrl.compare",
 )
 
 

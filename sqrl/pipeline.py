@@ -56,17 +56,31 @@ def _corpus_overrides(cfg: PipelineConfig, section: str = "data") -> list[str]:
     return [f"{section}.synth.root={c.root}", f"{section}.synth.num={c.num}", f"{section}.synth.seed={c.seed}"]
 
 
-def run_sft_stage(name: str, stage: StageSettings, out: Path, extra: list[str]) -> Path:
+def run_sft_stage(name: str, stage: StageSettings, out: Path, extra: list[str],
+                  after: list[str] | None = None) -> Path:
+    """Train an SFT stage into ``out`` (skipped when complete; continued from its last checkpoint when
+    interrupted). Overrides apply in the order ``extra``, ``stage.overrides``, ``after``."""
     from sft.config import SFTStageConfig
     from sft.train import run_sft
 
     if _done(out):
         log.info("%s: %s exists, skipping", name, out)
         return out
-    cfg = load_config(SFTStageConfig, stage.config, [*extra, *stage.overrides])
+    cfg = load_config(SFTStageConfig, stage.config, [*extra, *stage.overrides, *(after or [])])
     t0 = time.perf_counter()
-    run_sft(cfg, out)
+    run_sft(cfg, out, resume=(out / "checkpoints").is_dir())
     _stamp(out, name, time.perf_counter() - t0)
+    return out
+
+
+def merge_stage(adapter: Path, out: Path) -> Path:
+    """``sft.merge.merge`` of ``adapter`` into ``out`` (skipped when complete)."""
+    from sft.merge import merge
+
+    if _done(out):
+        log.info("merge: %s exists, skipping", out)
+        return out
+    merge(adapter, out)
     return out
 
 
@@ -78,7 +92,6 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path) -> dict[str, Any]:
     """Run every enabled stage into ``out`` and return the final table (metrics per stage)."""
     from sft.data import resolve_manifests
     from sft.config import DataConfig
-    from sft.merge import merge
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,9 +106,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path) -> dict[str, Any]:
         warm = run_sft_stage("warmup", cfg.warmup, out / "warmup", [*_corpus_overrides(cfg), f"model.init={calib}"])
         models["warmup"] = last = warm
     if cfg.grpo.enabled:
-        merged = out / "merged"
-        if not _done(merged):
-            merge(last, merged)
+        merged = merge_stage(last, out / "merged")
         models["grpo"] = run_grpo_stage(cfg, merged, out / "grpo")
     table = evaluate_stages(cfg, models, test_manifest, out)
     table["seconds"] = round(time.perf_counter() - t0, 1)
@@ -105,33 +116,51 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path) -> dict[str, Any]:
 
 
 def run_grpo_stage(cfg: PipelineConfig, init: Path, out: Path) -> Path:
+    return run_grpo_config("grpo", cfg.grpo, init, out, _corpus_overrides(cfg))
+
+
+def run_grpo_config(name: str, stage: StageSettings, init: Path, out: Path, extra: list[str],
+                    after: list[str] | None = None) -> Path:
+    """Train a GRPO stage from the merged model ``init`` into ``out`` (skipped when complete; resumed when
+    an earlier run left checkpoints or logged steps). Overrides apply in the order ``extra``,
+    ``model.init``, ``stage.overrides``, ``after``."""
     from grpo.config import GRPOConfig
     from grpo.driver import run_grpo
 
     if _done(out):
-        log.info("grpo: %s exists, skipping", out)
+        log.info("%s: %s exists, skipping", name, out)
         return out
-    grpo_cfg = load_config(GRPOConfig, cfg.grpo.config,
-                           [*_corpus_overrides(cfg), f"model.init={init}", *cfg.grpo.overrides])
+    grpo_cfg = load_config(GRPOConfig, stage.config,
+                           [*extra, f"model.init={init}", *stage.overrides, *(after or [])])
     t0 = time.perf_counter()
-    run_grpo(grpo_cfg, out, resume=(out / "checkpoints").exists())
-    _stamp(out, "grpo", time.perf_counter() - t0)
+    # an interrupted run left checkpoints, or logged steps before its first one (the driver refuses to
+    # write into a run directory without resume; with no checkpoint it starts from step 0)
+    resume = (out / "checkpoints").exists() or (out / "metrics.jsonl").exists()
+    run_grpo(grpo_cfg, out, resume=resume)
+    _stamp(out, name, time.perf_counter() - t0)
     return out
 
 
-def evaluate_stages(cfg: PipelineConfig, models: dict[str, Path], manifest: Path, out: Path) -> dict[str, Any]:
+def evaluate_model(model: Path | str, manifest: Path | str, target: Path, settings: EvalSettings,
+                   rubric: str | None = None) -> tuple[dict[str, Any], bool]:
+    """(metrics, reused): ``sqrl eval`` of ``model`` into ``target``, or the metrics already there when
+    they are newer than the model (a model retrained since is evaluated again)."""
     from sqrl.evaluate import evaluate
+    from sqrl.models import META_FILE
 
-    rows = {}
-    for name, model in models.items():
-        target = out / "eval" / name
-        metrics_file = target / "metrics.json"
-        if metrics_file.exists():
-            rows[name] = json.loads(metrics_file.read_text())
-            continue
-        rows[name] = evaluate(str(model), str(manifest), target, batch_size=cfg.eval.batch_size,
-                              max_new_tokens=cfg.eval.max_new_tokens, limit=cfg.eval.limit)
-    return {"stages": rows}
+    metrics_file = target / "metrics.json"
+    model_meta = Path(model) / META_FILE
+    if metrics_file.exists() and (not model_meta.exists()
+                                  or metrics_file.stat().st_mtime >= model_meta.stat().st_mtime):
+        return json.loads(metrics_file.read_text()), True
+    metrics = evaluate(str(model), str(manifest), target, batch_size=settings.batch_size,
+                       max_new_tokens=settings.max_new_tokens, limit=settings.limit, rubric=rubric)
+    return metrics, False
+
+
+def evaluate_stages(cfg: PipelineConfig, models: dict[str, Path], manifest: Path, out: Path) -> dict[str, Any]:
+    return {"stages": {name: evaluate_model(model, manifest, out / "eval" / name, cfg.eval)[0]
+                       for name, model in models.items()}}
 
 
 def _fmt(value: Any) -> str:
@@ -142,11 +171,13 @@ def table_lines(table: dict[str, Any]) -> list[str]:
     """The final table: Table 1 style PCC columns, then artifact F1/IoU and ROUGE-L, one row per stage."""
     from sqrl.dimensions import ARTIFACT_KINDS, EVAL_DIMENSIONS
 
-    head = ["stage", *EVAL_DIMENSIONS, "mean", "parse", *[f"{k} F1" for k in ARTIFACT_KINDS], "ROUGE-L"]
+    head = ["stage", *EVAL_DIMENSIONS, "mean", "mean, expected", "parse", *[f"{k} F1" for k in ARTIFACT_KINDS],
+            "ROUGE-L"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in table["stages"].items():
+        expected = (m.get("expected") or {}).get("pcc", {}).get("mean")
         cells = [name, *[_fmt(m["pcc"].get(d)) for d in EVAL_DIMENSIONS], _fmt(m["pcc"].get("mean")),
-                 _fmt(m["parse_rate"]), *[_fmt(m["artifacts"].get(k, {}).get("f1")) for k in ARTIFACT_KINDS],
+                 _fmt(expected), _fmt(m["parse_rate"]), *[_fmt(m["artifacts"].get(k, {}).get("f1")) for k in ARTIFACT_KINDS],
                  _fmt(m["long_form"].get("rouge_l"))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -157,7 +188,9 @@ def write_report(out: Path, table: dict[str, Any]) -> None:
 
     pcc_bars({name: m["pcc"] for name, m in table["stages"].items()}, out / "pcc_by_stage.png")
     lines = ["# sqrl pipeline", "", f"Total time: {table['seconds'] / 60:.1f} min.", "",
-             "PCC per dimension on the held-out synthetic test set, per stage:", "", *table_lines(table), "",
+             "PCC per dimension on the held-out synthetic test set, per stage (greedy answers' integer scores; "
+             "*mean, expected*: the six-dimension mean PCC of the expected scores, sum of k p(k) over the digits "
+             "the model wrote, see `sqrl eval`):", "", *table_lines(table), "",
              "![PCC by stage](pcc_by_stage.png)", ""]
     if (out / "grpo" / "plots" / "reward_curve.png").exists():
         lines += ["GRPO reward curve:", "", "![reward curve](grpo/plots/reward_curve.png)", ""]

@@ -2,7 +2,9 @@
 
 ``sqrl eval`` calls ``scatter_per_dimension`` (a panel per dimension of predicted vs reference scores; integer
 scores are jittered so that stacked points show; a missing prediction is drawn at the midpoint 3 as a red
-cross, as the metrics count it) and ``pcc_bars`` (PCC per dimension, one bar per model or variant).
+cross, as the metrics count it) and ``pcc_bars`` (PCC per dimension, one bar per model or variant, with
+optional error bars). ``sqrl compare`` adds ``reward_curves`` (GRPO reward per step, mean and spread over
+seeds).
 """
 from __future__ import annotations
 
@@ -67,9 +69,11 @@ def scatter_per_dimension(predictions: Sequence[Assessment | None], references: 
     return _save(fig, path)
 
 
-def pcc_bars(pcc_by_model: Mapping[str, Mapping[str, float | None]], path: str | Path) -> Path:
+def pcc_bars(pcc_by_model: Mapping[str, Mapping[str, float | None]], path: str | Path, *,
+             errors: Mapping[str, Mapping[str, float | None]] | None = None, title: str | None = None) -> Path:
     """Grouped bars: for each dimension and the mean, one bar per model (``{label: metrics["pcc"]}``), so
-    variants (unified vs dimension-wise, before vs after GRPO) compare at a glance; ``None`` drawn as 'n/a'."""
+    variants (unified vs dimension-wise, before vs after GRPO) compare at a glance; ``None`` drawn as 'n/a'.
+    ``errors`` (same shape, e.g. the std over seeds) draws an error bar of that half-length on each bar."""
     names = [d for d in DIMENSIONS if any(d in pcc for pcc in pcc_by_model.values())] + ["mean"]
     labels = list(pcc_by_model)
     width = 0.8 / max(1, len(labels))
@@ -81,16 +85,56 @@ def pcc_bars(pcc_by_model: Mapping[str, Mapping[str, float | None]], path: str |
         xs = np.arange(len(names)) + (j - (len(labels) - 1) / 2) * width
         heights = [v if v is not None else 0.0 for v in values]
         lowest = min([lowest, *heights])
-        bars = ax.bar(xs, heights, width=width * 0.95, label=label)
-        for bar, v in zip(bars, values):
-            ax.annotate("n/a" if v is None else f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, max(v or 0, 0)),
+        errs = [(errors or {}).get(label, {}).get(n) for n in names]
+        yerr = [e if e is not None and v is not None else 0.0 for e, v in zip(errs, values)]
+        bars = ax.bar(xs, heights, width=width * 0.95, label=label,
+                      **({"yerr": yerr, "capsize": 2, "error_kw": {"lw": 0.8}} if errors is not None else {}))
+        for bar, v, e in zip(bars, values, yerr):
+            ax.annotate("n/a" if v is None else f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, max(v or 0, 0) + e),
                         ha="center", va="bottom", fontsize=7)
+            lowest = min(lowest, (v or 0.0) - e)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([DISPLAY_NAMES.get(n, "Mean (6 dims)") for n in names], rotation=30, ha="right", fontsize=8)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set(ylim=(lowest - 0.1, 1.08), ylabel="PCC", title="Pearson correlation per dimension (speed not in the mean)")
+    ax.set(ylim=(lowest - 0.1, 1.08), ylabel="PCC",
+           title=title or "Pearson correlation per dimension (speed not in the mean)")
     if len(labels) > 1:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reward_curves(curves: Mapping[str, Mapping[str, Sequence[float | None]]], path: str | Path, *,
+                  ylabel: str = "mean total reward", spread_label: str = "min-max over seeds") -> Path:
+    """One panel per run label (rewards differ in scale between variants): the mean over seeds per step as a
+    line and the spread (``lo`` to ``hi``, e.g. min and max over seeds) shaded. Each curve is
+    ``{"steps": [...], "mean": [...], "lo": [...], "hi": [...]}``; ``None`` values leave gaps."""
+    labels = list(curves)
+    cols = min(3, max(1, len(labels)))
+    rows_n = max(1, -(-len(labels) // cols))
+    fig = _figure(4.2 * cols, 3.2 * rows_n)
+    for i, label in enumerate(labels):
+        ax = fig.add_subplot(rows_n, cols, i + 1)
+        curve = curves[label]
+        steps = np.asarray(curve.get("steps", []), dtype=float)
+
+        def arr(key: str) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in curve.get(key, [])], dtype=float)
+
+        mean = arr("mean")
+        if len(steps) and len(mean):
+            line, = ax.plot(steps, mean, marker="o" if len(steps) < 20 else None, ms=3, lw=1.4, label="mean over seeds")
+            lo, hi = arr("lo"), arr("hi")
+            if len(lo) == len(steps) and len(hi) == len(steps):
+                ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.25, lw=0, label=spread_label)
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no steps logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=label, xlabel="step", ylabel=ylabel)
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    if not labels:
+        fig.add_subplot(1, 1, 1).text(0.5, 0.5, "no GRPO runs", ha="center", va="center")
     fig.tight_layout()
     return _save(fig, path)
 

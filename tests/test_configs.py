@@ -18,6 +18,8 @@ def _kind(path: Path) -> str:
         return "rewards"
     if path.name == "pipeline.yaml":
         return "pipeline"
+    if path.name == "compare.yaml":
+        return "compare"
     if path.name.startswith("grpo"):
         return "grpo"
     return "sft"
@@ -42,6 +44,18 @@ def test_every_config_loads(path: Path):
         cfg = load_config(PipelineConfig, path)
         for stage in (cfg.calibration, cfg.warmup, cfg.grpo):
             assert (CONFIGS.parent / stage.config).exists()
+    elif kind == "compare":
+        from grpo.config import GRPOConfig
+        from sft.config import SFTStageConfig
+        from sqrl.compare import GRPO_STAGES, SFT_STAGES, CompareConfig
+
+        cfg = load_config(CompareConfig, path)
+        for name in SFT_STAGES:
+            stage = getattr(cfg, name)
+            load_config(SFTStageConfig, CONFIGS.parent / stage.config, [*cfg.sft_overrides, *stage.overrides])
+        for name in GRPO_STAGES:
+            stage = getattr(cfg, name)
+            load_config(GRPOConfig, CONFIGS.parent / stage.config, [*cfg.grpo_overrides, *stage.overrides])
     elif kind == "grpo":
         from grpo.config import GRPOConfig
 

@@ -25,3 +25,15 @@ def test_pcc_bars_compare_models_and_draw_undefined_values(tmp_path):
 def test_empty_inputs_still_give_a_figure(tmp_path):
     assert scatter_per_dimension([], [], tmp_path / "s.png").read_bytes()[:8] == PNG
     assert pcc_bars({"model": compute_metrics([], [], embed=False)["pcc"]}, tmp_path / "p.png").read_bytes()[:8] == PNG
+
+
+def test_pcc_bars_with_error_bars_and_reward_curves_with_gaps(tmp_path):
+    from sqrl.plots import reward_curves
+
+    path = pcc_bars({"a": {"noise": 0.5, "mean": 0.4}, "b": {"noise": None, "mean": 0.0}}, tmp_path / "e.png",
+                    errors={"a": {"noise": 0.1, "mean": None}, "b": {"noise": 0.2}})
+    assert path.read_bytes()[:8] == PNG
+    curves = {"run": {"steps": [1, 2, 3], "mean": [1.0, None, 2.0], "lo": [0.5, None, 1.5], "hi": [1.5, None, 2.5]},
+              "empty": {"steps": [], "mean": []}}
+    assert reward_curves(curves, tmp_path / "r.png").read_bytes()[:8] == PNG
+    assert reward_curves({}, tmp_path / "none.png").read_bytes()[:8] == PNG

@@ -1,0 +1,238 @@
+"""``sqrl compare``: the spread over seeds on hand-worked numbers, the tables and plots from synthetic results,
+and the whole command end to end on a minuscule budget (two seeds), including its resume."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from sqrl.compare import (ROW_BY_NAME, Compare, CompareConfig, best_row, reward_curve, row_entry, run_compare,
+                          spread, table1_lines, table3_lines, write_report)
+from sqrl.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------ aggregation
+def test_spread_is_mean_sample_std_min_max_over_the_defined_values():
+    s = spread([0.2, 0.4, 0.9])
+    # mean 0.5; deviations -0.3, -0.1, 0.4 -> squares 0.09 + 0.01 + 0.16 = 0.26; / (3 - 1) -> sqrt(0.13)
+    assert s["mean"] == pytest.approx(0.5) and s["std"] == pytest.approx(math.sqrt(0.13))
+    assert (s["min"], s["max"], s["n"], s["undefined"]) == (0.2, 0.9, 3, 0)
+    # an undefined PCC (constant prediction) is left out and counted
+    s = spread([0.2, None, 0.4])
+    assert s["mean"] == pytest.approx(0.3) and s["std"] == pytest.approx(math.sqrt(0.02))
+    assert (s["n"], s["undefined"]) == (2, 1)
+    assert spread([0.7]) == {"mean": 0.7, "std": None, "min": 0.7, "max": 0.7, "n": 1, "undefined": 0}
+    assert spread([None, None]) == {"mean": None, "std": None, "min": None, "max": None, "n": 0, "undefined": 2}
+
+
+def _metrics(pcc_noise, pcc_mean, f1, rouge, parse=1.0):
+    return {"pcc": {"noise": pcc_noise, "overall": 0.5, "mean": pcc_mean}, "srcc": {"mean": pcc_mean},
+            "mae": {"noise": 1.0, "mean": 1.0}, "parse_rate": parse, "n": 3, "prompting": "long_form",
+            "artifacts": {"noise": {"f1": f1, "iou": None, "similarity": 0.8}}, "long_form": {"rouge_l": rouge}}
+
+
+def test_a_row_summarises_every_metric_over_seeds_and_its_reward_curve():
+    per_seed = {"0": _metrics(0.2, 0.30, 0.5, 0.10), "1": _metrics(None, 0.50, 0.7, 0.30, parse=0.5)}
+    logged = {"0": [{"step": s, "rewards/total/mean": r, "rewards/accuracy/mean": r / 2} for s, r in zip((1, 2, 3, 4), (1, 2, 3, 4))],
+              "1": [{"step": s, "rewards/total/mean": r, "rewards/accuracy/mean": r / 2} for s, r in zip((1, 2, 3, 4), (3, 4, 5, 8))]}
+    entry = row_entry(ROW_BY_NAME["grpo_accsem"], per_seed, "trainable", logged, window=5)
+    s = entry["summary"]
+    assert s["pcc"]["mean"]["mean"] == pytest.approx(0.4) and s["pcc"]["mean"]["std"] == pytest.approx(math.sqrt(0.02))
+    assert s["pcc"]["noise"]["mean"] == pytest.approx(0.2) and s["pcc"]["noise"]["undefined"] == 1
+    assert s["parse_rate"]["min"] == 0.5 and s["parse_rate"]["max"] == 1.0
+    assert s["artifacts"]["noise"]["f1"]["mean"] == pytest.approx(0.6)
+    assert s["artifacts"]["noise"]["iou"]["n"] == 0  # never defined: no mean
+    assert s["long_form"]["rouge_l"]["mean"] == pytest.approx(0.2)
+    assert "prompting" not in s and "n" not in s
+    rc = entry["reward_curve"]
+    assert rc["steps"] == [1, 2, 3, 4] and rc["window"] == 2  # at most half the steps
+    total = rc["curves"]["rewards/total/mean"]
+    assert total["mean"] == [2.0, 3.0, 4.0, 6.0] and total["min"] == [1, 2, 3, 4] and total["max"] == [3, 4, 5, 8]
+    assert total["std"][3] == pytest.approx(math.sqrt(8))  # (4 - 6)^2 + (8 - 6)^2 = 8, / (2 - 1)
+    # first two steps: 1.5 and 3.5; last two: 3.5 and 6.5; change: 2 and 3
+    assert (rc["first"]["mean"], rc["first"]["std"]) == (pytest.approx(2.5), pytest.approx(math.sqrt(2)))
+    assert (rc["last"]["mean"], rc["last"]["std"]) == (pytest.approx(5.0), pytest.approx(math.sqrt(4.5)))
+    assert (rc["change"]["mean"], rc["change"]["std"]) == (pytest.approx(2.5), pytest.approx(math.sqrt(0.5)))
+    assert rc["curves"]["rewards/accuracy/mean"]["mean"][0] == pytest.approx(1.0)
+
+
+def test_reward_curve_aligns_steps_and_leaves_gaps_for_missing_ones():
+    rc = reward_curve({"0": [{"step": 1, "rewards/total/mean": 1.0}, {"step": 2, "rewards/total/mean": 3.0}],
+                       "1": [{"step": 1, "rewards/total/mean": 2.0}]}, window=1)
+    total = rc["curves"]["rewards/total/mean"]
+    assert total["per_seed"]["1"] == [2.0, None]
+    assert total["mean"] == [1.5, 3.0] and total["std"][1] is None
+    assert rc["last"]["n"] == 1 and rc["last"]["undefined"] == 1
+
+
+# ------------------------------------------------------------------------------------ report
+def _synthetic_results(tmp_path: Path) -> dict:
+    """Three rows as `sqrl compare` writes them, with a predictions file for the scatter plot."""
+    from sqrl.dimensions import DIMENSIONS
+
+    refs = [{"id": f"c{i}", "audio": f"c{i}.wav", "scores": {d: 1 + (i + j) % 5 for j, d in enumerate(DIMENSIONS)},
+             "artifacts": [], "description": "clean"} for i in range(5)]
+    preds = [{"scores": dict(r["scores"]), "artifacts": [], "description": "clean"} for r in refs]
+    preds[0] = None
+    rows = {}
+    for name, pcc in (("untrained", None), ("calibration", (0.4, 0.6)), ("grpo_accsem", (0.5, 0.7))):
+        seeds = ["all"] if pcc is None else ["0", "1"]
+        per_seed = {}
+        for i, seed in enumerate(seeds):
+            ev = tmp_path / f"seed{seed}" / "eval" / name
+            ev.mkdir(parents=True)
+            (ev / "predictions.jsonl").write_text("".join(
+                json.dumps({"id": r["id"], "text": "", "parsed": p, "reference": r}) + "\n" for p, r in zip(preds, refs)))
+            value = 0.0 if pcc is None else pcc[i]
+            per_seed[seed] = {**_metrics(value, value, 0.5 + i / 10, 0.2), "eval": str(ev.relative_to(tmp_path))}
+        logged = None
+        if name.startswith("grpo"):
+            logged = {s: [{"step": k, "rewards/total/mean": k + i} for k in (1, 2, 3)] for i, s in enumerate(seeds)}
+        rows[name] = row_entry(ROW_BY_NAME[name], per_seed, None if pcc is None else "trainable", logged, window=1)
+    return {"seeds": [0, 1], "manifest": "test.jsonl", "eval_clips": 5, "rows": rows, "stages": {}, "seconds": 60.0}
+
+
+def test_the_report_has_both_tables_with_mean_and_std_and_the_three_plots(tmp_path):
+    results = _synthetic_results(tmp_path)
+    assert best_row(results) == ("grpo_accsem", "1")
+    t1 = table1_lines(results)
+    assert t1[0].startswith("| Row | Learned Enc. | Calibration | Nat. | Noise |") and len(t1) == 2 + 3
+    # noise PCC 0.5 and 0.7 over two seeds: 0.60 ± 0.14 (sample std 0.1414)
+    assert "| GRPO Acc.+Sem. dim.-wise | ✓ | ✓ | n/a | 0.60 ± 0.14 |" in t1[4]
+    assert t1[2].startswith("| untrained base model | — | x | n/a | 0.00 |")  # one model: no ± part
+    t3 = table3_lines(results)
+    assert "Noise F1" in t3[0] and "Long-form ROUGE-L" in t3[0]
+    assert "| 0.55 ± 0.07 | 0.80 ± 0.00 | n/a |" in t3[3]
+    report = write_report(tmp_path, results).read_text()
+    assert "## Table 1" in report and "## Table 3" in report and "## GRPO training rewards" in report
+    # reward of seed 0: 1, 2, 3; seed 1: 2, 3, 4 -> first 1.5 ± 0.71, last 3.5 ± 0.71, change 2.00 ± 0.00
+    assert "| GRPO Acc.+Sem. dim.-wise | total | 3 | 1.50 ± 0.71 | 3.50 ± 0.71 | 2.00 ± 0.00 |" in report
+    for name in ("pcc_by_row", "reward_curves", "scatter_best"):
+        png = tmp_path / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG and f"plots/{name}.png" in report
+
+
+def test_config_checks_rows_and_seeds_and_plans_only_the_needed_stages(tmp_path):
+    with pytest.raises(ValueError, match="unknown"):
+        CompareConfig(rows=["calibration", "sq_llm"])
+    with pytest.raises(ValueError, match="distinct"):
+        CompareConfig(seeds=[0, 0])
+    cfg = load_config(CompareConfig, REPO / "configs" / "tiny" / "compare.yaml")
+    assert cfg.rows == list(ROW_BY_NAME) and cfg.seeds == [0, 1]
+    assert Compare(CompareConfig(rows=["grpo_llmjudge"]), tmp_path).needed_stages() == [
+        "calibration", "warmup", "merged", "grpo_llmjudge"]
+    assert Compare(CompareConfig(rows=["calibration_frozen", "untrained"]), tmp_path).needed_stages() == [
+        "calibration_frozen"]
+    # the frozen row freezes the encoder whatever its stage overrides say; the seed comes last
+    _, before, after = Compare(CompareConfig(), tmp_path).sft_args("calibration_frozen", 3)
+    assert after == ["train.seed=3", "lora.encoder_mode=frozen"]
+    _, before, _ = Compare(CompareConfig(), tmp_path).sft_args("warmup", 3)
+    assert f"model.init={tmp_path / 'seed3' / 'calibration'}" in before
+
+
+# ------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """A private tiny-model cache and a 34-clip synthetic corpus (29 train, 5 test clips)."""
+    cache = tmp_path_factory.mktemp("compare_cache")
+    old = os.environ.get("SQRL_CACHE")
+    os.environ["SQRL_CACHE"] = str(cache)
+    root = tmp_path_factory.mktemp("compare_synth")
+    from sqrl.data.synth import ensure_corpus
+
+    ensure_corpus(root, 34, 0)
+    yield root
+    if old is None:
+        os.environ.pop("SQRL_CACHE", None)
+    else:
+        os.environ["SQRL_CACHE"] = old
+
+
+def _tiny(root: Path, rows: list[str], *extra: str) -> CompareConfig:
+    return load_config(CompareConfig, REPO / "configs" / "tiny" / "compare.yaml", [
+        f"corpus.root={root}", "corpus.num=34", f"rows=[{','.join(rows)}]", "seeds=[0, 1]",
+        'sft_overrides=["model.options={window_s: 5}", lora.rank=8, train.max_steps=2, train.batch_size=2, '
+        "data.limit=4, train.save_steps=1000, train.logging_steps=1]",
+        "grpo_overrides=[train.steps=2, train.batch_size=1, rollout.group_size=2, rollout.max_new_tokens=24, "
+        "data.limit=4, lora.rank=8, logging.progress=false, logging.tensorboard=false]",
+        "eval.limit=5", "eval.batch_size=5", "eval.max_new_tokens=48", *extra])
+
+
+def _check_run(out: Path, results: dict, rows: list[str]) -> None:
+    from sqrl.dimensions import EVAL_DIMENSIONS
+
+    assert list(results["rows"]) == rows and results["seeds"] == [0, 1] and results["eval_clips"] == 5
+    assert json.loads((out / "results.json").read_text())["rows"].keys() == results["rows"].keys()
+    for name, row in results["rows"].items():
+        seeds = ["all"] if name == "untrained" else ["0", "1"]
+        assert list(row["per_seed"]) == seeds, name
+        for seed, m in row["per_seed"].items():
+            assert set(EVAL_DIMENSIONS) | {"mean"} <= set(m["pcc"]) and "parse_rate" in m and "rouge_l" in m["long_form"]
+            assert (out / m["eval"] / "metrics.json").exists() and (out / m["model"] / "sqrl_model.json").exists()
+        s = row["summary"]
+        assert {"pcc", "srcc", "mae", "parse_rate", "artifacts", "long_form"} <= set(s)
+        assert s["pcc"]["mean"]["n"] + s["pcc"]["mean"]["undefined"] == len(seeds)
+        assert set(s["parse_rate"]) == {"mean", "std", "min", "max", "n", "undefined"}
+        if name.startswith("grpo"):
+            rc = row["reward_curve"]
+            assert rc["steps"] == [1, 2] and set(rc["curves"]["rewards/total/mean"]["per_seed"]) == {"0", "1"}
+    enc = {name: row["encoder"] for name, row in results["rows"].items()}
+    assert enc.get("calibration", "trainable") == "trainable" and enc.get("calibration_frozen", "frozen") == "frozen"
+    # the seeds differ in training, so the same stage of two seeds holds different weights
+    a, b = (out / f"seed{s}" / "calibration" / "adapter_model.safetensors" for s in (0, 1))
+    assert a.read_bytes() != b.read_bytes()
+    report = (out / "report.md").read_text()
+    assert "## Table 1" in report and "## Table 3" in report
+    for row in results["rows"].values():
+        assert f"| {row['label']} |" in report
+    for name in ("pcc_by_row", "scatter_best") + (("reward_curves",) if any(r.startswith("grpo") for r in rows) else ()):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:8] == PNG
+
+
+def _fingerprint(out: Path) -> dict[str, float]:
+    """mtimes of every trained model's files and every evaluation."""
+    files = [*out.glob("seed*/*/sqrl_model.json"), *out.glob("seed*/*/*.safetensors"), *out.glob("seed*/eval/*/metrics.json"),
+             *out.glob("untrained/*/*.json"), *out.glob("seed*/grpo_*/metrics.jsonl")]
+    return {str(f): f.stat().st_mtime_ns for f in files}
+
+
+def _check_resume(out: Path, cfg: CompareConfig, first: dict) -> None:
+    before = _fingerprint(out)
+    assert len(before) > 10
+    again = run_compare(cfg, out)
+    assert all(stage["reused"] for stage in again["stages"].values()), again["stages"]
+    assert _fingerprint(out) == before  # nothing retrained or re-evaluated
+    for name, row in again["rows"].items():
+        assert row["summary"] == first["rows"][name]["summary"]
+
+
+def test_compare_end_to_end_on_two_seeds_then_resumes_without_retraining(small_corpus, tmp_path):
+    """Every row but the two LLM-judge GRPO rows (see the slow test below)."""
+    rows = ["untrained", "calibration", "calibration_frozen", "sft_reasoning", "grpo_accsem"]
+    cfg = _tiny(small_corpus, rows)
+    out = tmp_path / "compare"
+    results = run_compare(cfg, out)
+    _check_run(out, results, rows)
+    assert not any(stage["reused"] for stage in results["stages"].values())
+    assert not (out / "seed0" / "grpo_unified").exists()  # rows not asked for are not trained
+    _check_resume(out, cfg, results)
+
+
+@pytest.mark.slow
+def test_compare_every_row_including_the_llm_judge_rewards(small_corpus, tmp_path):
+    """All seven rows; the SmolLM2 judge rows judge one dimension (dimension-wise) or one criterion (unified)."""
+    rows = list(ROW_BY_NAME)
+    cfg = _tiny(small_corpus, rows, 'grpo_llmjudge.overrides=["rewards.entries=[{name: llm_judge_dimwise, '
+                'dimensions: [overall], params: {judge: smollm2}}]"]')
+    out = tmp_path / "compare"
+    results = run_compare(cfg, out)
+    _check_run(out, results, rows)
+    metrics = [json.loads(line) for line in (out / "seed1" / "grpo_llmjudge" / "metrics.jsonl").read_text().splitlines()]
+    assert all("rewards/llm_judge_dimwise/overall/mean" in r for r in metrics)
+    _check_resume(out, cfg, results)
