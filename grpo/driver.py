@@ -453,7 +453,8 @@ class Driver:
         cfg, cl = self.cfg, self.cfg.cluster
         if not ray.is_initialized():
             local = cl.address is None and not os.environ.get("RAY_ADDRESS")
-            ray.init(address=cl.address, include_dashboard=False, log_to_driver=True,
+            # "local": a new cluster of our own; a bare ray.init() would join any `ray start` cluster it finds
+            ray.init(address="local" if local else cl.address, include_dashboard=False, log_to_driver=True,
                      **({"num_cpus": cl.num_cpus} if local and cl.num_cpus else {}))
             self._owns_ray = True
         env_vars = {k: v for k, v in os.environ.items() if k.startswith(PROPAGATED_ENV)}

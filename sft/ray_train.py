@@ -36,7 +36,9 @@ def run_sft_on_ray(cfg: SFTStageConfig, out: str | Path, resume: bool = False) -
 
     out = Path(out).resolve()
     if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=True)
+        local = cfg.ray.address is None and not os.environ.get("RAY_ADDRESS")
+        # "local": a new cluster of our own; a bare ray.init() would join any `ray start` cluster it finds
+        ray.init(address="local" if local else cfg.ray.address, include_dashboard=False, log_to_driver=True)
     # The synthetic corpus is built once here, not raced by every worker.
     if cfg.data.train is None:
         from sft.data import resolve_manifests
