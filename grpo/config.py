@@ -124,14 +124,18 @@ class RewardSettings:
     """Ray restarts a dead reward worker this many times."""
     max_retries: int = 3
     """The driver retries a batch whose worker died this many times."""
+    restart_wait_s: float = 300.0
+    """How long the driver keeps resending a batch to a worker that is still restarting after it died."""
     pass_audio: bool = False
     """Load each clip in the reward worker and pass ``audio``/``sampling_rate`` (the ``signal`` reward)."""
 
     def __post_init__(self):
         if not self.entries:
             raise ValueError("rewards.entries must name at least one reward")
-        if self.num_workers < 1 or self.max_restarts < 0 or self.max_retries < 0:
-            raise ValueError("rewards.num_workers >= 1, rewards.max_restarts >= 0, rewards.max_retries >= 0")
+        if self.num_workers < 1 or self.max_restarts < 0 or self.max_retries < 0 \
+                or self.restart_wait_s <= 0:
+            raise ValueError("rewards.num_workers >= 1, rewards.max_restarts >= 0, rewards.max_retries >= 0, "
+                             "rewards.restart_wait_s > 0")
 
 
 @dataclass

@@ -264,28 +264,50 @@ class Driver:
 
     def get_with_retry(self, calls: Sequence[Any]) -> list[Any]:
         """``ray.get`` of every call; a call whose reward worker died (Ray restarts it) is sent again,
-        up to ``rewards.max_retries`` times each, and counted in ``reward_worker_restarts``."""
-        from ray.exceptions import RayActorError
+        up to ``rewards.max_retries`` times each, and counted in ``reward_worker_restarts``.
+
+        One death counts once: after a failure, a resent call that finds the worker still restarting
+        (``ActorUnavailableError``) is sent again after a back-off (0.5 s doubling to 5 s) without counting a
+        new restart or using a retry, for up to ``rewards.restart_wait_s`` seconds. A further
+        ``ActorDiedError`` (the restarted worker died too) counts as another restart."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
         refs = [c() for c in calls]
         results: list[Any] = [None] * len(calls)
         tries = [0] * len(calls)
+        waiting_since: list[float | None] = [None] * len(calls)  # set while a call waits for its worker
+        resent = [0] * len(calls)  # resends to a worker still restarting, for the back-off
         pending = list(range(len(calls)))
         while pending:
             self.ray.wait([refs[i] for i in pending], num_returns=len(pending))
-            retry = []
+            retry, backoff = [], 0.0
             for i in pending:
                 try:
                     results[i] = self.ray.get(refs[i])
+                    waiting_since[i] = None
                 except RayActorError as exc:
-                    tries[i] += 1
-                    self.counters["reward_worker_restarts"] += 1
-                    if tries[i] > self.cfg.rewards.max_retries:
-                        raise RuntimeError(f"reward worker {i} died {tries[i]} times on one batch") from exc
-                    log.warning("reward worker %d died (%s); retrying its batch (%d/%d)", i, type(exc).__name__,
-                                tries[i], self.cfg.rewards.max_retries)
-                    refs[i] = calls[i]()
+                    now = time.monotonic()
+                    if waiting_since[i] is not None and isinstance(exc, ActorUnavailableError):
+                        waited = now - waiting_since[i]
+                        if waited > self.cfg.rewards.restart_wait_s:
+                            raise RuntimeError(f"reward worker {i} was unavailable for {waited:.0f} s after dying "
+                                               f"(rewards.restart_wait_s={self.cfg.rewards.restart_wait_s})") from exc
+                        backoff = max(backoff, min(0.5 * 2 ** resent[i], 5.0))
+                        resent[i] += 1
+                        log.info("reward worker %d is still restarting (%.1f s); resending its batch", i, waited)
+                    else:
+                        tries[i] += 1
+                        self.counters["reward_worker_restarts"] += 1
+                        if tries[i] > self.cfg.rewards.max_retries:
+                            raise RuntimeError(f"reward worker {i} died {tries[i]} times on one batch") from exc
+                        log.warning("reward worker %d died (%s); retrying its batch (%d/%d)", i,
+                                    type(exc).__name__, tries[i], self.cfg.rewards.max_retries)
+                        waiting_since[i], resent[i] = now, 0
                     retry.append(i)
+            if backoff:
+                time.sleep(backoff)
+            for i in retry:
+                refs[i] = calls[i]()
             pending = retry
         return results
 

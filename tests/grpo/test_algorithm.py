@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import types
+import zlib
 from collections import defaultdict
 
 import pytest
@@ -107,7 +108,9 @@ def test_flat_groups_flags_equal_rewards_and_groups_with_fewer_than_two_values()
 @pytest.mark.parametrize("beta", [0.0, 0.04])
 @pytest.mark.parametrize("reuse", [False, True])
 def test_loss_and_gradient_equal_trls_compute_loss(loss_type, beta, reuse):
-    logps, old, ref, adv, mask = random_batch(seed=hash((loss_type, beta, reuse)) % 1000)
+    # A fixed seed per case: hash() of a str tuple changes with every process (PYTHONHASHSEED), and 5 of
+    # 1,000 seeds give a batch with no clipped token, which failed the clipping check below at random.
+    logps, old, ref, adv, mask = random_batch(seed=zlib.crc32(repr((loss_type, beta, reuse)).encode()) % 1000)
     settings = LossSettings(loss_type, beta, 0.2, 0.28, max_completion_length=9)
     old_in = old if reuse else None
 
