@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # and the default suite also checks the judges' "vllm is not installed" path. See docs/vllm.md.
 VLLM_VENV := .venv-vllm
 
-.PHONY: setup setup-vllm demo test test-default test-vllm test-slow bench clean
+.PHONY: setup setup-vllm demo test test-default test-vllm test-slow clean
 
 setup: $(VENV)/.installed
 
