@@ -280,7 +280,7 @@ class Driver:
         pending = list(range(len(calls)))
         while pending:
             self.ray.wait([refs[i] for i in pending], num_returns=len(pending))
-            retry, backoff = [], 0.0
+            resend, wait_then_resend, backoff = [], [], 0.0
             for i in pending:
                 try:
                     results[i] = self.ray.get(refs[i])
@@ -295,20 +295,24 @@ class Driver:
                         backoff = max(backoff, min(0.5 * 2 ** resent[i], 5.0))
                         resent[i] += 1
                         log.info("reward worker %d is still restarting (%.1f s); resending its batch", i, waited)
+                        wait_then_resend.append(i)
                     else:
                         tries[i] += 1
                         self.counters["reward_worker_restarts"] += 1
                         if tries[i] > self.cfg.rewards.max_retries:
-                            raise RuntimeError(f"reward worker {i} died {tries[i]} times on one batch") from exc
+                            raise RuntimeError(f"reward worker {i} died {tries[i]} times on one batch (or Ray "
+                                               f"gave up restarting it: rewards.max_restarts)") from exc
                         log.warning("reward worker %d died (%s); retrying its batch (%d/%d)", i,
                                     type(exc).__name__, tries[i], self.cfg.rewards.max_retries)
                         waiting_since[i], resent[i] = now, 0
-                    retry.append(i)
+                        resend.append(i)
+            for i in resend:  # a death: sent again at once (Ray holds it until the worker is up, or refuses)
+                refs[i] = calls[i]()
             if backoff:
                 time.sleep(backoff)
-            for i in retry:
+            for i in wait_then_resend:
                 refs[i] = calls[i]()
-            pending = retry
+            pending = resend + wait_then_resend
         return results
 
     def resample_flat_groups(self, groups: list[Group], scores: ScoredBatch, step: int,

@@ -74,7 +74,26 @@ def test_an_unavailable_worker_before_any_death_counts_as_a_death(monkeypatch):
     driver, calls, _, sleeps = make_driver([[UNAVAILABLE, "a"]], monkeypatch)
     assert driver.get_with_retry(calls) == ["a"]
     assert driver.counters["reward_worker_restarts"] == 1
-    assert sleeps == []  # a death is resent at once; Ray queues the call until the worker is back
+    assert sleeps == []  # a death is resent at once
+
+
+def test_a_death_is_resent_before_the_back_off_of_another_call(monkeypatch):
+    # round 1: both workers die; round 2: worker 0 is still restarting (backs off), worker 1 died again
+    driver, calls, fake, sleeps = make_driver([[DIED, UNAVAILABLE, "a"], [DIED, DIED, "b"]], monkeypatch)
+    order = []
+    monkeypatch.setattr("grpo.driver.time.sleep", lambda s: (sleeps.append(s), order.append("sleep")))
+    send = fake.send
+    fake.send = lambda c: (order.append(c), send(c))[1]
+    assert driver.get_with_retry(calls) == ["a", "b"]
+    assert driver.counters["reward_worker_restarts"] == 3
+    assert order == [0, 1, 0, 1, 1, "sleep", 0]  # worker 1's resend in round 2 does not wait for worker 0's
+
+
+def test_an_error_of_the_reward_itself_is_raised_not_retried(monkeypatch):
+    driver, calls, fake, _ = make_driver([[ValueError]], monkeypatch)
+    with pytest.raises(ValueError):
+        driver.get_with_retry(calls)
+    assert fake.sends == {0: 1} and driver.counters["reward_worker_restarts"] == 0
 
 
 def test_more_deaths_than_max_retries_fail_the_step(monkeypatch):
