@@ -65,7 +65,7 @@ ROW_BY_NAME = {r.name: r for r in ROWS}
 GRPO_STAGES = ("grpo_unified", "grpo_accsem", "grpo_llmjudge")
 SFT_STAGES = ("calibration", "calibration_frozen", "warmup")
 # The metrics of sqrl eval that are aggregated over seeds (numbers, or nested mappings of numbers).
-AGGREGATED = ("pcc", "srcc", "mae", "parse_rate", "artifacts", "long_form")
+AGGREGATED = ("pcc", "srcc", "mae", "parse_rate", "artifacts", "long_form", "expected")
 REWARD_KEY = "rewards/total/mean"
 
 

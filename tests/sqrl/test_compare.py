@@ -34,7 +34,8 @@ def test_spread_is_mean_sample_std_min_max_over_the_defined_values():
 def _metrics(pcc_noise, pcc_mean, f1, rouge, parse=1.0):
     return {"pcc": {"noise": pcc_noise, "overall": 0.5, "mean": pcc_mean}, "srcc": {"mean": pcc_mean},
             "mae": {"noise": 1.0, "mean": 1.0}, "parse_rate": parse, "n": 3, "prompting": "long_form",
-            "artifacts": {"noise": {"f1": f1, "iou": None, "similarity": 0.8}}, "long_form": {"rouge_l": rouge}}
+            "artifacts": {"noise": {"f1": f1, "iou": None, "similarity": 0.8}}, "long_form": {"rouge_l": rouge},
+            "expected": {"pcc": {"mean": pcc_mean + 0.1}}}
 
 
 def test_a_row_summarises_every_metric_over_seeds_and_its_reward_curve():
@@ -49,6 +50,8 @@ def test_a_row_summarises_every_metric_over_seeds_and_its_reward_curve():
     assert s["artifacts"]["noise"]["f1"]["mean"] == pytest.approx(0.6)
     assert s["artifacts"]["noise"]["iou"]["n"] == 0  # never defined: no mean
     assert s["long_form"]["rouge_l"]["mean"] == pytest.approx(0.2)
+    assert s["expected"]["pcc"]["mean"]["mean"] == pytest.approx(0.5)  # 0.40 and 0.60: Table 1's "Avg., expected"
+    assert "| **0.40 ± 0.14** | 0.50 ± 0.14 |" in table1_lines({"rows": {"grpo_accsem": entry}})[2]
     assert "prompting" not in s and "n" not in s
     rc = entry["reward_curve"]
     assert rc["steps"] == [1, 2, 3, 4] and rc["window"] == 2  # at most half the steps
