@@ -284,7 +284,6 @@ class Driver:
             for i in pending:
                 try:
                     results[i] = self.ray.get(refs[i])
-                    waiting_since[i] = None
                 except RayActorError as exc:
                     now = time.monotonic()
                     if waiting_since[i] is not None and isinstance(exc, ActorUnavailableError):
