@@ -128,10 +128,14 @@ class RewardSettings:
     """How long the driver keeps resending a batch to a worker that is still restarting after it died."""
     pass_audio: bool = False
     """Load each clip in the reward worker and pass ``audio``/``sampling_rate`` (the ``signal`` reward)."""
+    max_failed_steps: int = 3
+    """Stop the run, naming the error, once a reward has failed on the whole batch this many steps in a row."""
 
     def __post_init__(self):
         if not self.entries:
             raise ValueError("rewards.entries must name at least one reward")
+        if self.max_failed_steps < 1:
+            raise ValueError(f"rewards.max_failed_steps must be an integer >= 1, got {self.max_failed_steps!r}")
         if self.num_workers < 1 or self.max_restarts < 0 or self.max_retries < 0 \
                 or self.restart_wait_s <= 0:
             raise ValueError("rewards.num_workers >= 1, rewards.max_restarts >= 0, rewards.max_retries >= 0, "
