@@ -118,10 +118,12 @@ def load_audio(path: str | os.PathLike, sampling_rate: int = DEFAULT_SAMPLING_RA
 
 
 def save_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = DEFAULT_SAMPLING_RATE,
-               subtype: str = "PCM_16") -> Path:
+               subtype: str = "PCM_16", overwrite: bool = True) -> Path:
     """Write a mono wave atomically (temp file, then rename); samples are clipped to [-1, 1].
 
-    The format follows the suffix (.wav, .flac, .ogg). Refuses NaN/inf or empty waves.
+    The format follows the suffix (.wav, .flac, .ogg). Refuses NaN/inf or empty waves. With
+    ``overwrite=False`` an existing ``path`` is never replaced: ``FileExistsError`` instead (the name
+    is claimed with an exclusive create before the rename, so two writers cannot both win).
     """
     path = Path(path)
     wave = np.asarray(wave, dtype=np.float32)
@@ -136,6 +138,8 @@ def save_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = D
     os.close(fd)
     try:
         sf.write(tmp, np.clip(wave, -1.0, 1.0), sampling_rate, subtype=subtype, format=fmt)
+        if not overwrite:  # claim the name first (FileExistsError if taken), then fill it by the rename
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

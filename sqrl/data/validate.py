@@ -8,6 +8,7 @@ than the target or more than one channel (``--fix`` resamples to 16 kHz mono), n
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -167,10 +168,36 @@ def validate_manifest(path: str | os.PathLike, max_seconds: float = 30.0, sampli
     return report
 
 
+def fixed_audio_name(clip_id: str) -> str:
+    """A file name for ``clip_id`` that no other id shares: the id made safe for a file system (ids may
+    hold '/', as QualiSpeech's do) and cut to a sane length, plus a short hash of the raw id, so that
+    ``spk/1`` and ``spk_1`` (or ``A`` and ``a`` on a case-insensitive disk) get different files.
+
+    >>> fixed_audio_name("spk/1") != fixed_audio_name("spk_1")
+    True
+    """
+    safe = re.sub(r"[^\w.-]", "_", clip_id)[:80].lstrip(".") or "clip"
+    return f"{safe}-{hashlib.sha256(clip_id.encode('utf-8')).hexdigest()[:10]}"
+
+
+def _save_new(audio_dir: Path, clip_id: str, wave: np.ndarray, sampling_rate: int) -> Path:
+    """Save under a name nobody holds yet: an existing file (an earlier ``--fix`` into the same folder,
+    or anything else) is never overwritten; the next free ``-2``, ``-3``... name is taken instead."""
+    stem = fixed_audio_name(clip_id)
+    for n in range(1, 10_000):
+        path = audio_dir / (f"{stem}.wav" if n == 1 else f"{stem}-{n}.wav")
+        try:
+            return save_audio(path, wave, sampling_rate, overwrite=False)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{audio_dir}: no free file name for clip {clip_id!r}")
+
+
 def fix_manifest(report: ValidationReport, out: str | os.PathLike, sampling_rate: int = 16000
                  ) -> tuple[int, list[str]]:
     """Write the usable lines of ``report`` to ``out``; audio at another rate or with several
-    channels is resampled to mono ``sampling_rate`` into ``<out stem>_audio/``. Returns the number
+    channels is resampled to mono ``sampling_rate`` into ``<out stem>_audio/`` (one new file per clip,
+    named by ``fixed_audio_name``; no existing file is overwritten). Returns the number
     of records written and one message per dropped line (nothing is dropped without one)."""
     out = Path(out)
     audio_dir = out.parent / f"{out.stem}_audio"
@@ -185,8 +212,7 @@ def fix_manifest(report: ValidationReport, out: str | os.PathLike, sampling_rate
             wave, sr = read_audio(rec.audio)
             fixed = resample(to_mono(wave), sr, sampling_rate)
             rec.meta = {**rec.meta, "fixed_from": rec.audio}
-            name = re.sub(r"[^\w.-]", "_", rec.id)  # ids may hold '/' (QualiSpeech file names)
-            rec.audio = str(save_audio(audio_dir / f"{name}.wav", fixed, sampling_rate).resolve())
+            rec.audio = str(_save_new(audio_dir, rec.id, fixed, sampling_rate).resolve())
         kept.append(rec)
     write_manifest(out, kept)
     return len(kept), dropped
