@@ -118,17 +118,12 @@ def prompts_for(rubric: Rubric, prompting: str) -> list[tuple[str | None, str]]:
 
 def _read(path: str, max_seconds: float | None) -> tuple[Any, str | None]:
     """(16-kHz mono wave, None) or (None, why it cannot be judged)."""
-    from sqrl.backbones.core import MIN_CLIP_SECONDS
-
     if os.path.isdir(path):
         return None, f"a directory with no {'/'.join(e.lstrip('.') for e in AUDIO_EXTENSIONS)} files"
     try:
         wave = load_audio(path, sampling_rate=SAMPLING_RATE, max_seconds=max_seconds)
-    except AudioError as exc:
+    except AudioError as exc:  # the one usability rule (sqrl.audio), as validate and training apply it
         return None, exc.problem
-    if len(wave) < MIN_CLIP_SECONDS * SAMPLING_RATE:
-        return None, (f"too short for the model: {len(wave) / SAMPLING_RATE:.3f} s "
-                      f"< {MIN_CLIP_SECONDS:g} s")
     return wave, None
 
 

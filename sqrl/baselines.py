@@ -155,7 +155,7 @@ def synthetic_reference(record: Record) -> tuple[np.ndarray, int] | None:
         return wave, sr
     crop, tempo = meta.get("crop_seconds"), (meta.get("speed") or {}).get("tempo")
     if meta.get("source") == "clean-dir" and crop and tempo and os.path.isfile(str(meta.get("clean_source"))):
-        wave = load_audio(meta["clean_source"], sr)
+        wave = load_audio(meta["clean_source"], sr, min_seconds=None)  # the source synth cropped
         segment = wave[int(round(crop[0] * sr)):int(round(crop[1] * sr))]
         return _gain_to_dbfs(degrade.time_stretch(segment, sr, float(tempo)), CLEAN_RMS_DBFS), sr
     return None

@@ -1,8 +1,9 @@
 """Check a manifest and its audio before training on it, and optionally write a clean copy.
 
 Errors (the line cannot be used): invalid JSON or fields, labels out of range or missing, a
-duplicate id, audio missing, unreadable, empty, holding NaN/inf samples or over the length
-limit, artifacts that end after the clip. Warnings (usable after a fix): a sample rate other
+duplicate id, audio that ``sqrl.audio`` calls unusable (missing, unreadable, empty, shorter than
+the model's minimum, over the length limit, NaN/inf samples: the rule every loader applies),
+artifacts that end after the clip. Warnings (usable after a fix): a sample rate other
 than the target or more than one channel (``--fix`` resamples to 16 kHz mono), no description.
 ``--fix`` writes the lines without errors and reports every line it drops, with the reason.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sqrl.audio import AudioError, audio_info, read_audio, resample, save_audio, to_mono
+from sqrl.audio import AudioError, audio_info, check_wave, header_problem, read_audio, resample, save_audio, to_mono
 from sqrl.dimensions import DIMENSIONS
 from sqrl.schema import ManifestError, Record, record_from_dict, write_manifest
 
@@ -95,28 +96,19 @@ def _check_labels(rec: Record, lineno: int) -> list[Issue]:
 
 
 def _check_audio(checked: CheckedLine, max_seconds: float, sampling_rate: int) -> None:
+    # The usability rule is sqrl.audio's (the one every loader applies); only the warnings are ours.
     rec, add = checked.record, checked.issues.append
     try:
         info = audio_info(rec.audio)
-    except AudioError as exc:
-        add(Issue(checked.line, rec.id, "audio missing" if "not found" in exc.problem else "audio unreadable",
-                  exc.problem + f" ({rec.audio})"))
-        return
-    checked.sample_rate, checked.channels = info.sample_rate, info.channels
-    if info.frames == 0:
-        add(Issue(checked.line, rec.id, "empty audio", f"0 samples ({rec.audio})"))
-        return
-    if info.duration > max_seconds:
-        add(Issue(checked.line, rec.id, "too long", f"{info.duration:.2f} s > {max_seconds:g} s"))
-        return
-    try:
+        problem = header_problem(info, max_seconds)
+        if problem is not None:
+            raise AudioError(rec.audio, *reversed(problem))
+        checked.sample_rate, checked.channels = info.sample_rate, info.channels
         wave, _ = read_audio(rec.audio)
+        check_wave(wave, rec.audio)
     except AudioError as exc:
-        add(Issue(checked.line, rec.id, "audio unreadable", exc.problem))
+        add(Issue(checked.line, rec.id, exc.category, f"{exc.problem} ({rec.audio})"))
         return
-    bad = int((~np.isfinite(wave)).sum())
-    if bad:
-        add(Issue(checked.line, rec.id, "NaN samples", f"{bad} NaN or infinite samples"))
     if info.sample_rate != sampling_rate:
         add(Issue(checked.line, rec.id, "wrong sample rate", f"{info.sample_rate} Hz, not {sampling_rate} Hz "
                   "(--fix resamples)", error=False))

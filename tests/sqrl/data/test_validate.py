@@ -152,3 +152,20 @@ def test_save_audio_without_overwrite_refuses_an_existing_file(tmp_path):
         save_audio(path, np.ones(1600, np.float32) * 0.5, overwrite=False)
     assert np.abs(sf.read(path)[0]).max() == 0
     assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]  # no temp file left behind
+
+
+def test_a_clip_shorter_than_the_model_takes_is_an_error_naming_its_file(tmp_path, capsys):
+    # 0.05 s passed validate once, then stopped sft, eval and grpo with "800 samples is shorter than 0.1 s"
+    sf.write(tmp_path / "ok.wav", (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32), 16000)
+    sf.write(tmp_path / "short.wav", np.full(800, 0.1, np.float32), 16000)
+    sf.write(tmp_path / "short44k.flac", np.full(4000, 0.1, np.float32), 44100)  # 0.09 s at another rate
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join([_line("ok", "ok.wav"), _line("short", "short.wav"),
+                                   _line("short44k", "short44k.flac")]) + "\n")
+    report = validate_manifest(manifest)
+    assert {c.line: [i.category for i in c.issues if i.error] for c in report.lines} == {
+        1: [], 2: ["too short"], 3: ["too short"]}
+    assert main(["data", "validate", str(manifest)]) == 1
+    out = capsys.readouterr().out
+    assert f"[short] too short: too short for the model: 0.050 s < 0.1 s ({tmp_path / 'short.wav'})" in out
+    assert "error: too short: 2" in out
