@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import yaml
 
 from sqrl.audio import AUDIO_EXTENSIONS, AudioError, find_audio_files, load_audio
+from sqrl.config import arg_range
 from sqrl.dimensions import ARTIFACT_DISPLAY_NAMES, DIMENSIONS
 from sqrl.evaluate import SAMPLING_RATE, Generator, _combine, training_prompts
 from sqrl.prompts import PROMPTINGS, Rubric
@@ -254,9 +255,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files (wav/flac/ogg, any rate) or directories")
     p.add_argument("--model", required=True, help="model directory (sqrl sft/merge/grpo output) or backbone name")
     p.add_argument("--json", action="store_true", help="print a JSON list (one object per file) instead of a table")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--max-seconds", type=float, default=None,
+    p.add_argument("--batch-size", type=arg_range(int, ge=1), default=8, help="prompts per generate call (default 8)")
+    p.add_argument("--max-new-tokens", type=arg_range(int, ge=1), default=256)
+    p.add_argument("--max-seconds", type=arg_range(float, gt=0), default=None,
                    help="refuse longer files (default: the model's training limit, else 30)")
     p.add_argument("--prompting", choices=PROMPTINGS, default=None, help="default: as the model was trained")
     p.add_argument("--rubric", default=None, help="rubric YAML (default: as the model was trained)")
