@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,6 +35,7 @@ from transformers import BatchFeature
 from sqrl.audio import MIN_CLIP_SECONDS  # the loaders skip shorter clips; _check_wave guards direct callers
 from sqrl.backbones.families import SAMPLING_RATE, Family, TinySpec
 from sqrl.backbones.tiny import ensure_tiny
+from sqrl.scratch import remove_stale, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,8 @@ class Backbone:
             raise FileExistsError(f"{out} exists; choose a new directory for the merged model")
         out.parent.mkdir(parents=True, exist_ok=True)
         merged = peft_model.merge_and_unload()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        remove_stale(out)  # what a killed merge left (GBs for a 7B model)
+        tmp = staging_dir(out)
         try:
             merged.save_pretrained(tmp)
             processor.save_pretrained(tmp)
