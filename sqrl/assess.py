@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import yaml
 
 from sqrl.audio import AUDIO_EXTENSIONS, AudioError, find_audio_files, load_audio
+from sqrl.config import arg_range
 from sqrl.dimensions import ARTIFACT_DISPLAY_NAMES, DIMENSIONS
 from sqrl.evaluate import SAMPLING_RATE, Generator, _combine, training_prompts
 from sqrl.prompts import PROMPTINGS, Rubric
@@ -131,17 +132,12 @@ def prompts_for(rubric: Rubric, prompting: str) -> list[tuple[str | None, str]]:
 
 def _read(path: str, max_seconds: float | None) -> tuple[Any, str | None]:
     """(16-kHz mono wave, None) or (None, why it cannot be judged)."""
-    from sqrl.backbones.core import MIN_CLIP_SECONDS
-
     if os.path.isdir(path):
         return None, f"a directory with no {'/'.join(e.lstrip('.') for e in AUDIO_EXTENSIONS)} files"
     try:
         wave = load_audio(path, sampling_rate=SAMPLING_RATE, max_seconds=max_seconds)
-    except AudioError as exc:
+    except AudioError as exc:  # the one usability rule (sqrl.audio), as validate and training apply it
         return None, exc.problem
-    if len(wave) < MIN_CLIP_SECONDS * SAMPLING_RATE:
-        return None, (f"too short for the model: {len(wave) / SAMPLING_RATE:.3f} s "
-                      f"< {MIN_CLIP_SECONDS:g} s")
     return wave, None
 
 
@@ -329,9 +325,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files (wav/flac/ogg, any rate) or directories")
     p.add_argument("--model", required=True, help="model directory (sqrl sft/merge/grpo output) or backbone name")
     p.add_argument("--json", action="store_true", help="print a JSON list (one object per file) instead of a table")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--max-seconds", type=float, default=None,
+    p.add_argument("--batch-size", type=arg_range(int, ge=1), default=8, help="prompts per generate call (default 8)")
+    p.add_argument("--max-new-tokens", type=arg_range(int, ge=1), default=256)
+    p.add_argument("--max-seconds", type=arg_range(float, gt=0), default=None,
                    help="refuse longer files (default: the model's training limit, else 30)")
     p.add_argument("--prompting", choices=PROMPTINGS, default=None, help="default: as the model was trained")
     p.add_argument("--rubric", default=None, help="rubric YAML (default: as the model was trained)")
