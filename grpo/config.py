@@ -128,6 +128,9 @@ class RewardSettings:
     """How long the driver keeps resending a batch to a worker that is still restarting after it died."""
     pass_audio: bool = False
     """Load each clip in the reward worker and pass ``audio``/``sampling_rate`` (the ``signal`` reward)."""
+    secret_env: list[str] = field(default_factory=list)
+    """Environment variables the reward workers get as secrets (besides every judge's ``api_key_env``): set in
+    their process, never written into Ray's runtime env or logs (grpo/worker_env.py)."""
 
     def __post_init__(self):
         if not self.entries:

@@ -37,6 +37,7 @@ from grpo.placement import actor_nodes, create_placement, plan_placement, worker
 from grpo.policy_worker import PolicyWorker, plan_update
 from grpo.reward_worker import RewardWorker, merge_scored, split_groups
 from grpo.rollout_worker import SamplingParams, rollout_worker_class
+from grpo.worker_env import collect_secrets, secret_names, worker_env
 from rewards import RewardSet, ScoredBatch, summarize
 from sqrl.config import save_config
 from sqrl.models import ModelMeta, read_meta, write_meta
@@ -44,9 +45,6 @@ from sqrl.prompts import Rubric
 from sqrl.schema import Record, read_manifest
 
 log = logging.getLogger(__name__)
-
-# Environment the workers need when they join a cluster this process did not start.
-PROPAGATED_ENV = ("SQRL_", "HF_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM", "DS_ACCELERATOR", "OMP_NUM_THREADS")
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -482,10 +480,11 @@ class Driver:
             ray.init(address="local" if local else cl.address, include_dashboard=False, log_to_driver=True,
                      **({"num_cpus": cl.num_cpus} if local and cl.num_cpus else {}))
             self._owns_ray = True
-        env_vars = {k: v for k, v in os.environ.items() if k.startswith(PROPAGATED_ENV)}
-        if cl.torch_threads:
-            env_vars["OMP_NUM_THREADS"] = str(cl.torch_threads)
-        env = {"env_vars": env_vars}
+        # Only allow-listed, non-secret variables go into runtime_env (Ray logs it); secrets reach the
+        # reward workers as constructor arguments (grpo/worker_env.py).
+        secrets = secret_names(cfg.rewards.entries, cfg.rewards.secret_env)
+        env = {role: {"env_vars": worker_env(role, torch_threads=cl.torch_threads, exclude=secrets)}
+               for role in ("policy", "rollout", "reward")}
         lora = cfg.lora
         W = cfg.policy.num_workers
         loss = LossSettings(cfg.algorithm.loss_type, cfg.algorithm.beta, cfg.algorithm.epsilon,
@@ -495,7 +494,7 @@ class Driver:
         self.placement = create_placement(plan, cl.placement_timeout_s)
         place = self.placement.options
         policy_cls = ray.remote(PolicyWorker)
-        self.policy = [policy_cls.options(runtime_env=env, **place("policy", r)).remote(
+        self.policy = [policy_cls.options(runtime_env=env["policy"], **place("policy", r)).remote(
             str(self.init), self.backbone, lora_rank=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             encoder_mode=lora.encoder_mode, dtype=cfg.model.dtype, loss=loss, lr=cfg.policy.lr,
             weight_decay=cfg.policy.weight_decay, adam_betas=cfg.policy.adam_betas,
@@ -504,16 +503,16 @@ class Driver:
             num_iterations=cfg.algorithm.num_iterations, max_seconds=cfg.data.max_seconds, seed=cfg.train.seed,
             rank=r, world_size=W) for r in range(W)]
         rollout_cls = ray.remote(rollout_worker_class(cfg.rollout.backend))
-        self.rollout = [rollout_cls.options(runtime_env=env, **place("rollout", i)).remote(
+        self.rollout = [rollout_cls.options(runtime_env=env["rollout"], **place("rollout", i)).remote(
             str(self.init), self.backbone, lora.rank, lora.alpha, lora.encoder_mode, dtype=cfg.model.dtype,
             max_seconds=cfg.data.max_seconds, **cfg.rollout.options) for i in range(cfg.rollout.num_workers)]
         # Reward workers hold no state: Ray restarts a dead one (on another node if its node is gone; its
         # placement-group bundle is rescheduled there) and ``get_with_retry`` sends its batch again.
         reward_cls = ray.remote(RewardWorker)
-        self.reward = [reward_cls.options(runtime_env=env, max_restarts=cfg.rewards.max_restarts, max_task_retries=0,
-                                          **place("reward", i)).remote(
-            cfg.rewards.entries, cfg.rewards.aggregation, cfg.rewards.pass_audio, cfg.data.max_seconds)
-            for i in range(cfg.rewards.num_workers)]
+        self.reward = [reward_cls.options(runtime_env=env["reward"], max_restarts=cfg.rewards.max_restarts,
+                                          max_task_retries=0, **place("reward", i)).remote(
+            cfg.rewards.entries, cfg.rewards.aggregation, cfg.rewards.pass_audio, cfg.data.max_seconds,
+            secrets=collect_secrets(secrets)) for i in range(cfg.rewards.num_workers)]
         master = ray.get(self.policy[0].rendezvous.remote())
         info = ray.get([w.setup.remote(*master) for w in self.policy] + [r.version.remote() for r in self.rollout]
                        + [r.pid.remote() for r in self.reward])[0]
