@@ -435,9 +435,11 @@ class Driver:
                                        cfg.rollout.max_new_tokens, cfg.rollout.return_logprobs)
         self._step_resampled, self._worker = 0, Counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = checkpoint.latest(self.run_dir) if self.resume else None
+        if ckpt is not None:
+            checkpoint.verify(ckpt)  # before any worker could unpickle it
         save_config(cfg, self.run_dir / "sqrl_config.yaml")
         self._start_workers()
-        ckpt = checkpoint.latest(self.run_dir) if self.resume else None
         if self.resume and ckpt is None:
             log.warning("--resume: no checkpoint in %s; starting from step 0", self.run_dir)
         if ckpt is not None:

@@ -99,6 +99,46 @@ def test_resume_continues_from_the_saved_step(tiny_manifest, calibrated, tmp_pat
         assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-4)
 
 
+def test_every_checkpoint_carries_a_manifest_of_its_files(calibrated):
+    from sqrl.integrity import MANIFEST, verify_manifest
+
+    ckpts = sorted((calibrated / "checkpoints").glob("checkpoint-*"))
+    assert ckpts
+    for ckpt in ckpts:
+        listed = json.loads((ckpt / MANIFEST).read_text())["files"]
+        assert any(name.endswith("mp_rank_00_model_states.pt") for name in listed)  # DeepSpeed's pickled state
+        assert "adapter_model.safetensors" in listed and "trainer_state.json" in listed
+        assert verify_manifest(ckpt) == len(listed)
+
+
+@pytest.mark.parametrize("tamper", ["flip one byte", "plant a pickle", "remove the manifest"])
+def test_resume_refuses_a_tampered_checkpoint_before_loading_it(tiny_manifest, calibrated, tmp_path, tamper):
+    import shutil
+
+    from sqrl.integrity import MANIFEST, IntegrityError
+    from tests.sqrl.test_integrity import plant_pickle
+
+    run = tmp_path / "run"
+    shutil.copytree(calibrated, run)
+    ckpt = max((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    (states,) = ckpt.glob("global_step*/mp_rank_00_model_states.pt")
+    marker = tmp_path / "ran"
+    if tamper == "flip one byte":
+        target = ckpt / "adapter_model.safetensors"
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 1
+        target.write_bytes(bytes(data))
+    elif tamper == "plant a pickle":
+        target = states
+        plant_pickle(states, marker)
+    else:
+        target = ckpt / MANIFEST
+        target.unlink()
+    with pytest.raises(IntegrityError, match=str(target)):
+        run_sft(_cfg(tiny_manifest, **{"train.max_steps": 14, "train.save_steps": 6}), run, resume=True)
+    assert not marker.exists()
+
+
 def test_merge_keeps_the_logits(calibrated, tmp_path):
     out = tmp_path / "merged"
     check = merge(calibrated, out)
