@@ -42,6 +42,7 @@ from rewards import RewardSet, ScoredBatch, summarize
 from sqrl.config import save_config
 from sqrl.models import ModelMeta, read_meta, write_meta
 from sqrl.prompts import Rubric
+from sqrl.rundir import prepare_out
 from sqrl.schema import Record, read_manifest
 
 log = logging.getLogger(__name__)
@@ -173,8 +174,8 @@ class Driver:
     """Runs ``cfg`` into ``run_dir``: metrics.jsonl, tensorboard/, checkpoints/, plots/ and, at the end,
     the policy as an sqrl model directory (an adapter over ``model.init``) that ``sqrl eval`` loads."""
 
-    def __init__(self, cfg: GRPOConfig, run_dir: str | Path, resume: bool = False):
-        self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
+    def __init__(self, cfg: GRPOConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False):
+        self.cfg, self.run_dir, self.resume, self.overwrite = cfg, Path(run_dir), resume, overwrite
         self.G = cfg.rollout.group_size
         self.step_done = 0
         self.counters: Counter[str] = Counter()
@@ -450,9 +451,8 @@ class Driver:
                                 tensorboard=cfg.logging.tensorboard, progress=cfg.logging.progress)
 
     def _check_run_dir(self) -> None:
-        taken = (self.run_dir / "metrics.jsonl").exists() or checkpoint.checkpoints_dir(self.run_dir).exists()
-        if taken and not self.resume:
-            raise FileExistsError(f"{self.run_dir} holds a GRPO run; pass --resume to continue it or choose another --out")
+        """A non-empty run_dir only with --resume, or --overwrite (which removes it first): sqrl/rundir.py."""
+        prepare_out(self.run_dir, resume=self.resume, overwrite=self.overwrite, create=False)
 
     def _records(self) -> list[Record]:
         data = self.cfg.data
@@ -594,6 +594,6 @@ def slice_scored(sb: ScoredBatch, start: int, stop: int) -> ScoredBatch:
                        errors={k: 0 for k in per_reward}, total_skipped=sum(t is None for t in total))
 
 
-def run_grpo(cfg: GRPOConfig, out: str | Path, resume: bool = False) -> Path:
+def run_grpo(cfg: GRPOConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Train the GRPO stage into ``out`` (see ``Driver``)."""
-    return Driver(cfg, out, resume=resume).run()
+    return Driver(cfg, out, resume=resume, overwrite=overwrite).run()

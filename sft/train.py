@@ -23,6 +23,7 @@ from sft.config import SFTStageConfig
 from sft.data import AudioCollator, load_examples, resolve_manifests
 from sqrl.config import save_config
 from sqrl.integrity import verify_manifest, write_manifest
+from sqrl.rundir import prepare_out
 from sqrl.models import ModelMeta, load_model, read_meta, write_meta
 from sqrl.prompts import Rubric
 
@@ -134,11 +135,14 @@ def trainable_summary(model) -> dict[str, int]:
     return {"parameters": total, "trainable": trainable}
 
 
-def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False) -> Path:
-    """Train one SFT stage into ``out`` and return it. ``resume`` continues from the last checkpoint."""
+def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
+            claim: bool = True) -> Path:
+    """Train one SFT stage into ``out`` and return it. ``resume`` continues from the last checkpoint;
+    a non-empty ``out`` is refused without ``resume`` or ``overwrite`` (sqrl/rundir.py). ``claim=False``:
+    the caller has checked ``out`` (each Ray Train worker; ``run_sft_on_ray`` checks once)."""
     from trl import SFTConfig, SFTTrainer
 
-    out = Path(out)
+    out = prepare_out(out, resume=resume, overwrite=overwrite) if claim else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpts = out / "checkpoints"
     last = get_last_checkpoint(str(ckpts)) if resume and ckpts.is_dir() else None
@@ -146,6 +150,8 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False) -> Path:
         log.warning("--resume: no checkpoint under %s; starting from scratch", out / "checkpoints")
     if last is not None:
         verify_manifest(last)  # DeepSpeed unpickles the engine state: nothing changed since it was written
+    if resume and os.environ.get("RANK", "0") == "0":  # rank 0 alone writes the log
+        _drop_rows_after(out / "metrics.jsonl", int(last.rsplit("-", 1)[1]) if last else 0)
     ds_config = deepspeed_config(cfg)
     ensure_process_group_env(ds_config is not None)
     torch.manual_seed(cfg.train.seed)
@@ -208,6 +214,25 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False) -> Path:
         if collator.skipped:
             log.warning("skipped clips: %s", dict(collator.skipped))
     return out
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (where a resume continues), so the log holds one run."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and _row_step(line) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _row_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", float("inf")))
+    except (ValueError, AttributeError):
+        return float("inf")  # a torn last line from a kill: dropped
 
 
 def _base_build(backbone, base: str | None, cfg: SFTStageConfig) -> str | None:

@@ -265,15 +265,19 @@ def synthesize_corpus(cfg: SynthConfig) -> SynthSummary:
     """Write the corpus to ``cfg.out`` atomically: it is built in a temporary sibling folder and
     renamed into place, so a crash never leaves a half-written corpus behind. An existing
     non-empty ``out`` is an error unless ``cfg.overwrite``."""
+    from sqrl.rundir import check_removable, is_taken, prepare_out, remove_run
+
     out = cfg.out
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (use --overwrite to replace it)")
+    if not cfg.overwrite:
+        prepare_out(out, can_resume=False, create=False)  # a non-empty out is refused (sqrl/rundir.py)
+    elif is_taken(out):
+        check_removable(out)  # only sqrl output, and it is removed once the new corpus is whole
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         summary = _write_corpus(cfg, tmp)
         if out.exists():
-            shutil.rmtree(out)
+            remove_run(out)
         os.rename(tmp, out)
     finally:
         if tmp.exists():

@@ -139,6 +139,18 @@ def test_an_existing_run_is_not_overwritten_without_resume(main_run, tiny_init, 
         Driver(make_config(tiny_init, corpus), run_dir).start()
 
 
+def test_overwrite_removes_the_old_run_first_and_excludes_resume(main_run, tiny_init, corpus, tmp_path):
+    import shutil
+
+    run_dir, _, _ = main_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    with pytest.raises(ValueError, match="one of them"):
+        Driver(make_config(tiny_init, corpus), copy, resume=True, overwrite=True).start()
+    Driver(make_config(tiny_init, corpus), copy, overwrite=True)._check_run_dir()
+    assert not copy.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_each_checkpoint_is_written_with_a_manifest_of_its_files(main_run):
     from sqrl.integrity import MANIFEST, verify_manifest
 
@@ -151,12 +163,12 @@ def test_each_checkpoint_is_written_with_a_manifest_of_its_files(main_run):
 
 
 @pytest.mark.parametrize("tamper", ["plant a pickle", "flip one byte"])
-def test_resume_refuses_a_tampered_checkpoint_before_any_worker_loads_it(main_run, tiny_init, corpus, tmp_path, tamper):
+def test_resume_refuses_a_tampered_checkpoint_before_any_worker_loads_it(main_run, tiny_init, corpus, tmp_path,
+                                                                         tamper, plant_pickle):
     import shutil
 
     from grpo.checkpoint import latest
     from sqrl.integrity import IntegrityError
-    from tests.sqrl.test_integrity import plant_pickle
 
     run_dir, _, _ = main_run
     copy = tmp_path / "run"

@@ -22,6 +22,8 @@ import pytest
 from grpo.worker_env import Secret, collect_secrets, install_secrets, secret_names, worker_env
 from sqrl.config import save_config
 
+from .test_driver import TEST_REWARDS, make_config
+
 REPO = Path(__file__).resolve().parents[1].parent
 JUDGE_KEY = "sk-planted-" + "7f3a9c1e5b2d4f60"  # built at run time so the test source itself is no hit
 HF_TOKEN = "hf_planted" + "Q2w3E4r5T6y7U8i9"
@@ -115,8 +117,6 @@ def files_holding(root: Path, needles: list[str]) -> list[str]:
 
 
 def test_a_planted_key_reaches_the_judge_but_no_log_nor_the_run_folder(grpo_cache, tiny_init, corpus, tmp_path):
-    from tests.grpo.test_driver import TEST_REWARDS, make_config
-
     judge = KeyedJudge(JUDGE_KEY)
     ray_tmp = Path(tempfile.mkdtemp(prefix="sqrl-ray-", dir="/tmp"))  # short: Ray's socket paths have a limit
     try:

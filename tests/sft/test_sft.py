@@ -112,11 +112,11 @@ def test_every_checkpoint_carries_a_manifest_of_its_files(calibrated):
 
 
 @pytest.mark.parametrize("tamper", ["flip one byte", "plant a pickle", "remove the manifest"])
-def test_resume_refuses_a_tampered_checkpoint_before_loading_it(tiny_manifest, calibrated, tmp_path, tamper):
+def test_resume_refuses_a_tampered_checkpoint_before_loading_it(tiny_manifest, calibrated, tmp_path, tamper,
+                                                                plant_pickle):
     import shutil
 
     from sqrl.integrity import MANIFEST, IntegrityError
-    from tests.sqrl.test_integrity import plant_pickle
 
     run = tmp_path / "run"
     shutil.copytree(calibrated, run)
@@ -137,6 +137,41 @@ def test_resume_refuses_a_tampered_checkpoint_before_loading_it(tiny_manifest, c
     with pytest.raises(IntegrityError, match=str(target)):
         run_sft(_cfg(tiny_manifest, **{"train.max_steps": 14, "train.save_steps": 6}), run, resume=True)
     assert not marker.exists()
+
+
+def test_a_new_run_onto_an_existing_one_is_refused_and_overwrite_starts_clean(tiny_manifest, calibrated, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(calibrated, run)  # checkpoint-6 and checkpoint-12, 12 logged steps
+    with pytest.raises(FileExistsError, match="--resume .* --overwrite"):
+        run_sft(_cfg(tiny_manifest, **{"train.max_steps": 2, "train.save_steps": 1}), run)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-6"]
+    run_sft(_cfg(tiny_manifest, **{"train.max_steps": 2, "train.save_steps": 1}), run, overwrite=True)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert [step for step, _ in _losses(run)] == [1, 2]
+
+
+def test_resume_keeps_one_run_in_the_log(tiny_manifest, calibrated, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(calibrated, run)
+    shutil.rmtree(run / "checkpoints" / "checkpoint-12")  # killed after logging step 12, before its checkpoint
+    run_sft(_cfg(tiny_manifest, **{"train.max_steps": 12, "train.save_steps": 6}), run, resume=True)
+    assert [step for step, _ in _losses(run)] == list(range(1, 13))  # steps 7-12 once, from the resumed run
+
+
+def test_the_pipeline_continues_a_stage_interrupted_before_its_first_checkpoint(tiny_manifest, tmp_path):
+    from sqrl.pipeline import StageSettings, run_sft_stage
+
+    out = tmp_path / "calibration"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')
+    run_sft_stage("calibration", StageSettings(str(CONFIG), tiny_overrides(tiny_manifest, **{"train.max_steps": 2})),
+                  out, [])
+    losses = _losses(out)
+    assert [step for step, _ in losses] == [1, 2] and 9.0 not in [loss for _, loss in losses]
 
 
 def test_merge_keeps_the_logits(calibrated, tmp_path):

@@ -14,21 +14,6 @@ import torch
 from sqrl.integrity import MANIFEST, IntegrityError, main, sha256_file, verify_manifest, write_manifest
 
 
-class PlantedCallable:
-    """Unpickling this object opens (creates) ``marker`` for writing: a stand-in for any planted code."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def plant_pickle(path: Path, marker: Path) -> None:
-    """Overwrite ``path`` with a torch file whose unpickling runs ``PlantedCallable``."""
-    torch.save({"module": PlantedCallable(marker)}, path)
-
-
 def checkpoint(tmp_path: Path) -> Path:
     folder = tmp_path / "ckpt"
     (folder / "engine" / "global_step3").mkdir(parents=True)
@@ -56,7 +41,7 @@ def test_the_manifest_lists_every_file_with_its_sha256_and_verifies(tmp_path):
     ("garble the manifest", MANIFEST),
     ("link a file", "trainer_state.json"),
 ])
-def test_any_change_after_the_write_is_refused_naming_the_file(tmp_path, tamper, named):
+def test_any_change_after_the_write_is_refused_naming_the_file(tmp_path, tamper, named, plant_pickle):
     folder = checkpoint(tmp_path)
     states = folder / "engine" / "global_step3" / "mp_rank_00_model_states.pt"
     marker = tmp_path / "ran"
@@ -83,7 +68,7 @@ def test_any_change_after_the_write_is_refused_naming_the_file(tmp_path, tamper,
     assert not marker.exists()
 
 
-def test_the_planted_pickle_really_runs_code_when_loaded_unchecked(tmp_path):
+def test_the_planted_pickle_really_runs_code_when_loaded_unchecked(tmp_path, plant_pickle):
     # what the checks above stand between: DeepSpeed's torch.load(weights_only=False)
     path, marker = tmp_path / "states.pt", tmp_path / "ran"
     plant_pickle(path, marker)
