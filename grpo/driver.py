@@ -484,8 +484,8 @@ class Driver:
             self._owns_ray = True
         # Only allow-listed, non-secret variables go into runtime_env (Ray logs it); secrets reach the
         # reward workers as constructor arguments (grpo/worker_env.py).
-        secrets = secret_names(cfg.rewards.entries, cfg.rewards.secret_env)
-        env = {role: {"env_vars": worker_env(role, torch_threads=cl.torch_threads, exclude=secrets)}
+        secret_vars = secret_names(cfg.rewards.entries, cfg.rewards.secret_env)
+        env = {role: {"env_vars": worker_env(role, torch_threads=cl.torch_threads, exclude=secret_vars)}
                for role in ("policy", "rollout", "reward")}
         lora = cfg.lora
         W = cfg.policy.num_workers
@@ -514,7 +514,7 @@ class Driver:
         self.reward = [reward_cls.options(runtime_env=env["reward"], max_restarts=cfg.rewards.max_restarts,
                                           max_task_retries=0, **place("reward", i)).remote(
             cfg.rewards.entries, cfg.rewards.aggregation, cfg.rewards.pass_audio, cfg.data.max_seconds,
-            secrets=collect_secrets(secrets)) for i in range(cfg.rewards.num_workers)]
+            secrets=collect_secrets(secret_vars)) for i in range(cfg.rewards.num_workers)]
         master = ray.get(self.policy[0].rendezvous.remote())
         info = ray.get([w.setup.remote(*master) for w in self.policy] + [r.version.remote() for r in self.rollout]
                        + [r.pid.remote() for r in self.reward])[0]
