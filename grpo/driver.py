@@ -39,7 +39,7 @@ from grpo.reward_worker import RewardWorker, merge_scored, split_groups
 from grpo.rollout_worker import SamplingParams, rollout_worker_class
 from rewards import RewardSet, ScoredBatch, summarize
 from sqrl.config import save_config
-from sqrl.models import ModelMeta, read_meta, write_meta
+from sqrl.models import META_FILE, ModelMeta, read_meta, write_meta
 from sqrl.prompts import Rubric
 from sqrl.schema import Record, read_manifest
 
@@ -424,12 +424,10 @@ class Driver:
 
     # ---------------------------------------------------------------- start and finish
     def start(self) -> None:
-        from grpo.bootstrap import ensure_init
-
         cfg = self.cfg
         RewardSet.from_config(cfg.rewards.entries, cfg.rewards.aggregation)  # config errors before any worker starts
         self._check_run_dir()
-        self.init = ensure_init(cfg.model)
+        self.init = start_model(cfg.model.init)
         self.backbone = read_meta(self.init).backbone
         self.data = ClipStream(self._records(), cfg.train.seed, cfg.data.balance)
         self.prompt = self._prompt()
@@ -591,6 +589,19 @@ def slice_scored(sb: ScoredBatch, start: int, stop: int) -> ScoredBatch:
                        components={k: v[start:stop] for k, v in sb.components.items()},
                        skipped={k: sum(x is None for x in v) for k, v in per_reward.items()},
                        errors={k: 0 for k in per_reward}, total_skipped=sum(t is None for t in total))
+
+
+def start_model(init: str) -> Path:
+    """``model.init`` resolved, checked to be a full (merged) sqrl model directory."""
+    path = Path(init).expanduser().resolve()
+    if not (path / META_FILE).exists():
+        raise FileNotFoundError(f"model.init {path} is not an sqrl model directory; run the calibration and "
+                                "warm-up SFT stages and `sqrl merge`, or set model.bootstrap and start with "
+                                "`sqrl grpo`, which builds it (tiny configs)")
+    if read_meta(path).kind != "full":
+        raise ValueError(f"model.init {path} is an adapter; GRPO starts from a merged model: "
+                         f"run `sqrl merge {path} --out MERGED` and set model.init=MERGED")
+    return path
 
 
 def run_grpo(cfg: GRPOConfig, out: str | Path, resume: bool = False) -> Path:

@@ -36,9 +36,11 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import yaml
 
+from sqrl.config import shipped
+
 log = logging.getLogger("sqrl.judges")
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "judges"
+CONFIG_DIR = shipped("judges")  # configs/judges/, shipped with sqrl as package data
 MODES = ("generate", "logit")
 
 # ------------------------------------------------------------------------------ requests, verdicts
