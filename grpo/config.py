@@ -128,6 +128,10 @@ class RewardSettings:
     """How long the driver keeps resending a batch to a worker that is still restarting after it died."""
     pass_audio: bool = False
     """Load each clip in the reward worker and pass ``audio``/``sampling_rate`` (the ``signal`` reward)."""
+    python_path: list[str] = field(default_factory=list)
+    """Folders holding the modules of custom rewards named by dotted path (relative ones: to the folder the
+    driver runs in). The driver adds them, then its own working folder, to its ``sys.path`` and hands the
+    list to every reward worker, which adds it to its own."""
 
     def __post_init__(self):
         if not self.entries:

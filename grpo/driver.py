@@ -38,6 +38,7 @@ from grpo.policy_worker import PolicyWorker, plan_update
 from grpo.reward_worker import RewardWorker, merge_scored, split_groups
 from grpo.rollout_worker import SamplingParams, rollout_worker_class
 from rewards import RewardSet, ScoredBatch, summarize
+from rewards.base import add_import_path
 from sqrl.config import save_config
 from sqrl.models import META_FILE, ModelMeta, read_meta, write_meta
 from sqrl.prompts import Rubric
@@ -425,6 +426,8 @@ class Driver:
     # ---------------------------------------------------------------- start and finish
     def start(self) -> None:
         cfg = self.cfg
+        self.python_path = reward_python_path(cfg.rewards.python_path)
+        add_import_path(self.python_path)
         RewardSet.from_config(cfg.rewards.entries, cfg.rewards.aggregation)  # config errors before any worker starts
         self._check_run_dir()
         self.init = start_model(cfg.model.init)
@@ -510,7 +513,8 @@ class Driver:
         reward_cls = ray.remote(RewardWorker)
         self.reward = [reward_cls.options(runtime_env=env, max_restarts=cfg.rewards.max_restarts, max_task_retries=0,
                                           **place("reward", i)).remote(
-            cfg.rewards.entries, cfg.rewards.aggregation, cfg.rewards.pass_audio, cfg.data.max_seconds)
+            cfg.rewards.entries, cfg.rewards.aggregation, cfg.rewards.pass_audio, cfg.data.max_seconds,
+            self.python_path)
             for i in range(cfg.rewards.num_workers)]
         master = ray.get(self.policy[0].rendezvous.remote())
         info = ray.get([w.setup.remote(*master) for w in self.policy] + [r.version.remote() for r in self.rollout]
@@ -589,6 +593,13 @@ def slice_scored(sb: ScoredBatch, start: int, stop: int) -> ScoredBatch:
                        components={k: v[start:stop] for k, v in sb.components.items()},
                        skipped={k: sum(x is None for x in v) for k, v in per_reward.items()},
                        errors={k: 0 for k in per_reward}, total_skipped=sum(t is None for t in total))
+
+
+def reward_python_path(folders: Sequence[str]) -> list[str]:
+    """``rewards.python_path`` as absolute folders, then the driver's working folder (where users keep the
+    module of a custom reward, as they would run it with ``python -m``)."""
+    out = [str(Path(f).expanduser().resolve()) for f in folders]
+    return list(dict.fromkeys([*out, os.getcwd()]))
 
 
 def start_model(init: str) -> Path:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 from rewards import RewardSet, ScoredBatch
+from rewards.base import add_import_path
 
 
 @dataclass
@@ -28,7 +29,9 @@ class RewardWorker:
     """Scores completions against their clips' references; total plus components per reward and dimension."""
 
     def __init__(self, entries: Sequence[dict[str, Any]], aggregation: str = "sum", pass_audio: bool = False,
-                 max_seconds: float | None = None):
+                 max_seconds: float | None = None, python_path: Sequence[str] = ()):
+        # the folders the driver found custom rewards in: this worker may run elsewhere (another folder, node)
+        add_import_path(python_path)
         self.reward_set = RewardSet.from_config(list(entries), aggregation)
         self.pass_audio = pass_audio
         self.max_seconds = max_seconds
