@@ -24,8 +24,8 @@ class BootstrapSettings:
     """How to build ``model.init`` when it is missing (tiny configs): calibration, warm-up, merge."""
 
     calibration: str = "configs/tiny/calibration.yaml"
-    """SFT config of the calibration stage (a relative path is looked up in the working directory,
-    then in the repository)."""
+    """SFT config of the calibration stage (``configs/...``: the working folder's file, else the one shipped
+    with sqrl). ``sqrl grpo`` (``recipes.bootstrap``) builds the model; the driver only checks it."""
     warmup: str = "configs/tiny/warmup.yaml"
     """SFT config of the long-form warm-up; its ``model.init`` is pointed at the calibration output."""
     calibration_out: str | None = None

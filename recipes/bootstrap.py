@@ -14,7 +14,7 @@ from pathlib import Path
 
 from grpo.config import BootstrapSettings, GRPOConfig, ModelSettings
 from recipes.stages import MergeStep, SFTStep, run_steps
-from sqrl.config import find_config, load_config
+from sqrl.config import load_config
 from sqrl.models import META_FILE
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,9 @@ def build_calibrated(out: Path, boot: BootstrapSettings) -> Path:
     warmup = Path(boot.warmup_out).resolve() if boot.warmup_out else parts / "warmup"
     log.info("model.init %s is missing: building it from %s (calibration) and %s (warm-up)", out, calibration, warmup)
     run_steps([
-        SFTStep("calibration", calibration, kind="calibration", config=find_config(boot.calibration),
+        SFTStep("calibration", calibration, kind="calibration", config=boot.calibration,
                 overrides=list(boot.overrides)),
-        SFTStep("warmup", warmup, kind="sft_reasoning", config=find_config(boot.warmup),
+        SFTStep("warmup", warmup, kind="sft_reasoning", config=boot.warmup,
                 overrides=[*boot.overrides, f"model.init={calibration}"]),
         MergeStep("merge", out, kind="merge", adapter=warmup),
     ], tag="bootstrap")

@@ -31,6 +31,7 @@ def brevity(completions, references, **_):
 def _install(tmp: Path) -> Path:
     """A venv holding a wheel built from a copy of the sources; its python."""
     src = tmp / "src"
+    src.mkdir()
     for name in SOURCES:
         path = REPO / name
         if path.is_dir():
