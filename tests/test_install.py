@@ -86,8 +86,9 @@ def test_a_wheel_installed_elsewhere_runs_the_stages_with_shipped_configs_and_a_
 
     # a tiny corpus, two SFT steps from the shipped calibration config (its rubric is shipped too), a merge
     _run([str(sqrl), "data", "synth", "--out", "corpus", "--num", "12", "--workers", "1", "--no-pesq"], work)
-    small = ["data.train=corpus/train.jsonl", "data.synth=null", "model.options={window_s: 5}", "lora.rank=8"]
+    small = ["data.train=corpus/train.jsonl", "data.synth=null", "lora.rank=8"]
     _run([str(sqrl), "sft", "--config", "configs/tiny/calibration.yaml", "--out", "calibration", *small,
+          "model.options={window_s: 5}",
           "train.max_steps=2", "train.batch_size=2", "data.limit=4", "train.deepspeed.enabled=false"], work)
     _run([str(sqrl), "merge", "calibration", "--out", "merged"], work)
     assert json.loads((work / "merged" / "sqrl_model.json").read_text())["kind"] == "full"
