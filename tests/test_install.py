@@ -94,11 +94,13 @@ def test_a_wheel_installed_elsewhere_runs_the_stages_with_shipped_configs_and_a_
     assert json.loads((work / "merged" / "sqrl_model.json").read_text())["kind"] == "full"
 
     # one GRPO step with the custom reward: its module is in plugins/, which only rewards.python_path names
-    _run([str(sqrl), "grpo", "--config", "configs/tiny/grpo_accsem_dimwise.yaml", "--out", "grpo", *small,
-          "model.init=merged", "model.bootstrap=null", "train.steps=1", "train.batch_size=1", "rollout.group_size=2",
-          "rollout.max_new_tokens=16", "data.limit=2", "logging.progress=false", "logging.tensorboard=false",
-          "cluster.num_cpus=2", "rewards.entries=[{name: accuracy}, {name: my_rewards.brevity}]",
-          "rewards.python_path=[plugins]"], work)
+    grpo = [str(sqrl), "grpo", "--config", "configs/tiny/grpo_accsem_dimwise.yaml", "--out", "grpo", *small,
+            "model.init=merged", "model.bootstrap=null", "train.steps=1", "train.batch_size=1", "rollout.group_size=2",
+            "rollout.max_new_tokens=16", "data.limit=2", "logging.progress=false", "logging.tensorboard=false",
+            "cluster.num_cpus=2", "rewards.entries=[{name: accuracy}, {name: my_rewards.brevity}]"]
+    missing = subprocess.run(grpo, cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "cannot import module 'my_rewards'" in missing.stderr  # checked before Ray
+    _run([*grpo, "rewards.python_path=[plugins]"], work)
     logged = [json.loads(line) for line in (work / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert logged and 0 < logged[-1]["rewards/brevity/mean"] <= 1
     assert (work / "grpo" / "sqrl_model.json").exists()
