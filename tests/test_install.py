@@ -53,7 +53,10 @@ def _install(tmp: Path) -> Path:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    """A clean environment: no PYTHONPATH, and none of the torch.distributed variables (RANK, MASTER_PORT, ...)
+    that stages run earlier in this test process left behind (a stale MASTER_PORT is a port in use)."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SQRL_CACHE", "RAY_AUTH_MODE", "DS_ACCELERATOR")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     return env
 
