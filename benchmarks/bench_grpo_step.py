@@ -171,7 +171,7 @@ def main() -> None:
             print(json.dumps(bench_metrics(Path(path))), flush=True)
         return
 
-    from grpo.bootstrap import untrained_init
+    from sqrl.models import untrained_init
     from sqrl.data.synth import ensure_corpus
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_grpo_"))

@@ -1,6 +1,7 @@
-"""``sqrl grpo --config CONFIG --out DIR [--resume] [dotted.key=value ...]``.
+"""The GRPO stage's arguments, and ``python -m grpo.cli --config ... --out ...`` (the stage alone).
 
-Also runnable on its own: ``python -m grpo.cli --config ... --out ...`` (the same arguments).
+``sqrl grpo`` (``recipes.bootstrap``) takes the same arguments and first builds ``model.init`` when the config
+has a ``model.bootstrap`` section; ``python -m grpo.cli`` needs ``model.init`` to be a merged model already.
 """
 from __future__ import annotations
 
@@ -16,17 +17,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
     p.add_argument("--overwrite", action="store_true", help="remove an existing run in OUT first")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. rollout.temperature=0.9")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "grpo",
-        help="GRPO reasoning stage on Ray (rollout, reward and DeepSpeed policy workers)",
-        description="Reinforcement stage of the method (paper 3.2). Starts from model.init, the merged "
-        "calibration model; the tiny configs build it when missing. `sqrl eval --model OUT` takes the result.",
-    )
-    add_arguments(p)
-    p.set_defaults(func=_grpo)
 
 
 def _grpo(args: argparse.Namespace) -> int:

@@ -25,8 +25,8 @@ class BootstrapSettings:
     """How to build ``model.init`` when it is missing (tiny configs): calibration, warm-up, merge."""
 
     calibration: str = "configs/tiny/calibration.yaml"
-    """SFT config of the calibration stage (a relative path is looked up in the working directory,
-    then in the repository)."""
+    """SFT config of the calibration stage (``configs/...``: the working folder's file, else the one shipped
+    with sqrl). ``sqrl grpo`` (``recipes.bootstrap``) builds the model; the driver only checks it."""
     warmup: str = "configs/tiny/warmup.yaml"
     """SFT config of the long-form warm-up; its ``model.init`` is pointed at the calibration output."""
     calibration_out: str | None = None
@@ -129,6 +129,10 @@ class RewardSettings:
     secret_env: list[str] = field(default_factory=list)
     """Environment variables the reward workers get as secrets (besides every judge's ``api_key_env``): set in
     their process, never written into Ray's runtime env or logs (grpo/worker_env.py)."""
+    python_path: list[str] = field(default_factory=list)
+    """Folders holding the modules of custom rewards named by dotted path (relative ones: to the folder the
+    driver runs in). The driver adds them, then its own working folder, to its ``sys.path`` and hands the
+    list to every reward worker, which adds it to its own."""
 
     def __post_init__(self):
         check_ranges(self)

@@ -40,8 +40,9 @@ from grpo.reward_worker import RewardWorker, merge_scored, split_groups
 from grpo.rollout_worker import SamplingParams, rollout_worker_class
 from grpo.worker_env import collect_secrets, secret_names, worker_env
 from rewards import RewardSet, ScoredBatch, summarize
+from rewards.base import add_import_path
 from sqrl.config import save_config
-from sqrl.models import ModelMeta, read_meta, write_meta
+from sqrl.models import META_FILE, ModelMeta, read_meta, write_meta
 from sqrl.prompts import Rubric
 from sqrl.rundir import prepare_out
 from sqrl.schema import Record, read_manifest
@@ -426,12 +427,12 @@ class Driver:
 
     # ---------------------------------------------------------------- start and finish
     def start(self) -> None:
-        from grpo.bootstrap import ensure_init
-
         cfg = self.cfg
+        self.python_path = reward_python_path(cfg.rewards.python_path)
+        add_import_path(self.python_path)
         RewardSet.from_config(cfg.rewards.entries, cfg.rewards.aggregation)  # config errors before any worker starts
         self._check_run_dir()
-        self.init = ensure_init(cfg.model)
+        self.init = start_model(cfg.model.init)
         self.backbone = read_meta(self.init).backbone
         self.data = ClipStream(self._records(), cfg.train.seed, cfg.data.balance)
         self.prompt = self._prompt()
@@ -517,7 +518,8 @@ class Driver:
         self.reward = [reward_cls.options(runtime_env=env["reward"], max_restarts=cfg.rewards.max_restarts,
                                           max_task_retries=0, **place("reward", i)).remote(
             cfg.rewards.entries, cfg.rewards.aggregation, cfg.rewards.pass_audio, cfg.data.max_seconds,
-            secrets=collect_secrets(secret_vars)) for i in range(cfg.rewards.num_workers)]
+            secrets=collect_secrets(secret_vars), python_path=self.python_path)
+            for i in range(cfg.rewards.num_workers)]
         master = ray.get(self.policy[0].rendezvous.remote())
         info = ray.get([w.setup.remote(*master) for w in self.policy] + [r.version.remote() for r in self.rollout]
                        + [r.pid.remote() for r in self.reward])[0]
@@ -595,6 +597,26 @@ def slice_scored(sb: ScoredBatch, start: int, stop: int) -> ScoredBatch:
                        components={k: v[start:stop] for k, v in sb.components.items()},
                        skipped={k: sum(x is None for x in v) for k, v in per_reward.items()},
                        errors={k: 0 for k in per_reward}, total_skipped=sum(t is None for t in total))
+
+
+def reward_python_path(folders: Sequence[str]) -> list[str]:
+    """``rewards.python_path`` as absolute folders, then the driver's working folder (where users keep the
+    module of a custom reward, as they would run it with ``python -m``)."""
+    out = [str(Path(f).expanduser().resolve()) for f in folders]
+    return list(dict.fromkeys([*out, os.getcwd()]))
+
+
+def start_model(init: str) -> Path:
+    """``model.init`` resolved, checked to be a full (merged) sqrl model directory."""
+    path = Path(init).expanduser().resolve()
+    if not (path / META_FILE).exists():
+        raise FileNotFoundError(f"model.init {path} is not an sqrl model directory; run the calibration and "
+                                "warm-up SFT stages and `sqrl merge`, or set model.bootstrap and start with "
+                                "`sqrl grpo`, which builds it (tiny configs)")
+    if read_meta(path).kind != "full":
+        raise ValueError(f"model.init {path} is an adapter; GRPO starts from a merged model: "
+                         f"run `sqrl merge {path} --out MERGED` and set model.init=MERGED")
+    return path
 
 
 def run_grpo(cfg: GRPOConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from grpo.worker_env import Secret, install_secrets
 from rewards import RewardSet, ScoredBatch
+from rewards.base import add_import_path
 
 
 @dataclass
@@ -29,8 +30,11 @@ class RewardWorker:
     """Scores completions against their clips' references; total plus components per reward and dimension."""
 
     def __init__(self, entries: Sequence[dict[str, Any]], aggregation: str = "sum", pass_audio: bool = False,
-                 max_seconds: float | None = None, secrets: Mapping[str, Secret] | None = None):
+                 max_seconds: float | None = None, secrets: Mapping[str, Secret] | None = None,
+                 python_path: Sequence[str] = ()):
         install_secrets(secrets)  # e.g. the judge's api_key_env, never in the runtime env (grpo/worker_env.py)
+        # the folders the driver found custom rewards in: this worker may run elsewhere (another folder, node)
+        add_import_path(python_path)
         self.reward_set = RewardSet.from_config(list(entries), aggregation)
         self.pass_audio = pass_audio
         self.max_seconds = max_seconds

@@ -37,11 +37,11 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 import yaml
 
 from judges.hygiene import neutralise, tokenizer_specials
-from sqrl.config import bounded, check_ranges, check_value
+from sqrl.config import bounded, check_ranges, check_value, shipped
 
 log = logging.getLogger("sqrl.judges")
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "judges"
+CONFIG_DIR = shipped("judges")  # configs/judges/, shipped with sqrl as package data
 MODES = ("generate", "logit")
 
 # ------------------------------------------------------------------------------ requests, verdicts

@@ -127,6 +127,15 @@ def lookup(name: str) -> Any:
                      "or give a dotted import path such as my_pkg.rewards.brevity")
 
 
+def add_import_path(folders: Iterable[str]) -> None:
+    """Put ``folders`` (absolute) on ``sys.path`` (after what is there) so that rewards named by dotted path
+    import from them. The GRPO driver calls it with ``rewards.python_path`` and hands the same list to every
+    reward worker, which may run in another folder or on another node."""
+    for folder in folders:
+        if folder not in sys.path:
+            sys.path.append(folder)
+
+
 def _import_user_module(module_name: str) -> Any:
     """Import ``module_name``; if its top-level package is not importable, retry with the working directory on
     ``sys.path``: the ``sqrl`` console script does not put it there, but users name modules of their project

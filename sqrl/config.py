@@ -5,7 +5,9 @@ Every stage declares its config as dataclasses (one per concern) and loads it wi
     cfg = load_config(SFTConfig, "configs/tiny/calibration.yaml", ["train.lr=1e-4"])
 
 A YAML may name a ``base:`` file (relative to itself) whose values it overrides, so the paper
-configs can share one file per concern. Values are validated by each dataclass's
+configs can share one file per concern. A relative path that does not exist in the working folder but
+starts with ``configs/`` is the copy shipped with sqrl (``find_config``), so ``--config configs/tiny/...``,
+rubric names and the recipes' stage configs work from any folder after ``pip install``. Values are validated by each dataclass's
 ``__post_init__``; a wrong key or type names its dotted path.
 
 Numeric ranges are declared once, on the field: ``epochs: float = bounded(1.0, gt=0)``. The loader
@@ -146,9 +148,31 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
+def shipped(*parts: str) -> Path:
+    """A file of the ``configs/`` tree shipped with sqrl (package data of the ``configs`` package), e.g.
+    ``shipped("rubrics", "qualispeech.yaml")``."""
+    from importlib.resources import files
+
+    return Path(str(files("configs").joinpath(*parts)))
+
+
+def find_config(path: str | Path) -> Path:
+    """``path`` itself when it exists (a relative one: in the working folder) or is absolute; else, for
+    ``configs/...``, the copy shipped with sqrl; else ``path`` unchanged (the caller reports it missing)."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    if len(path.parts) > 1 and path.parts[0] == "configs":
+        candidate = shipped(*path.parts[1:])
+        if candidate.exists():
+            return candidate
+    return path
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, following ``base:`` chains (relative to the including file)."""
-    path = Path(path)
+    """Read a YAML mapping, following ``base:`` chains (relative to the including file); ``path`` is looked up
+    with ``find_config``."""
+    path = find_config(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     with open(path, encoding="utf-8") as fh:
@@ -208,6 +232,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        item_tp = (typing.get_args(tp) or (Any, Any))[-1]
+        if _is_dataclass_type(item_tp):  # named sections, e.g. compare's variants: {name: Variant}
+            return {k: from_dict(item_tp, v, f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is Any or tp is object:
         return value

@@ -92,3 +92,28 @@ def load_model(
     model = backbone.load_adapter(base, spec_path, is_trainable=trainable)
     log.info("loaded adapter %s over %s", spec_path, meta.base or meta.backbone)
     return model, processor, backbone
+
+
+def untrained_init(out: str | os.PathLike, backbone: str = "tiny-qwen2-audio", **spec: Any) -> Path:
+    """An untrained tiny backbone (``spec``: TinySpec fields, e.g. ``window_s=5``) as a full model directory at
+    ``out`` (reused when present): the untrained row of ``sqrl compare`` and the fast stand-in for a calibrated
+    model in tests and benchmarks."""
+    import shutil
+
+    from sqrl.backbones import get_backbone
+    from sqrl.scratch import remove_stale, staging_dir
+
+    out = Path(out)
+    if (out / META_FILE).exists():
+        return out
+    source = get_backbone(backbone, **spec).build_dir()
+    remove_stale(out)  # what a killed build left
+    tmp = staging_dir(out)
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        write_meta(tmp, ModelMeta(backbone=backbone, kind="full", base=None, stage="untrained"))
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -15,12 +15,12 @@ from typing import Any
 
 import yaml
 
+from sqrl.config import find_config, shipped
 from sqrl.dimensions import ARTIFACT_DIMENSION, DIMENSIONS, DISPLAY_NAMES, SCORE_MAX, SCORE_MIN
 from sqrl.response import render
 from sqrl.schema import Record
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RUBRIC = REPO_ROOT / "configs" / "rubrics" / "qualispeech.yaml"
+DEFAULT_RUBRIC = shipped("rubrics", "qualispeech.yaml")
 PROMPTINGS = ("per_dimension", "all_dimensions", "long_form")
 
 
@@ -37,9 +37,8 @@ class Rubric:
     """Prompt builder over a rubric YAML; validates that every dimension has every score's criterion."""
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path else DEFAULT_RUBRIC
-        if not self.path.is_absolute() and not self.path.exists() and (REPO_ROOT / self.path).exists():
-            self.path = REPO_ROOT / self.path  # configs name rubrics relative to the repository
+        # configs name rubrics as configs/rubrics/...: the working folder's file, else the one shipped with sqrl
+        self.path = find_config(path) if path else DEFAULT_RUBRIC
         with open(self.path, encoding="utf-8") as fh:
             data: dict[str, Any] = yaml.safe_load(fh)
         self.scale: str = data["scale"]

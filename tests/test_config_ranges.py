@@ -13,9 +13,9 @@ import pytest
 
 from grpo.config import GRPOConfig
 from sft.config import SFTStageConfig, TrainSettings
-from sqrl.compare import CompareConfig
+from recipes.compare import CompareConfig
+from recipes.pipeline import PipelineConfig
 from sqrl.config import ConfigError, Range, apply_overrides, from_dict, load_config
-from sqrl.pipeline import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = {"sft": SFTStageConfig, "grpo": GRPOConfig, "pipeline": PipelineConfig, "compare": CompareConfig}
@@ -131,7 +131,7 @@ def test_a_config_built_in_python_checks_its_ranges_too():
 
 def test_data_synth_judges_and_command_line_flags_check_their_numbers_too(capsys):
     from judges.base import RetryPolicy, build_judge
-    from sqrl.cli import build_parser
+    from recipes.cli import build_parser
     from sqrl.data.synth import SynthConfig
 
     with pytest.raises(ValueError, match=r"^seed must be >= 0, got -3$"):

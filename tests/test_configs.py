@@ -39,23 +39,23 @@ def test_every_config_loads(path: Path):
 
         RewardSet.from_config(**read_yaml(path)["rewards"])
     elif kind == "pipeline":
-        from sqrl.pipeline import PipelineConfig
+        from recipes.pipeline import PipelineConfig
 
         cfg = load_config(PipelineConfig, path)
         for stage in (cfg.calibration, cfg.warmup, cfg.grpo):
             assert (CONFIGS.parent / stage.config).exists()
     elif kind == "compare":
         from grpo.config import GRPOConfig
-        from sft.config import SFTStageConfig
-        from sqrl.compare import GRPO_STAGES, SFT_STAGES, CompareConfig
+        from recipes.compare import CompareConfig
+        from recipes.compare_plan import Plan
 
         cfg = load_config(CompareConfig, path)
-        for name in SFT_STAGES:
-            stage = getattr(cfg, name)
-            load_config(SFTStageConfig, CONFIGS.parent / stage.config, [*cfg.sft_overrides, *stage.overrides])
-        for name in GRPO_STAGES:
-            stage = getattr(cfg, name)
-            load_config(GRPOConfig, CONFIGS.parent / stage.config, [*cfg.grpo_overrides, *stage.overrides])
+        plan = Plan(cfg, Path("runs/compare"))
+        for name, variant in cfg.variants.items():  # every variant's stage config loads with its overrides
+            if variant.stage == "grpo":
+                load_config(GRPOConfig, variant.config, plan.grpo_overrides(name, 0))
+            else:
+                plan.sft_config(name, 0)
     elif kind == "grpo":
         from grpo.config import GRPOConfig
 

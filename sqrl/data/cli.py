@@ -105,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m sqrl.data.cli data ...``) until ``sqrl.cli`` wires ``register``."""
+    """Stand-alone entry (``python -m sqrl.data.cli data ...``) until ``recipes.cli`` wires ``register``."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="sqrl")
     register(parser.add_subparsers(dest="command", required=True))

@@ -24,7 +24,7 @@ def grpo_cache(tmp_path_factory) -> Path:
 def tiny_init(grpo_cache) -> Path:
     """An UNTRAINED tiny Qwen2-Audio (5-s window) as a full model directory: the fast stand-in for the
     merged calibration model."""
-    from grpo.bootstrap import untrained_init
+    from sqrl.models import untrained_init
 
     return untrained_init(grpo_cache / "init", "tiny-qwen2-audio", window_s=5)
 

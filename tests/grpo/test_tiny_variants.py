@@ -38,7 +38,7 @@ def test_each_tiny_variant_runs_two_steps_and_logs_its_components(variant, tiny_
 
 
 def test_bootstrap_builds_the_merged_calibration_model(tiny_init, corpus, tmp_path):
-    from grpo.bootstrap import ensure_init
+    from recipes.bootstrap import ensure_init
     from sqrl.models import load_model, read_meta
 
     small = [f"model.path={tiny_init}", f"data.train={corpus / 'train.jsonl'}", "data.synth=null", "data.limit=4",

@@ -171,13 +171,13 @@ def test_resume_keeps_one_run_in_the_log(tiny_manifest, calibrated, tmp_path):
 
 
 def test_the_pipeline_continues_a_stage_interrupted_before_its_first_checkpoint(tiny_manifest, tmp_path):
-    from sqrl.pipeline import StageSettings, run_sft_stage
+    from recipes.stages import SFTStep, run_steps
 
     out = tmp_path / "calibration"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')
-    run_sft_stage("calibration", StageSettings(str(CONFIG), tiny_overrides(tiny_manifest, **{"train.max_steps": 2})),
-                  out, [])
+    run_steps([SFTStep("calibration", out, kind="calibration", config=str(CONFIG),
+                       overrides=tiny_overrides(tiny_manifest, **{"train.max_steps": 2}))])
     losses = _losses(out)
     assert [step for step, _ in losses] == [1, 2] and 9.0 not in [loss for _, loss in losses]
 

@@ -16,7 +16,7 @@ import soxr
 import yaml
 
 from sqrl.assess import assess, expand_inputs, format_table, prompts_for
-from sqrl.cli import main
+from recipes.cli import main
 from sqrl.dimensions import DIMENSIONS
 from sqrl.prompts import Rubric
 
@@ -39,7 +39,7 @@ def cache(tmp_path_factory):
 def model_dir(cache):
     """An untrained tiny Qwen2-Audio (5-s window) as a full model directory that says it was trained with
     the compact rubric's all-dimensions prompt."""
-    from grpo.bootstrap import untrained_init
+    from sqrl.models import untrained_init
 
     path = untrained_init(cache / "init", "tiny-qwen2-audio", window_s=5)
     (path / "sqrl_config.yaml").write_text(yaml.safe_dump(

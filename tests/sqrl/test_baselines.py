@@ -12,7 +12,7 @@ import soundfile as sf
 
 from sqrl.audio import resample
 from sqrl.baselines import DistillMOS, pesq_score, reference_for, run_baselines, synthetic_reference
-from sqrl.cli import main
+from recipes.cli import main
 from sqrl.data.synth import SynthConfig, _work, plan_corpus
 from sqrl.data.tts import Utterance, synthesize
 from sqrl.schema import record_from_dict

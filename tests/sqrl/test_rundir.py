@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sqrl.cli import build_parser, main
+from recipes.cli import build_parser, main
 from sqrl.rundir import prepare_out
 
 
@@ -98,7 +98,7 @@ def test_every_command_that_writes_a_run_folder_offers_overwrite_and_the_resumab
 
 def test_pipeline_overwrite_starts_over(tmp_path, monkeypatch):
     from sqrl.config import ConfigError, load_config
-    from sqrl.pipeline import PipelineConfig, run_pipeline
+    from recipes.pipeline import PipelineConfig, run_pipeline
 
     out = tmp_path / "demo"
     (out / "calibration").mkdir(parents=True)

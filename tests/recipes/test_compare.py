@@ -9,11 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from sqrl.compare import (ROW_BY_NAME, Compare, CompareConfig, best_row, reward_curve, row_entry, run_compare,
-                          spread, table1_lines, table3_lines, write_report)
+from recipes.compare import CompareConfig, run_compare
+from recipes.compare_plan import Plan, Variant
+from recipes.compare_plan import rows as plan_rows
+from recipes.compare_report import (best_row, reward_curve, row_entry, spread, table1_lines, table3_lines,
+                                    write_report)
 from sqrl.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "configs" / "tiny" / "compare.yaml"
+ROW_BY_NAME = {r.name: r for r in plan_rows(load_config(CompareConfig, SHIPPED).variants)}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -122,21 +127,63 @@ def test_the_report_has_both_tables_with_mean_and_std_and_the_three_plots(tmp_pa
 
 
 def test_config_checks_rows_and_seeds_and_plans_only_the_needed_stages(tmp_path):
+    def shipped(*overrides: str) -> CompareConfig:
+        return load_config(CompareConfig, SHIPPED, list(overrides))
+
     with pytest.raises(ValueError, match="unknown"):
-        CompareConfig(rows=["calibration", "sq_llm"])
+        shipped("rows=[calibration, sq_llm]")
     with pytest.raises(ValueError, match="distinct"):
-        CompareConfig(seeds=[0, 0])
-    cfg = load_config(CompareConfig, REPO / "configs" / "tiny" / "compare.yaml")
-    assert cfg.rows == list(ROW_BY_NAME) and cfg.seeds == [0, 1]
-    assert Compare(CompareConfig(rows=["grpo_llmjudge"]), tmp_path).needed_stages() == [
+        shipped("seeds=[0, 0]")
+    cfg = shipped()
+    assert cfg.rows is None and list(cfg.variants) == list(ROW_BY_NAME) and cfg.seeds == [0, 1]
+    assert Plan(shipped("rows=[grpo_llmjudge]"), tmp_path).needed_stages() == [
         "calibration", "warmup", "merged", "grpo_llmjudge"]
-    assert Compare(CompareConfig(rows=["calibration_frozen", "untrained"]), tmp_path).needed_stages() == [
-        "calibration_frozen"]
-    # the frozen row freezes the encoder whatever its stage overrides say; the seed comes last
-    _, before, after = Compare(CompareConfig(), tmp_path).sft_args("calibration_frozen", 3)
-    assert after == ["train.seed=3", "lora.encoder_mode=frozen"]
-    _, before, _ = Compare(CompareConfig(), tmp_path).sft_args("warmup", 3)
-    assert f"model.init={tmp_path / 'seed3' / 'calibration'}" in before
+    assert Plan(shipped("rows=[calibration_frozen, untrained]"), tmp_path).needed_stages() == ["calibration_frozen"]
+    # the frozen row's own override comes after the shared ones, so it freezes the encoder whatever they say;
+    # the seed comes last
+    plan = Plan(shipped("sft_overrides=[lora.encoder_mode=lora]"), tmp_path)
+    assert plan.sft_overrides("calibration_frozen", 3)[-3:] == [
+        "lora.encoder_mode=lora", "lora.encoder_mode=frozen", "train.seed=3"]
+    assert plan.sft_config("calibration_frozen", 3).lora.encoder_mode == "frozen"
+    assert f"model.init={tmp_path / 'seed3' / 'calibration'}" in plan.sft_overrides("sft_reasoning", 3)
+    assert f"model.init={tmp_path / 'seed3' / 'merged'}" in plan.grpo_overrides("grpo_unified", 3)
+    # what each row says about itself comes from its chain of starts
+    assert (ROW_BY_NAME["grpo_accsem"].calibration, ROW_BY_NAME["grpo_accsem"].reasoning) == ("calibration", "grpo")
+    assert ROW_BY_NAME["sft_reasoning"].reasoning == "sft" and not ROW_BY_NAME["untrained"].calibrated
+
+
+def test_a_new_row_is_one_yaml_entry_and_trains_only_what_it_adds(tmp_path):
+    """A GRPO row starting from the frozen-encoder calibration: its own merge and GRPO stage, nothing else new."""
+    extra = ("variants.grpo_frozen={label: GRPO from the frozen encoder, stage: grpo, "
+             "config: configs/tiny/grpo_accsem_dimwise.yaml, start: calibration_frozen, overrides: [train.steps=3]}")
+    cfg = load_config(CompareConfig, SHIPPED, [extra, "rows=[grpo_accsem, grpo_frozen]"])
+    plan = Plan(cfg, tmp_path)
+    assert plan.needed_stages() == ["calibration", "warmup", "merged", "grpo_accsem", "calibration_frozen",
+                                    "calibration_frozen_merged", "grpo_frozen"]
+    row = plan_rows(cfg.variants, cfg.rows)[1]
+    assert (row.label, row.calibration, row.reasoning) == ("GRPO from the frozen encoder", "calibration_frozen", "grpo")
+    assert plan.grpo_overrides("grpo_frozen", 0)[-3:] == [
+        f"model.init={tmp_path / 'seed0' / 'calibration_frozen_merged'}", "train.steps=3", "train.seed=0"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"g": {"stage": "grpo", "config": "x.yaml"}}, "needs start"),
+    ({"g": {"stage": "grpo", "config": "x.yaml", "start": "nope"}}, "unknown variant"),
+    ({"a": {"config": "x.yaml", "start": "b"}, "b": {"config": "x.yaml", "start": "a"}}, "loops"),
+    ({"g": {"stage": "grpo", "config": "x.yaml", "start": "calibration"},
+      "h": {"stage": "grpo", "config": "x.yaml", "start": "g"}}, "not an SFT variant"),
+    ({"u": {"stage": "pretrain", "config": "x.yaml"}}, "stage must be"),
+])
+def test_variants_that_cannot_be_planned_are_config_errors(bad, match):
+    variants = {"calibration": {"stage": "sft", "config": "configs/tiny/calibration.yaml"}, **bad}
+    with pytest.raises(ValueError, match=match):
+        load_config(CompareConfig, None, [f"variants={variants}"])
+
+
+def test_a_config_without_variants_is_an_error():
+    with pytest.raises(ValueError, match="at least one"):
+        CompareConfig()
+    assert Variant(config="c.yaml").stage == "sft"
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -158,7 +205,7 @@ def small_corpus(tmp_path_factory):
 
 
 def _tiny(root: Path, rows: list[str], *extra: str) -> CompareConfig:
-    return load_config(CompareConfig, REPO / "configs" / "tiny" / "compare.yaml", [
+    return load_config(CompareConfig, SHIPPED, [
         f"corpus.root={root}", "corpus.num=34", f"rows=[{','.join(rows)}]", "seeds=[0, 1]",
         'sft_overrides=["model.options={window_s: 5}", lora.rank=8, train.max_steps=2, train.batch_size=2, '
         "data.limit=4, train.save_steps=1000, train.logging_steps=1]",
@@ -231,7 +278,7 @@ def test_compare_end_to_end_on_two_seeds_then_resumes_without_retraining(small_c
 def test_compare_every_row_including_the_llm_judge_rewards(small_corpus, tmp_path):
     """All seven rows; the SmolLM2 judge rows judge one dimension (dimension-wise) or one criterion (unified)."""
     rows = list(ROW_BY_NAME)
-    cfg = _tiny(small_corpus, rows, 'grpo_llmjudge.overrides=["rewards.entries=[{name: llm_judge_dimwise, '
+    cfg = _tiny(small_corpus, rows, 'variants.grpo_llmjudge.overrides=["rewards.entries=[{name: llm_judge_dimwise, '
                 'dimensions: [overall], params: {judge: smollm2}}]"]')
     out = tmp_path / "compare"
     results = run_compare(cfg, out)

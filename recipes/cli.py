@@ -1,4 +1,6 @@
-"""The ``sqrl`` command line. Each stage module adds its subcommands through ``register(subparsers)``."""
+"""The ``sqrl`` command line, the top of the house: each layer's module adds its subcommands through
+``register(subparsers)``. Nothing imports this module but the entry points (the ``sqrl`` console script and
+``python -m sqrl``, whose ``sqrl/__main__.py`` imports it lazily)."""
 from __future__ import annotations
 
 import argparse
@@ -13,9 +15,9 @@ COMMAND_MODULES = (
     "sqrl.evaluate",
     "sqrl.assess",
     "sqrl.baselines",
-    "grpo.cli",
-    "sqrl.pipeline",
-    "sqrl.compare",
+    "recipes.bootstrap",  # sqrl grpo: builds model.init from model.bootstrap first, then the GRPO stage
+    "recipes.pipeline",
+    "recipes.compare",
 )
 
 

@@ -2,7 +2,8 @@
 
 synthetic corpus -> calibration (SFT, encoder trained) -> long-form warm-up -> merge -> GRPO -> eval
 -> report. Each stage writes its own folder under ``OUT`` and is skipped when that folder is
-complete, so an interrupted pipeline picks up where it stopped. Every stage's model is evaluated on
+complete (``recipes.stages``: the one runner and its rules for "done" and "fresh"), so an interrupted
+pipeline picks up where it stopped. Every stage's model is evaluated on
 the same held-out clips, so the final table shows what each stage added.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recipes.stages import EvalStep, GRPOStep, MergeStep, SFTStep, Step, corpus_overrides, run_steps
 from sft.config import SynthSettings
 from sqrl.config import bounded, check_ranges, load_config, save_config
 from sqrl.rundir import prepare_out
@@ -51,120 +53,48 @@ class PipelineConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
 
 
-def _done(path: Path) -> bool:
-    return (path / "sqrl_model.json").exists()
-
-
-def _corpus_overrides(cfg: PipelineConfig, section: str = "data") -> list[str]:
-    c = cfg.corpus
-    return [f"{section}.synth.root={c.root}", f"{section}.synth.num={c.num}", f"{section}.synth.seed={c.seed}"]
-
-
-def run_sft_stage(name: str, stage: StageSettings, out: Path, extra: list[str],
-                  after: list[str] | None = None) -> Path:
-    """Train an SFT stage into ``out`` (skipped when complete; continued from its last checkpoint when
-    interrupted). Overrides apply in the order ``extra``, ``stage.overrides``, ``after``."""
-    from sft.config import SFTStageConfig
-    from sft.train import run_sft
-
-    if _done(out):
-        log.info("%s: %s exists, skipping", name, out)
-        return out
-    cfg = load_config(SFTStageConfig, stage.config, [*extra, *stage.overrides, *(after or [])])
-    t0 = time.perf_counter()
-    run_sft(cfg, out, resume=out.exists())  # a folder that is not done holds this stage's interrupted run
-    _stamp(out, name, time.perf_counter() - t0)
-    return out
-
-
-def merge_stage(adapter: Path, out: Path) -> Path:
-    """``sft.merge.merge`` of ``adapter`` into ``out`` (skipped when complete)."""
-    from sft.merge import merge
-
-    if _done(out):
-        log.info("merge: %s exists, skipping", out)
-        return out
-    merge(adapter, out)
-    return out
-
-
-def _stamp(out: Path, name: str, seconds: float) -> None:
-    (out / "stage_time.json").write_text(json.dumps({"stage": name, "seconds": round(seconds, 1)}))
+def stage_steps(cfg: PipelineConfig, out: Path, test_manifest: Path) -> tuple[list[Step], dict[str, Path]]:
+    """The pipeline's steps in order, and the model folder of each evaluated stage."""
+    corpus = corpus_overrides(cfg.corpus)
+    calib = out / "calibration"
+    steps: list[Step] = [SFTStep("calibration", calib, kind="calibration", config=cfg.calibration.config,
+                                 overrides=[*corpus, *cfg.calibration.overrides])]
+    models = {"calibration": calib}
+    last = calib
+    if cfg.warmup.enabled:
+        last = models["warmup"] = out / "warmup"
+        steps.append(SFTStep("warmup", last, kind="sft_reasoning", config=cfg.warmup.config,
+                             overrides=[*corpus, f"model.init={calib}", *cfg.warmup.overrides]))
+    if cfg.grpo.enabled:
+        merged = out / "merged"
+        steps.append(MergeStep("merge", merged, kind="merge", adapter=last))
+        models["grpo"] = out / "grpo"
+        steps.append(GRPOStep("grpo", models["grpo"], kind="grpo", config=cfg.grpo.config,
+                              overrides=[*corpus, f"model.init={merged}", *cfg.grpo.overrides]))
+    e = cfg.eval
+    steps += [EvalStep(f"eval/{name}", out / "eval" / name, model=model, manifest=test_manifest, limit=e.limit,
+                       batch_size=e.batch_size, max_new_tokens=e.max_new_tokens) for name, model in models.items()]
+    return steps, models
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Run every enabled stage into ``out`` and return the final table (metrics per stage). A second call
     continues: complete stages are skipped, an interrupted one resumes; ``overwrite`` starts over (the old
     ``out`` is removed first, sqrl/rundir.py)."""
-    from sft.data import resolve_manifests
     from sft.config import DataConfig
+    from sft.data import resolve_manifests
 
     out = prepare_out(out, resume=not overwrite, overwrite=overwrite)
     save_config(cfg, out / "pipeline.yaml")
     t0 = time.perf_counter()
     _, test_manifest = resolve_manifests(DataConfig(synth=cfg.corpus))
-    models: dict[str, Path] = {}
-    calib = run_sft_stage("calibration", cfg.calibration, out / "calibration", _corpus_overrides(cfg))
-    models["calibration"] = calib
-    last = calib
-    if cfg.warmup.enabled:
-        warm = run_sft_stage("warmup", cfg.warmup, out / "warmup", [*_corpus_overrides(cfg), f"model.init={calib}"])
-        models["warmup"] = last = warm
-    if cfg.grpo.enabled:
-        merged = merge_stage(last, out / "merged")
-        models["grpo"] = run_grpo_stage(cfg, merged, out / "grpo")
-    table = evaluate_stages(cfg, models, test_manifest, out)
+    steps, models = stage_steps(cfg, out, Path(test_manifest))
+    run_steps(steps, tag="pipeline")
+    table = {"stages": {s.name.split("/", 1)[1]: s.metrics() for s in steps if isinstance(s, EvalStep)}}
     table["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "results.json").write_text(json.dumps(table, indent=2))
     write_report(out, table)
     return table
-
-
-def run_grpo_stage(cfg: PipelineConfig, init: Path, out: Path) -> Path:
-    return run_grpo_config("grpo", cfg.grpo, init, out, _corpus_overrides(cfg))
-
-
-def run_grpo_config(name: str, stage: StageSettings, init: Path, out: Path, extra: list[str],
-                    after: list[str] | None = None) -> Path:
-    """Train a GRPO stage from the merged model ``init`` into ``out`` (skipped when complete; resumed when
-    an earlier run left checkpoints or logged steps). Overrides apply in the order ``extra``,
-    ``model.init``, ``stage.overrides``, ``after``."""
-    from grpo.config import GRPOConfig
-    from grpo.driver import run_grpo
-
-    if _done(out):
-        log.info("%s: %s exists, skipping", name, out)
-        return out
-    grpo_cfg = load_config(GRPOConfig, stage.config,
-                           [*extra, f"model.init={init}", *stage.overrides, *(after or [])])
-    t0 = time.perf_counter()
-    # a folder that is not done holds this stage's interrupted run (the driver refuses a non-empty run
-    # directory without resume; with no checkpoint it starts from step 0)
-    run_grpo(grpo_cfg, out, resume=out.exists())
-    _stamp(out, name, time.perf_counter() - t0)
-    return out
-
-
-def evaluate_model(model: Path | str, manifest: Path | str, target: Path, settings: EvalSettings,
-                   rubric: str | None = None) -> tuple[dict[str, Any], bool]:
-    """(metrics, reused): ``sqrl eval`` of ``model`` into ``target``, or the metrics already there when
-    they are newer than the model (a model retrained since is evaluated again)."""
-    from sqrl.evaluate import evaluate
-    from sqrl.models import META_FILE
-
-    metrics_file = target / "metrics.json"
-    model_meta = Path(model) / META_FILE
-    if metrics_file.exists() and (not model_meta.exists()
-                                  or metrics_file.stat().st_mtime >= model_meta.stat().st_mtime):
-        return json.loads(metrics_file.read_text()), True
-    metrics = evaluate(str(model), str(manifest), target, batch_size=settings.batch_size,
-                       max_new_tokens=settings.max_new_tokens, limit=settings.limit, rubric=rubric)
-    return metrics, False
-
-
-def evaluate_stages(cfg: PipelineConfig, models: dict[str, Path], manifest: Path, out: Path) -> dict[str, Any]:
-    return {"stages": {name: evaluate_model(model, manifest, out / "eval" / name, cfg.eval)[0]
-                       for name, model in models.items()}}
 
 
 def _fmt(value: Any) -> str:

@@ -1,0 +1,263 @@
+"""``sqrl compare``'s variants and plan: which stages the chosen rows need, with which overrides, in what order.
+
+A *variant* is one entry of the compare config's ``variants`` mapping (``configs/tiny/compare.yaml``)::
+
+    grpo_accsem:                        # the row's name: its eval folder is seed<S>/eval/grpo_accsem
+      label: GRPO Acc.+Sem. dim.-wise   # the row's label in the tables
+      stage: grpo                       # untrained | sft | grpo
+      config: configs/tiny/grpo_accsem_dimwise.yaml
+      overrides: []                     # the variant's own dotted overrides
+      start: sft_reasoning              # the variant whose model it starts from
+
+An SFT variant with a ``start`` continues that variant's adapter (``model.init`` = its folder); a GRPO variant
+starts from the merged model of its ``start`` (an SFT variant), merged once into ``seed<S>/<merged>`` however
+many GRPO variants share it. Within a seed every stage is trained once, whichever rows need it. Adding a row
+is adding an entry; nothing here names a row.
+
+Overrides of a stage, in order: the corpus, the shared ``sft_overrides``/``grpo_overrides``, ``model.init``
+(from ``start``), the variant's own ``overrides``, then ``train.seed``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+from recipes.stages import (EvalStep, GRPOStep, MergeStep, RaySession, SFTStep, Step, UntrainedStep,
+                            corpus_overrides)
+from sqrl.config import load_config
+
+if TYPE_CHECKING:
+    from recipes.compare import CompareConfig
+
+STAGES = ("untrained", "sft", "grpo")
+REASONING = ("none", "sft", "grpo")
+
+
+@dataclass
+class Variant:
+    """One row of the comparison and the stage that trains its model (see the module docstring)."""
+
+    label: str = ""
+    """The row's label in the tables (default: its name)."""
+    stage: str = "sft"
+    """untrained (the base model, evaluated once, not per seed), sft or grpo."""
+    config: str | None = None
+    """The stage's YAML. For ``untrained``: the SFT config whose backbone (``model``) and rubric it uses."""
+    overrides: list[str] = field(default_factory=list)
+    """Dotted overrides of this variant's stage, after the shared ones."""
+    start: str | None = None
+    """The variant this one starts from: an SFT variant continues its adapter, GRPO starts from its merged model."""
+    folder: str | None = None
+    """The stage's folder under ``seed<S>/`` (default: the variant's name)."""
+    merged: str | None = None
+    """Where this SFT variant's merged model goes under ``seed<S>/``, when GRPO variants start from it
+    (default: ``<folder>_merged``)."""
+    reasoning: str | None = None
+    """How the long-form reasoning was trained (Table 1's grouping): none, sft or grpo (default: grpo for a
+    GRPO variant, none otherwise)."""
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, not {self.stage!r}")
+        if self.reasoning is not None and self.reasoning not in REASONING:
+            raise ValueError(f"reasoning must be one of {', '.join(REASONING)}, not {self.reasoning!r}")
+        if not self.config:
+            raise ValueError("config must name the stage's YAML")
+        if self.stage == "untrained" and self.start:
+            raise ValueError("an untrained variant starts from nothing (no start)")
+        if self.stage == "grpo" and not self.start:
+            raise ValueError("a GRPO variant needs start: the SFT variant whose merged model it trains")
+
+
+@dataclass(frozen=True)
+class Row:
+    """A variant as the results describe it."""
+
+    name: str
+    label: str
+    stage: str
+    folder: str | None
+    """Its model's folder under ``seed<S>/``; None: the untrained model (one for all seeds)."""
+    calibration: str | None
+    """The folder of the SFT stage at the root of its chain (its encoder mode is the 'Enc.' column)."""
+    reasoning: str
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
+    @property
+    def seed_independent(self) -> bool:
+        return self.folder is None
+
+
+def check_variants(variants: Mapping[str, Variant]) -> None:
+    """Every ``start`` names a variant of the right stage and no chain loops."""
+    if not variants:
+        raise ValueError("variants: define at least one (see configs/tiny/compare.yaml)")
+    for name, v in variants.items():
+        seen = [name]
+        while v.start is not None:
+            if v.start not in variants:
+                raise ValueError(f"variants.{seen[-1]}.start: unknown variant {v.start!r}")
+            parent = variants[v.start]
+            if parent.stage != "sft":
+                raise ValueError(f"variants.{seen[-1]}.start: {v.start!r} is not an SFT variant")
+            if v.start in seen:
+                raise ValueError(f"variants.{name}: start loops through {' -> '.join(seen + [v.start])}")
+            seen.append(v.start)
+            v = parent
+
+
+def folder(variants: Mapping[str, Variant], name: str) -> str:
+    return variants[name].folder or name
+
+
+def merged_folder(variants: Mapping[str, Variant], name: str) -> str:
+    return variants[name].merged or f"{folder(variants, name)}_merged"
+
+
+def make_row(variants: Mapping[str, Variant], name: str) -> Row:
+    v = variants[name]
+    root = name
+    while variants[root].start is not None:
+        root = variants[root].start
+    calibrated = variants[root].stage == "sft"
+    return Row(name, v.label or name, v.stage, None if v.stage == "untrained" else folder(variants, name),
+               folder(variants, root) if calibrated else None,
+               v.reasoning or ("grpo" if v.stage == "grpo" else "none"))
+
+
+def rows(variants: Mapping[str, Variant], chosen: list[str] | None = None) -> list[Row]:
+    """The chosen rows (None: every variant), in the order of ``variants``."""
+    return [make_row(variants, n) for n in variants if chosen is None or n in chosen]
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+class Plan:
+    """The folders, overrides and steps of a comparison into ``out``."""
+
+    def __init__(self, cfg: CompareConfig, out: Path):
+        self.cfg, self.out, self.variants = cfg, Path(out), cfg.variants
+
+    # ---- folders
+    def seed_dir(self, seed: int) -> Path:
+        return self.out / f"seed{seed}"
+
+    def model_dir(self, row: Row, seed: int | None) -> Path:
+        return self.out / "untrained" / "model" if row.folder is None else self.seed_dir(seed) / row.folder
+
+    def eval_dir(self, row: Row, seed: int | None) -> Path:
+        return self.out / "untrained" / "eval" if row.folder is None else self.seed_dir(seed) / "eval" / row.name
+
+    # ---- overrides
+    def sft_overrides(self, name: str, seed: int | None) -> list[str]:
+        """Every override of SFT variant ``name`` (or of the untrained variant's config) for ``seed``."""
+        v = self.variants[name]
+        out = [*corpus_overrides(self.cfg.corpus), *self.cfg.sft_overrides]
+        if v.start is not None:
+            out.append(f"model.init={self.seed_dir(seed) / folder(self.variants, v.start)}")
+        out += v.overrides
+        return out + ([f"train.seed={seed}"] if seed is not None else [])
+
+    def grpo_overrides(self, name: str, seed: int) -> list[str]:
+        v = self.variants[name]
+        init = self.seed_dir(seed) / merged_folder(self.variants, v.start)
+        return [*corpus_overrides(self.cfg.corpus), "model.bootstrap=null", *self.cfg.grpo_overrides,
+                f"model.init={init}", *v.overrides, f"train.seed={seed}"]
+
+    # ---- plan
+    def needed(self) -> list[tuple[str, str]]:
+        """(what, variant) pairs a seed trains, in order: ``("train", name)`` or ``("merge", name)``; each
+        variant's chain comes before it, in the order of the variants."""
+        need: list[tuple[str, str]] = []
+
+        def add(name: str) -> None:
+            v = self.variants[name]
+            if v.start is not None:
+                add(v.start)
+                if v.stage == "grpo" and ("merge", v.start) not in need:
+                    need.append(("merge", v.start))
+            if ("train", name) not in need:
+                need.append(("train", name))
+
+        for row in rows(self.variants, self.cfg.rows):
+            if row.folder is not None:
+                add(row.name)
+        return need
+
+    def needed_stages(self) -> list[str]:
+        """The folders under ``seed<S>/`` that the chosen rows need, in training order."""
+        return [folder(self.variants, n) if what == "train" else merged_folder(self.variants, n)
+                for what, n in self.needed()]
+
+    def steps(self, test_manifest: Path, train_manifest: Path) -> list[Step]:
+        cfg = self.cfg
+        n_clips, n_eval = _count_lines(train_manifest), _count_lines(test_manifest)
+        n_eval = min(n_eval, cfg.eval.limit) if cfg.eval.limit else n_eval
+        chosen = rows(self.variants, cfg.rows)
+        steps: list[Step] = []
+        untrained = [r for r in chosen if r.folder is None]
+        for row in untrained:
+            model_cfg = self.sft_config(row.name, None).model
+            if model_cfg.path:
+                raise ValueError("the untrained row needs a tiny backbone (model.path is set); leave it out of rows")
+            steps.append(UntrainedStep("untrained/model", self.model_dir(row, None), backbone=model_cfg.backbone,
+                                       options=dict(model_cfg.options or {})))
+            steps.append(self.eval_step(row, None, test_manifest, n_eval))
+        for seed in cfg.seeds:
+            sd = self.seed_dir(seed)
+            needed = self.needed()
+            last_grpo = [n for what, n in needed if what == "train" and self.variants[n].stage == "grpo"][-1:]
+            ray = RaySession()  # one Ray runtime for the seed's GRPO stages, started only when one has to train
+            for what, name in needed:
+                v = self.variants[name]
+                if what == "merge":
+                    target = merged_folder(self.variants, name)
+                    steps.append(MergeStep(f"seed{seed}/{target}", sd / target, kind="merge",
+                                           adapter=sd / folder(self.variants, name)))
+                elif v.stage == "sft":
+                    overrides = self.sft_overrides(name, seed)
+                    steps.append(SFTStep(f"seed{seed}/{folder(self.variants, name)}", sd / folder(self.variants, name),
+                                         kind=name, units=_sft_units(v.config, overrides, n_clips), config=v.config,
+                                         overrides=overrides))
+                else:
+                    step = GRPOStep(f"seed{seed}/{folder(self.variants, name)}", sd / folder(self.variants, name),
+                                    kind=name, config=v.config, overrides=self.grpo_overrides(name, seed), ray=ray,
+                                    close_ray=[name] == last_grpo)
+                    step.units = step.load().train.steps
+                    steps.append(step)
+            steps += [self.eval_step(row, seed, test_manifest, n_eval) for row in chosen if row.folder is not None]
+        return steps
+
+    def eval_step(self, row: Row, seed: int | None, manifest: Path, n_eval: int) -> EvalStep:
+        e = self.cfg.eval
+        # the untrained model has no rubric of its own: the one of the config it was built from
+        rubric = self.sft_config(row.name, None).data.rubric if row.folder is None else None
+        name = f"{'untrained' if seed is None else f'seed{seed}'}/eval/{row.name}"
+        return EvalStep(name, self.eval_dir(row, seed), units=n_eval, model=self.model_dir(row, seed),
+                        manifest=manifest, limit=e.limit, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
+                        rubric=rubric)
+
+    def sft_config(self, name: str, seed: int | None):
+        from sft.config import SFTStageConfig
+
+        return load_config(SFTStageConfig, self.variants[name].config, self.sft_overrides(name, seed))
+
+
+def _sft_units(config: str, overrides: list[str], n_clips: int) -> int:
+    """The optimizer steps of an SFT stage (its time estimate)."""
+    from sft.config import SFTStageConfig
+
+    cfg = load_config(SFTStageConfig, config, overrides)
+    if cfg.train.max_steps > 0:
+        return cfg.train.max_steps
+    n = min(n_clips, cfg.data.limit) if cfg.data.limit else n_clips
+    n *= 7 if cfg.data.prompting == "per_dimension" else 1
+    return math.ceil(n * cfg.train.epochs / (cfg.train.batch_size * cfg.train.grad_accum))

@@ -1,0 +1,280 @@
+"""The one stage runner every recipe uses: steps with one rule for "done" and one for "fresh".
+
+A *step* is one unit of a recipe: train an SFT stage, merge an adapter, train a GRPO stage, evaluate a
+model, build the untrained base. Every step writes one folder and knows from that folder alone whether it
+has to run:
+
+* a model step is **done** when its folder holds ``sqrl_model.json`` (stages write it last, so a folder
+  without it is an interrupted run: the step runs again and continues from the checkpoints it left);
+* an evaluation is **fresh** when its ``metrics.json`` is at least as new as the model's ``sqrl_model.json``
+  (a model retrained since is evaluated again).
+
+``run_steps`` runs a list of steps in order in this process, skipping the done ones, and logs each with the
+time it took and an estimate of what remains. Stages run in-process, not in child processes: ``make demo``
+trains calibration, warm-up, merge and GRPO one after the other in one process, a failure surfaces as the
+stage's own traceback, and each step saves the ~10 s a fresh interpreter spends importing torch and
+transformers. (The GRPO start-model bootstrap used to spawn a child per stage; it now runs on this runner.)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from sqrl.config import load_config
+from sqrl.models import META_FILE
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------- the two rules
+def is_done(out: Path) -> bool:
+    """A model folder is complete once its stage wrote ``sqrl_model.json`` (the last file it writes)."""
+    return (Path(out) / META_FILE).exists()
+
+
+def is_fresh(result: Path, model: Path) -> bool:
+    """``result`` (e.g. an eval's metrics.json) exists and is not older than ``model``'s ``sqrl_model.json``.
+    A model folder without the file (nothing to compare against) leaves an existing result fresh."""
+    result, meta = Path(result), Path(model) / META_FILE
+    return result.exists() and (not meta.exists() or result.stat().st_mtime >= meta.stat().st_mtime)
+
+
+def corpus_overrides(corpus: Any, section: str = "data") -> list[str]:
+    """The dotted overrides that point a stage config at the recipe's one synthetic corpus."""
+    return [f"{section}.synth.root={corpus.root}", f"{section}.synth.num={corpus.num}",
+            f"{section}.synth.seed={corpus.seed}"]
+
+
+def _stamp(out: Path, name: str, seconds: float) -> None:
+    (out / "stage_time.json").write_text(json.dumps({"stage": name, "seconds": round(seconds, 1)}))
+
+
+# ----------------------------------------------------------------------------------------- steps
+@dataclass
+class Step:
+    """One unit of work writing ``out``. ``kind`` keys its time estimate; ``units`` scales it (steps, clips)."""
+
+    name: str
+    out: Path
+    kind: str = ""
+    units: float = 0.0
+
+    def done(self) -> bool:
+        return is_done(self.out)
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called after the step, whether it ran or was skipped (releases what a group of steps shares)."""
+
+
+@dataclass
+class SFTStep(Step):
+    """Train an SFT stage from ``config`` with ``overrides`` (in order); an interrupted run continues from its
+    last checkpoint."""
+
+    config: str | Path = ""
+    overrides: list[str] = field(default_factory=list)
+
+    def run(self) -> None:
+        from sft.config import SFTStageConfig
+        from sft.train import run_sft
+
+        cfg = load_config(SFTStageConfig, self.config, self.overrides)
+        t0 = time.perf_counter()
+        # a folder that is not done holds this step's interrupted run (run_sft refuses a non-empty folder
+        # without resume, sqrl/rundir.py; with no checkpoint it starts from step 0)
+        run_sft(cfg, self.out, resume=self.out.exists())
+        _stamp(self.out, self.name, time.perf_counter() - t0)
+
+
+@dataclass
+class MergeStep(Step):
+    """``sft.merge.merge`` of the adapter in ``adapter`` into a full model in ``out``."""
+
+    adapter: Path = Path()
+
+    def run(self) -> None:
+        from sft.merge import merge
+
+        merge(self.adapter, self.out)
+
+
+class RaySession:
+    """One Ray runtime shared by several GRPO steps (the driver uses it instead of starting its own), opened
+    when the first of them has to train: a new local cluster of ``num_cpus`` (None: Ray's count), or the one
+    ``$RAY_ADDRESS`` names; never another user's cluster on this machine (a bare ``ray.init()`` joins one)."""
+
+    def __init__(self) -> None:
+        self._owned = False
+
+    def open(self, num_cpus: int | None) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(include_dashboard=False, log_to_driver=True)
+        else:
+            ray.init(address="local", include_dashboard=False, log_to_driver=True,
+                     **({"num_cpus": num_cpus} if num_cpus else {}))
+        self._owned = True
+
+    def close(self) -> None:
+        if self._owned:
+            import ray
+
+            self._owned = False
+            ray.shutdown()
+
+
+@dataclass
+class GRPOStep(Step):
+    """Train a GRPO stage from ``config`` with ``overrides`` (``model.init`` among them); resumed when an
+    earlier run left its folder. With ``ray``, the step opens that shared runtime before
+    training and, when ``close_ray``, closes it once it is over (also when skipped)."""
+
+    config: str | Path = ""
+    overrides: list[str] = field(default_factory=list)
+    ray: RaySession | None = None
+    close_ray: bool = False
+
+    def load(self):
+        from grpo.config import GRPOConfig
+
+        return load_config(GRPOConfig, self.config, self.overrides)
+
+    def run(self) -> None:
+        from grpo.driver import run_grpo
+
+        cfg = self.load()
+        try:
+            if self.ray is not None:
+                self.ray.open(cfg.cluster.num_cpus)
+            t0 = time.perf_counter()
+            # a folder that is not done holds this step's interrupted run (the driver refuses a non-empty run
+            # folder without resume, sqrl/rundir.py; with no checkpoint it starts from step 0)
+            run_grpo(cfg, self.out, resume=self.out.exists())
+            _stamp(self.out, self.name, time.perf_counter() - t0)
+        except BaseException:
+            if self.ray is not None:
+                self.ray.close()
+            raise
+
+    def finish(self) -> None:
+        if self.ray is not None and self.close_ray:
+            self.ray.close()
+
+
+@dataclass
+class EvalStep(Step):
+    """``sqrl eval`` of ``model`` on ``manifest`` into ``out`` (done when its metrics are fresh)."""
+
+    model: Path = Path()
+    manifest: Path = Path()
+    limit: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 200
+    rubric: str | None = None
+    kind: str = "eval"
+
+    def done(self) -> bool:
+        return is_fresh(self.out / "metrics.json", self.model)
+
+    def run(self) -> None:
+        from sqrl.evaluate import evaluate
+
+        evaluate(str(self.model), str(self.manifest), self.out, batch_size=self.batch_size,
+                 max_new_tokens=self.max_new_tokens, limit=self.limit, rubric=self.rubric)
+
+    def metrics(self) -> dict[str, Any]:
+        return json.loads((self.out / "metrics.json").read_text())
+
+
+@dataclass
+class UntrainedStep(Step):
+    """The untrained tiny backbone ``backbone`` (with TinySpec ``options``) as a full model directory."""
+
+    backbone: str = "tiny-qwen2-audio"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = "build"
+
+    def run(self) -> None:
+        from sqrl.models import untrained_init
+
+        untrained_init(self.out, self.backbone, **dict(self.options))
+
+
+# ---------------------------------------------------------------------------------------- runner
+# (fixed seconds, seconds per unit) per kind of step, measured on 2 CPU cores: SFT per optimizer step
+# (calibration ~4.6 min for 639 steps, warm-up ~2 min for 213), GRPO per step (accuracy + semantic ~3 s, the
+# SmolLM2 judges 30-60 s), eval per clip (~1 min for 300). A kind not listed falls back to its stage type
+# (sft, grpo); a run's own rate replaces the default once a step of the kind has run.
+DEFAULT_RATES: dict[str, tuple[float, float]] = {
+    "calibration": (15.0, 0.43), "calibration_frozen": (15.0, 0.43), "sft_reasoning": (15.0, 0.56),
+    "sft": (15.0, 0.5), "merge": (10.0, 0.0), "grpo_accsem": (30.0, 3.0), "grpo_unified": (55.0, 60.0),
+    "grpo_llmjudge": (55.0, 45.0), "grpo": (55.0, 45.0), "eval": (10.0, 0.2), "build": (5.0, 0.0),
+}
+
+
+def _fallback(step: Step) -> str:
+    return {SFTStep: "sft", GRPOStep: "grpo", MergeStep: "merge", EvalStep: "eval"}.get(type(step), "build")
+
+
+class Progress:
+    """Runs steps in order and logs a line per step: elapsed time and an estimate of what remains."""
+
+    def __init__(self, steps: Iterable[Step], tag: str = "sqrl"):
+        self.steps = list(steps)
+        self.tag = tag
+        self.rates = dict(DEFAULT_RATES)
+        self.t0 = time.perf_counter()
+        self.record: dict[str, dict[str, Any]] = {}
+
+    def _rate(self, step: Step) -> tuple[float, float]:
+        return self.rates.get(step.kind) or self.rates.get(_fallback(step), (10.0, 0.0))
+
+    def estimate(self, step: Step) -> float:
+        fixed, per = self._rate(step)
+        return fixed + per * step.units
+
+    def remaining(self, start: int) -> float:
+        return sum(self.estimate(s) for s in self.steps[start:] if not s.done())
+
+    def run_all(self) -> dict[str, dict[str, Any]]:
+        n, tag = len(self.steps), self.tag
+        log.info("[%s] %d steps, about %.0f min of work left", tag, n, self.remaining(0) / 60)
+        for i, step in enumerate(self.steps):
+            reused = step.done()
+            t = time.perf_counter()
+            try:
+                if reused:
+                    log.info("[%s %d/%d] %s: %s is complete, skipping", tag, i + 1, n, step.name, step.out)
+                else:
+                    log.info("[%s %d/%d] %s: starting (about %.1f min)", tag, i + 1, n, step.name,
+                             self.estimate(step) / 60)
+                    step.run()
+            finally:
+                step.finish()
+            seconds = time.perf_counter() - t
+            if not reused:  # this run's own rate replaces the default for the kind
+                fixed = min(self._rate(step)[0], seconds)
+                per = (seconds - fixed) / step.units if step.units > 0 else 0.0
+                self.rates[step.kind] = (fixed if step.units > 0 else seconds, per)
+            self.record[step.name] = {"seconds": round(seconds, 1), "reused": reused}
+            log.info("[%s %d/%d] %s %s in %.1f min | elapsed %.1f min | about %.0f min left", tag, i + 1, n,
+                     step.name, "reused" if reused else "done", seconds / 60, (time.perf_counter() - self.t0) / 60,
+                     self.remaining(i + 1) / 60)
+        return self.record
+
+
+def run_steps(steps: Iterable[Step], tag: str = "sqrl") -> dict[str, dict[str, Any]]:
+    """Run ``steps`` in order (skipping the done ones); ``{name: {seconds, reused}}`` per step."""
+    return Progress(steps, tag).run_all()
+

@@ -1,0 +1,74 @@
+"""The one stage runner: its rule for "done", its rule for "fresh", and skipping on a rerun."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from recipes.stages import EvalStep, Progress, UntrainedStep, is_done, is_fresh, run_steps
+from sqrl.models import META_FILE
+
+
+def _touch(path: Path, mtime: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+    os.utime(path, (mtime, mtime))
+
+
+def test_a_model_folder_is_done_only_once_its_stage_wrote_the_model_file(tmp_path):
+    out = tmp_path / "calibration"
+    assert not is_done(out)
+    (out / "checkpoints").mkdir(parents=True)  # an interrupted stage: checkpoints, no sqrl_model.json
+    assert not is_done(out)
+    _touch(out / META_FILE, 1000)
+    assert is_done(out)
+
+
+def test_an_evaluation_is_fresh_while_it_is_not_older_than_its_model(tmp_path):
+    model, metrics = tmp_path / "model", tmp_path / "eval" / "metrics.json"
+    assert not is_fresh(metrics, model)
+    _touch(metrics, 2000)
+    assert is_fresh(metrics, model)  # nothing to compare against: the result stands
+    _touch(model / META_FILE, 1000)
+    assert is_fresh(metrics, model)
+    _touch(model / META_FILE, 3000)  # the model was retrained since
+    assert not is_fresh(metrics, model)
+    _touch(metrics, 3000)
+    assert is_fresh(metrics, model)
+
+
+def test_the_runner_builds_evaluates_then_skips_both_and_reevaluates_a_retrained_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("SQRL_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "untrained"
+    evaluated = []
+
+    class CountingEval(EvalStep):
+        def run(self) -> None:  # the evaluation itself is sqrl eval's business (tests/sqrl/test_evaluate.py)
+            evaluated.append(self.name)
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "metrics.json").write_text(json.dumps({"n": len(evaluated)}))
+
+    steps = [UntrainedStep("build", model, options={"window_s": 5}),
+             CountingEval("eval", tmp_path / "eval", model=model, manifest=tmp_path / "test.jsonl")]
+    first = run_steps(steps)
+    assert [r["reused"] for r in first.values()] == [False, False] and is_done(model)
+    assert json.loads((model / META_FILE).read_text())["kind"] == "full"
+    second = run_steps(steps)
+    assert [r["reused"] for r in second.values()] == [True, True] and evaluated == ["eval"]
+    meta = model / META_FILE
+    os.utime(meta, (meta.stat().st_mtime + 10, meta.stat().st_mtime + 10))  # "retrained"
+    third = run_steps(steps)
+    assert [r["reused"] for r in third.values()] == [True, False] and steps[1].metrics() == {"n": 2}
+
+
+def test_the_estimate_uses_the_kind_then_the_stage_type_and_then_what_this_run_measured(tmp_path):
+    from recipes.stages import GRPOStep, SFTStep
+
+    progress = Progress([SFTStep("a", tmp_path / "a", kind="calibration", units=100),
+                         SFTStep("b", tmp_path / "b", kind="my_new_row", units=100),
+                         GRPOStep("c", tmp_path / "c", kind="grpo_other", units=10)])
+    # calibration: 15 s + 0.43 s/step; an unknown SFT kind: the SFT default 15 + 0.5/step; GRPO: 55 + 45/step
+    assert [progress.estimate(s) for s in progress.steps] == [pytest.approx(58.0), 65.0, 505.0]
+    assert progress.remaining(0) == pytest.approx(58.0 + 65.0 + 505.0)
