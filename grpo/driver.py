@@ -35,6 +35,7 @@ from grpo.config import GRPOConfig
 from grpo.logging import RunLogger, plot_reward_curve
 from grpo.placement import actor_nodes, create_placement, plan_placement, worker_counts
 from grpo.policy_worker import PolicyWorker, plan_update
+from grpo.reward_watch import RewardWatch
 from grpo.reward_worker import RewardWorker, merge_scored, split_groups
 from grpo.rollout_worker import SamplingParams, rollout_worker_class
 from grpo.worker_env import collect_secrets, secret_names, worker_env
@@ -179,6 +180,7 @@ class Driver:
         self.G = cfg.rollout.group_size
         self.step_done = 0
         self.counters: Counter[str] = Counter()
+        self.reward_watch = RewardWatch(cfg.rewards.max_failed_steps)
         self._owns_ray = False
         self.policy: list[Any] = []
         self.rollout: list[Any] = []
@@ -205,6 +207,7 @@ class Driver:
                 groups = self.generate(batch, step)
             with timer("score"):
                 scores = self.score(groups)
+            self.reward_watch.observe(scores, step)  # a reward failing every call stops the run
             if self.cfg.algorithm.zero_variance == "resample":
                 groups, scores = self.resample_flat_groups(groups, scores, step, timer)
             adv, flat = self.compute_advantages(scores)

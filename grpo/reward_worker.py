@@ -83,4 +83,5 @@ def merge_scored(parts: Sequence[ScoredBatch]) -> ScoredBatch:
 
     return ScoredBatch(total=[t for p in parts for t in p.total], per_reward=concat("per_reward"),
                        components=concat("components"), skipped=add("skipped"), errors=add("errors"),
-                       total_skipped=sum(p.total_skipped for p in parts))
+                       total_skipped=sum(p.total_skipped for p in parts),
+                       failures={k: v for p in parts for k, v in p.failures.items()})

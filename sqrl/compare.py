@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from sft.config import SynthSettings
-from sqrl.config import load_config, save_config
+from sqrl.config import bounded, check_ranges, load_config, save_config
 from sqrl.pipeline import EvalSettings, StageSettings, _done
 from sqrl.rundir import prepare_out
 
@@ -76,7 +76,7 @@ class CompareConfig:
 
     corpus: SynthSettings = field(default_factory=SynthSettings)
     """The one corpus every row trains on (train split) and is evaluated on (test split)."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = bounded(default_factory=lambda: [0, 1], ge=0)
     """Training seeds (``train.seed`` of every SFT and GRPO stage); the corpus and base model stay fixed."""
     rows: list[str] = field(default_factory=lambda: [r.name for r in ROWS])
     """Rows to train and evaluate (a subset runs only the stages it needs)."""
@@ -92,10 +92,11 @@ class CompareConfig:
     grpo_overrides: list[str] = field(default_factory=list)
     """Dotted overrides for every GRPO stage, before each stage's own: the shared GRPO budget."""
     eval: EvalSettings = field(default_factory=EvalSettings)
-    reward_window: int = 5
+    reward_window: int = bounded(5, ge=1)
     """Table 3's training reward: mean over the first and the last N logged steps (at most half of them)."""
 
     def __post_init__(self):
+        check_ranges(self)
         unknown = [r for r in self.rows if r not in ROW_BY_NAME]
         if unknown:
             raise ValueError(f"rows: unknown {unknown}; known: {', '.join(ROW_BY_NAME)}")
@@ -103,8 +104,6 @@ class CompareConfig:
             raise ValueError("rows must name at least one row")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be a non-empty list of distinct integers")
-        if self.reward_window < 1:
-            raise ValueError("reward_window must be >= 1")
 
 
 # ------------------------------------------------------------------------------------ aggregation

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import SynthSettings
-from sqrl.config import load_config, save_config
+from sqrl.config import bounded, check_ranges, load_config, save_config
 from sqrl.rundir import prepare_out
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,13 @@ class StageSettings:
 
 @dataclass
 class EvalSettings:
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=1)
     """Evaluate on the first N test clips (None: all)."""
-    batch_size: int = 16
-    max_new_tokens: int = 200
+    batch_size: int = bounded(16, ge=1)
+    max_new_tokens: int = bounded(200, ge=1)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass

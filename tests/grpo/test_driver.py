@@ -139,6 +139,22 @@ def test_an_existing_run_is_not_overwritten_without_resume(main_run, tiny_init, 
         Driver(make_config(tiny_init, corpus), run_dir).start()
 
 
+def test_a_reward_that_always_raises_stops_the_run_naming_its_error(cluster, tiny_init, corpus, tmp_path):
+    from grpo.reward_watch import RewardFailedError
+
+    cfg = make_config(tiny_init, corpus, "train.steps=6", "rewards.max_failed_steps=2", "logging.tensorboard=false",
+                      f"rewards.entries=[{{name: {TEST_REWARDS}.always_fails}}, {{name: accuracy, weight: 0}}]")
+    with pytest.raises(RewardFailedError, match=r"reward 'always_fails' failed on the whole batch in 2 consecutive "
+                                                r"steps \(1-2; rewards.max_failed_steps=2\): TypeError: unsupported"):
+        Driver(cfg, tmp_path / "run").run()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1]  # step 2 stopped before its update and its log line
+    assert rows[0]["rewards/always_fails/errors"] == 2 * G and rows[0]["rewards/total/skipped"] == 2 * G
+    from sqrl.models import META_FILE
+
+    assert not (tmp_path / "run" / META_FILE).exists()  # no "trained" policy is written
+
+
 def test_overwrite_removes_the_old_run_first_and_excludes_resume(main_run, tiny_init, corpus, tmp_path):
     import shutil
 

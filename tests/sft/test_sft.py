@@ -1,7 +1,10 @@
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from sft.config import SFTStageConfig
@@ -39,19 +42,24 @@ def test_the_collator_masks_everything_but_the_answer(tiny_manifest, sqrl_cache)
         assert example["prompt"] not in text
 
 
-def test_the_collator_skips_and_counts_an_unreadable_clip(tiny_manifest, tmp_path, sqrl_cache):
+def test_the_collator_skips_and_counts_an_unreadable_clip(tiny_manifest, tmp_path, sqrl_cache, caplog):
     backbone = get_backbone("tiny-qwen2-audio", window_s=5)
     _, processor = backbone.load()
     examples = load_examples(tiny_manifest, Rubric("configs/rubrics/compact.yaml"), "all_dimensions")[:2]
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"not audio at all")
     examples.append({**examples[0], "id": "broken", "audio": str(broken)})
+    short = tmp_path / "short.wav"  # readable, but shorter than the audio encoder takes
+    sf.write(short, np.full(800, 0.1, np.float32), 16_000)
+    examples.append({**examples[0], "id": "short", "audio": str(short)})
     collator = AudioCollator(backbone.name, processor, options={"window_s": 5})
-    batch = collator(examples)
+    with caplog.at_level(logging.WARNING, logger="sft.data"):
+        batch = collator(examples)
     assert batch["input_ids"].shape[0] == 2
-    assert sum(collator.skipped.values()) == 1
+    assert collator.skipped == {"audio unreadable": 1, "too short": 1}
+    assert f"{short}: too short for the model" in caplog.text
     with pytest.raises(RuntimeError, match="every clip"):
-        collator([examples[-1]])
+        collator(examples[-2:])
 
 
 @pytest.fixture(scope="module")
