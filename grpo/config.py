@@ -124,6 +124,11 @@ class RewardSettings:
     """How long the driver keeps resending a batch to a worker that is still restarting after it died."""
     pass_audio: bool = False
     """Load each clip in the reward worker and pass ``audio``/``sampling_rate`` (the ``signal`` reward)."""
+    max_failed_steps: int = bounded(3, ge=1)
+    """Stop the run, naming the error, once a reward has failed on the whole batch this many steps in a row."""
+    secret_env: list[str] = field(default_factory=list)
+    """Environment variables the reward workers get as secrets (besides every judge's ``api_key_env``): set in
+    their process, never written into Ray's runtime env or logs (grpo/worker_env.py)."""
 
     def __post_init__(self):
         check_ranges(self)

@@ -351,7 +351,9 @@ def write_report(out: Path, result: dict[str, Any], compare: Sequence[dict[str, 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("baselines", help="DistillMOS and PESQ as overall-MOS baselines on a manifest (PCC/SRCC)")
     p.add_argument("--manifest", required=True, help="manifest JSONL with overall scores")
-    p.add_argument("--out", required=True, help="output directory (metrics.json, predictions.jsonl, report.md)")
+    p.add_argument("--out", required=True, help="output directory (metrics.json, predictions.jsonl, report.md); "
+                   "absent or empty, unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="remove an existing result in OUT first")
     p.add_argument("--baselines", default=",".join(BASELINES), help=f"comma-separated subset of {', '.join(BASELINES)}")
     p.add_argument("--clean-dir", default=None,
                    help="clean references for PESQ, a file of the same name as each clip (default: meta.clean_audio, "
@@ -365,6 +367,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args) -> int:
+    from sqrl.rundir import prepare_out
+
+    prepare_out(args.out, overwrite=args.overwrite, can_resume=False, create=False)
     names = [b.strip() for b in args.baselines.split(",") if b.strip()]
     result = run_baselines(args.manifest, baselines=names, clean_dir=args.clean_dir, pesq_mode=args.pesq_mode,
                            limit=args.limit, batch_size=args.batch_size, progress=sys.stderr.isatty())

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from sft.config import SynthSettings
 from sqrl.config import bounded, check_ranges, load_config, save_config
 from sqrl.pipeline import EvalSettings, StageSettings, _done
+from sqrl.rundir import prepare_out
 
 log = logging.getLogger(__name__)
 
@@ -496,8 +497,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 class Compare:
     """Plans the stages the chosen rows need, runs them (``Progress``), and collects the results."""
 
-    def __init__(self, cfg: CompareConfig, out: str | Path):
-        self.cfg, self.out = cfg, Path(out)
+    def __init__(self, cfg: CompareConfig, out: str | Path, overwrite: bool = False):
+        self.cfg, self.out, self.overwrite = cfg, Path(out), overwrite
 
     # ---- overrides per stage
     def corpus_overrides(self) -> list[str]:
@@ -649,7 +650,7 @@ class Compare:
         from sft.config import DataConfig
         from sft.data import resolve_manifests
 
-        self.out.mkdir(parents=True, exist_ok=True)
+        prepare_out(self.out, resume=not self.overwrite, overwrite=self.overwrite)  # continues unless --overwrite
         save_config(self.cfg, self.out / "compare.yaml")
         t0 = time.perf_counter()
         train_manifest, test_manifest = resolve_manifests(DataConfig(synth=self.cfg.corpus))
@@ -698,23 +699,25 @@ class Compare:
                 "stages": dict(record)}
 
 
-def run_compare(cfg: CompareConfig, out: str | Path) -> dict[str, Any]:
-    """Train and evaluate every row of ``cfg`` for every seed into ``out``; returns results.json's content."""
-    return Compare(cfg, out).run()
+def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Train and evaluate every row of ``cfg`` for every seed into ``out``; returns results.json's content.
+    ``overwrite``: remove an existing ``out`` first (otherwise its finished stages are reused)."""
+    return Compare(cfg, out, overwrite).run()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="the paper's comparison: every row (untrained, calibration, frozen encoder, "
                        "SFT reasoning, three GRPO rewards) over several seeds, Tables 1 and 3 with mean ± std")
     p.add_argument("--config", default="configs/tiny/compare.yaml")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="run folder; a second call reuses its finished stages")
+    p.add_argument("--overwrite", action="store_true", help="remove an existing OUT first and start over")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. seeds=[0] 'rows=[calibration]'")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     cfg = load_config(CompareConfig, args.config, args.overrides)
-    results = run_compare(cfg, args.out)
+    results = run_compare(cfg, args.out, overwrite=args.overwrite)
     print("\n".join(table1_lines(results)))
     print(f"\nfinished in {results['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.md'}")
     return 0

@@ -318,7 +318,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model on a manifest (PCC, artifacts F1/IoU/similarity, ROUGE-L)")
     p.add_argument("--model", required=True, help="model directory (sqrl sft/merge/grpo output) or backbone name")
     p.add_argument("--data", required=True, help="manifest JSONL")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (absent or empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="remove an existing evaluation in OUT first")
     p.add_argument("--batch-size", type=arg_range(int, ge=1), default=8)
     p.add_argument("--max-new-tokens", type=arg_range(int, ge=1), default=256)
     p.add_argument("--prompting", choices=PROMPTINGS, default=None, help="default: as the model was trained")
@@ -330,6 +331,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args) -> int:
+    from sqrl.rundir import prepare_out
+
+    prepare_out(args.out, overwrite=args.overwrite, can_resume=False, create=False)
     metrics = evaluate(args.model, args.data, args.out, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, prompting=args.prompting, limit=args.limit,
                        rubric=args.rubric, expected_scores=not args.no_expected)

@@ -260,19 +260,24 @@ def _write_corpus(cfg: SynthConfig, tmp: Path) -> SynthSummary:
 def synthesize_corpus(cfg: SynthConfig) -> SynthSummary:
     """Write the corpus to ``cfg.out`` atomically: it is built in a staging sibling folder and
     renamed into place, so a crash never leaves a half-written corpus behind. An existing
-    non-empty ``out`` is an error unless ``cfg.overwrite``. SIGTERM or Ctrl-C stop the workers and
-    remove the staging folder; after ``kill -9`` the workers end with this process and the next
-    build removes the folder (``sqrl.scratch.remove_stale``: only folders whose owner is gone)."""
+    non-empty ``out`` is an error unless ``cfg.overwrite`` (then only sqrl output is removed, once the new
+    corpus is whole). SIGTERM or Ctrl-C stop the workers and remove the staging folder; after ``kill -9``
+    the workers end with this process and the next build removes the folder
+    (``sqrl.scratch.remove_stale``: only folders whose owner is gone)."""
+    from sqrl.rundir import check_removable, is_taken, prepare_out, remove_run
+
     out = cfg.out
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (use --overwrite to replace it)")
+    if not cfg.overwrite:
+        prepare_out(out, can_resume=False, create=False)  # a non-empty out is refused (sqrl/rundir.py)
+    elif is_taken(out):
+        check_removable(out)
     remove_stale(out)
     tmp = staging_dir(out)
     try:
         with sigterm_as_exit():
             summary = _write_corpus(cfg, tmp)
         if out.exists():
-            shutil.rmtree(out)
+            remove_run(out)
         os.rename(tmp, out)
     finally:
         if tmp.exists():
