@@ -41,7 +41,7 @@ def _sft(args) -> int:
 
 
 def _merge(args) -> int:
-    from sft.merge import merge
+    from sqrl.models import merge_adapter
 
-    print(json.dumps(merge(args.checkpoint, args.out)))
+    print(json.dumps(merge_adapter(args.checkpoint, args.out)))
     return 0

@@ -7,7 +7,6 @@ a bad clip deep inside a training run says which file to look at.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-DEFAULT_SAMPLING_RATE = 16000
+from sqrl.fsutil import atomic_file
+
+SAMPLING_RATE = 16000
+"""The rate every backbone reads (``Backbone.build_inputs`` checks it); ``load_audio`` resamples to it."""
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg")
 
 
@@ -72,7 +74,7 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 
 def check_wave(wave: np.ndarray, path: str | os.PathLike = "<array>", max_seconds: float | None = None,
-               sampling_rate: int = DEFAULT_SAMPLING_RATE) -> np.ndarray:
+               sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     """Raise ``AudioError`` for an empty clip, NaN or infinite samples, or one over ``max_seconds``."""
     if wave.size == 0:
         raise AudioError(path, "empty audio (0 samples)")
@@ -100,7 +102,7 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return wave, int(sr)
 
 
-def load_audio(path: str | os.PathLike, sampling_rate: int = DEFAULT_SAMPLING_RATE,
+def load_audio(path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE,
                max_seconds: float | None = None) -> np.ndarray:
     """Read ``path`` as a mono float32 wave at ``sampling_rate``.
 
@@ -117,7 +119,7 @@ def load_audio(path: str | os.PathLike, sampling_rate: int = DEFAULT_SAMPLING_RA
     return resample(wave, int(sr), sampling_rate)
 
 
-def save_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = DEFAULT_SAMPLING_RATE,
+def save_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = SAMPLING_RATE,
                subtype: str = "PCM_16") -> Path:
     """Write a mono wave atomically (temp file, then rename); samples are clipped to [-1, 1].
 
@@ -132,14 +134,8 @@ def save_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = D
         raise AudioError(path, f"unsupported extension; use one of {', '.join(AUDIO_EXTENSIONS)}")
     if fmt == "OGG":
         subtype = "VORBIS"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         sf.write(tmp, np.clip(wave, -1.0, 1.0), sampling_rate, subtype=subtype, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -74,13 +74,13 @@ def run_sft_stage(name: str, stage: StageSettings, out: Path, extra: list[str],
 
 
 def merge_stage(adapter: Path, out: Path) -> Path:
-    """``sft.merge.merge`` of ``adapter`` into ``out`` (skipped when complete)."""
-    from sft.merge import merge
+    """``sqrl.models.merge_adapter`` of ``adapter`` into ``out`` (skipped when complete)."""
+    from sqrl.models import merge_adapter
 
     if _done(out):
         log.info("merge: %s exists, skipping", out)
         return out
-    merge(adapter, out)
+    merge_adapter(adapter, out)
     return out
 
 

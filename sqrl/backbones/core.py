@@ -22,8 +22,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +33,7 @@ from transformers import BatchFeature
 
 from sqrl.backbones.families import SAMPLING_RATE, Family, TinySpec
 from sqrl.backbones.tiny import ensure_tiny
+from sqrl.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -296,16 +295,10 @@ class Backbone:
         out = Path(out_dir)
         if out.exists():
             raise FileExistsError(f"{out} exists; choose a new directory for the merged model")
-        out.parent.mkdir(parents=True, exist_ok=True)
         merged = peft_model.merge_and_unload()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with atomic_dir(out) as tmp:
             merged.save_pretrained(tmp)
             processor.save_pretrained(tmp)
-            os.rename(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return out
 
 

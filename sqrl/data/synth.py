@@ -14,8 +14,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from sqrl.data import labels
 from sqrl.data.render import render_clip
 from sqrl.data.sentences import make_sentence, sentence_id
 from sqrl.data.tts import TTSError, all_voices
+from sqrl.fsutil import atomic_dir
 from sqrl.schema import record_from_dict, write_manifest
 
 log = logging.getLogger(__name__)
@@ -268,16 +267,8 @@ def synthesize_corpus(cfg: SynthConfig) -> SynthSummary:
     out = cfg.out
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise FileExistsError(f"{out} exists and is not empty (use --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, replace=True) as tmp:
         summary = _write_corpus(cfg, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
@@ -301,18 +292,8 @@ def ensure_corpus(root: str | os.PathLike, num: int, seed: int, sample_rate: int
         return target
     if target.exists() and any(target.iterdir()):
         raise RuntimeError(f"{target} exists but is not a complete corpus (no stats.json); remove it")
-    Path(root).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
-    try:
+    with atomic_dir(target, finished=lambda p: (p / "stats.json").is_file()) as tmp:
         cfg = SynthConfig(out=target, num=num, seed=seed, sample_rate=sample_rate, workers=workers, pesq=pesq)
         log.info("building synthetic corpus %s", target)
         _write_corpus(cfg, tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race (target now exists and is not empty)
-            if not (target / "stats.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
