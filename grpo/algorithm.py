@@ -80,18 +80,7 @@ def flat_groups(rewards: torch.Tensor, group_size: int, tol: float = 1e-6) -> to
     return (avail.sum(dim=1) < 2) | ((hi - lo) <= tol)
 
 
-# ------------------------------------------------------------------------------------ log-probs
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 4) -> torch.Tensor:
-    """``log softmax(logits)[target]`` per position, in fp32, a few rows at a time (a 150k-word
-    vocabulary over a whole batch would not fit twice in memory)."""
-    out = []
-    for lg, tg in zip(logits.split(chunk), targets.split(chunk)):
-        lg = lg.float()
-        picked = lg.gather(-1, tg.unsqueeze(-1)).squeeze(-1)
-        out.append(picked - torch.logsumexp(lg, dim=-1))
-    return torch.cat(out)
-
-
+# ------------------------------------------------------------------------------------ KL
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """Per-token KL(pi || pi_ref) by the k3 estimator ``exp(ref - logp) - (ref - logp) - 1`` (>= 0)."""
     delta = ref_logps - logps

@@ -29,8 +29,10 @@ from typing import Any, Sequence
 import torch
 
 from grpo.algorithm import LossSettings, Normalizer, masked_sums, per_token_objective, reduce_loss
-from grpo.batch import Completion, TrainSample, completion_inputs, completion_logprobs, load_waves, per_row, resolve_dtype
+from grpo.batch import Completion, TrainSample, completion_inputs, load_waves, per_row
 from grpo.rollout_worker import WeightUpdate
+from sqrl.backbones.config import resolve_dtype
+from sqrl.logprobs import completion_logprobs
 
 log = logging.getLogger(__name__)
 

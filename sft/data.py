@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from sqrl.audio import SAMPLING_RATE
 from sqrl.prompts import Rubric
 from sqrl.schema import Record, read_manifest
 
 log = logging.getLogger(__name__)
-
-SAMPLING_RATE = 16_000
 
 
 def resolve_manifests(data_cfg) -> tuple[Path, Path | None]:

@@ -21,17 +21,12 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from sft.config import SFTStageConfig
 from sft.data import AudioCollator, load_examples, resolve_manifests
+from sqrl.backbones.config import resolve_dtype
 from sqrl.config import save_config
 from sqrl.models import ModelMeta, load_model, read_meta, write_meta
 from sqrl.prompts import Rubric
 
 log = logging.getLogger(__name__)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return getattr(torch, name)
 
 
 def deepspeed_config(cfg: SFTStageConfig) -> dict[str, Any] | None:

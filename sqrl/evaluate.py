@@ -18,13 +18,13 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from sqrl.audio import SAMPLING_RATE
 from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS
 from sqrl.prompts import PROMPTINGS, Rubric
 from sqrl.response import parse
 from sqrl.schema import Assessment, Record, read_manifest
 
 log = logging.getLogger(__name__)
-SAMPLING_RATE = 16_000
 
 
 def training_prompts(model_spec: str | Path) -> tuple[str, str | None]:

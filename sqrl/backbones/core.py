@@ -8,10 +8,8 @@ Batch layout (``Backbone.build_inputs``):
   row then starts at position 0, so the default position ids are right and a row's logits do not
   depend on what it is batched with: SFT and GRPO log-probs equal those of the clip on its own.
   ``labels`` are -100 except on the answer tokens and the end-of-turn token; ``completion_mask`` is
-  1 exactly there. The logits at ``t`` predict token ``t + 1``, so completion log-probs are::
-
-      logp = logits[:, :-1].log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
-      logp = logp * completion_mask[:, 1:]
+  1 exactly there. The logits at ``t`` predict token ``t + 1``; ``sqrl.logprobs.completion_logprobs``
+  reads the completion log-probs off such a batch.
 
 ``model(**batch)`` accepts the whole batch (the model ignores ``completion_mask``).
 """
@@ -31,13 +29,14 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import BatchFeature
 
-from sqrl.backbones.families import SAMPLING_RATE, Family, TinySpec
+from sqrl.audio import SAMPLING_RATE
+from sqrl.backbones.config import ENCODER_MODES
+from sqrl.backbones.families import Family, TinySpec
 from sqrl.backbones.tiny import ensure_tiny
 from sqrl.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
 
-ENCODER_MODES = ("trainable", "frozen", "lora")
 # Shorter clips give the encoder fewer than ~2 positions; Qwen2-Audio then mistakes the batch for
 # its legacy un-expanded format. A tenth of a second is far below any real utterance.
 MIN_CLIP_SECONDS = 0.1

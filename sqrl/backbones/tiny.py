@@ -18,7 +18,8 @@ import torch
 import transformers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, WhisperFeatureExtractor
 
-from sqrl.backbones.families import SAMPLING_RATE, Family, TinySpec, TEXT_CHAT_TEMPLATE
+from sqrl.audio import SAMPLING_RATE
+from sqrl.backbones.families import Family, TinySpec, TEXT_CHAT_TEMPLATE
 from sqrl.backbones.tokenizer import AUDIO_TOKENS, IM_END, PAD_TOKEN, corpus_digest, train_bpe
 from sqrl.fsutil import atomic_dir
 

@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from sqrl.audio import SAMPLING_RATE
+
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--clean-dir", type=Path, default=None,
                    help="clean recordings (wav/flac/ogg, any rate, mono or stereo) instead of eSpeak; "
                         "sub-folders are speakers")
-    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--sample-rate", type=int, default=SAMPLING_RATE)
     p.add_argument("--test-fraction", type=float, default=0.15, help="share of clips in test.jsonl")
     p.add_argument("--workers", type=int, default=2, help="worker processes (1: no pool)")
     p.add_argument("--no-pesq", action="store_true", help="skip the PESQ label-sanity measurement")
@@ -97,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--fix", type=Path, default=None, metavar="OUT",
                    help="write the usable lines to OUT, resampling audio to --sample-rate mono")
     p.add_argument("--max-seconds", type=float, default=30.0, help="longest clip allowed")
-    p.add_argument("--sample-rate", type=int, default=16000, help="expected sample rate")
+    p.add_argument("--sample-rate", type=int, default=SAMPLING_RATE, help="expected sample rate")
     p.set_defaults(func=_validate)
     return data
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sqrl.audio import AudioError, audio_info, find_audio_files, resample, save_audio
+from sqrl.audio import SAMPLING_RATE, AudioError, audio_info, find_audio_files, resample, save_audio
 from sqrl.data import labels
 from sqrl.data.render import render_clip
 from sqrl.data.sentences import make_sentence, sentence_id
@@ -46,7 +46,7 @@ class SynthConfig:
     out: Path
     num: int
     seed: int = 0
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLING_RATE
     test_fraction: float = 0.15
     clean_dir: Path | None = None
     workers: int = 2
@@ -272,13 +272,13 @@ def synthesize_corpus(cfg: SynthConfig) -> SynthSummary:
     return summary
 
 
-def corpus_dir(root: str | os.PathLike, num: int, seed: int, sample_rate: int = 16000) -> Path:
+def corpus_dir(root: str | os.PathLike, num: int, seed: int, sample_rate: int = SAMPLING_RATE) -> Path:
     """Where ``ensure_corpus`` keeps the corpus for these arguments (the version is in the name,
     so a change of the label rules never reuses a stale corpus)."""
     return Path(root) / f"synth-v{SYNTH_VERSION}-n{num}-s{seed}-sr{sample_rate}"
 
 
-def ensure_corpus(root: str | os.PathLike, num: int, seed: int, sample_rate: int = 16000,
+def ensure_corpus(root: str | os.PathLike, num: int, seed: int, sample_rate: int = SAMPLING_RATE,
                   workers: int = 2, pesq: bool = True) -> Path:
     """The folder of a synthetic corpus of ``num`` clips for ``seed``, made if absent.
 

@@ -104,7 +104,8 @@ def test_weight_update_carries_the_adapter_and_the_trained_encoder(policy):
 
 
 def test_reference_is_the_merged_base_even_though_the_encoder_copy_trains(policy, completions, tiny_init):
-    from grpo.batch import completion_inputs, completion_logprobs, load_waves, per_row
+    from grpo.batch import completion_inputs, load_waves, per_row
+    from sqrl.logprobs import completion_logprobs
     from sqrl.backbones import get_backbone
 
     train_once(policy, completions)  # at least one update (this test may run alone)
