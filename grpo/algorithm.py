@@ -24,6 +24,9 @@ from dataclasses import dataclass
 import torch
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+"""How ``reduce_loss`` normalises the per-token objective (``algorithm.loss_type``)."""
+SCALE_REWARDS = ("group", "batch", "none")
+"""What ``group_advantages`` divides by (``algorithm.scale_rewards``)."""
 STD_EPS = 1e-4  # TRL adds this to the std before dividing
 
 
@@ -60,7 +63,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
     elif scale_rewards == "none":
         std = None
     else:
-        raise ValueError(f"scale_rewards must be group, batch or none, not {scale_rewards!r}")
+        raise ValueError(f"scale_rewards must be one of {', '.join(SCALE_REWARDS)}, not {scale_rewards!r}")
     adv = rewards - mean
     if std is not None:
         adv = adv / (std + STD_EPS)
@@ -89,7 +92,7 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ loss
 @dataclass(frozen=True)
-class LossSettings:
+class LossConfig:
     """What the loss needs from the config (flat, picklable)."""
 
     loss_type: str = "grpo"
@@ -114,7 +117,7 @@ class Normalizer:
 
 
 def per_token_objective(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None,
-                        advantages: torch.Tensor, settings: LossSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                        advantages: torch.Tensor, settings: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped surrogate plus ``beta`` times the k3 KL, per token, and its parts for logging.
 
     ``logps``, ``old_logps``, ``ref_logps``: ``(B, L)``; ``old_logps`` None means the batch is used
@@ -139,7 +142,7 @@ def per_token_objective(logps: torch.Tensor, old_logps: torch.Tensor | None, ref
     return loss, parts
 
 
-def reduce_loss(per_token: torch.Tensor, mask: torch.Tensor, settings: LossSettings, norm: Normalizer) -> torch.Tensor:
+def reduce_loss(per_token: torch.Tensor, mask: torch.Tensor, settings: LossConfig, norm: Normalizer) -> torch.Tensor:
     """This micro-batch's share of the step's loss (``mask``: 1 on counted completion tokens)."""
     mask = mask.to(per_token.dtype)
     scale = float(norm.world_size)

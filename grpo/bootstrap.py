@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from grpo.config import BootstrapSettings, ModelSettings
+from grpo.config import BootstrapConfig, ModelConfig
 from sqrl.fsutil import atomic_dir
 from sqrl.models import META_FILE, ModelMeta, read_meta, write_meta
 from sqrl.prompts import REPO_ROOT
@@ -26,7 +26,7 @@ from sqrl.prompts import REPO_ROOT
 log = logging.getLogger(__name__)
 
 
-def ensure_init(model: ModelSettings) -> Path:
+def ensure_init(model: ModelConfig) -> Path:
     """The full model directory GRPO starts from (built first when missing and ``bootstrap`` is set)."""
     path = Path(model.init).expanduser().resolve()
     if (path / META_FILE).exists():
@@ -49,7 +49,7 @@ def config_path(name: str) -> Path:
     return REPO_ROOT / path
 
 
-def build_calibrated(out: Path, boot: BootstrapSettings) -> Path:
+def build_calibrated(out: Path, boot: BootstrapConfig) -> Path:
     """Calibration -> warm-up -> merge into ``out``; a stage whose output already exists is not rerun."""
     parts = out.parent / f"{out.name}.parts"
     calibration = Path(boot.calibration_out).resolve() if boot.calibration_out else parts / "calibration"

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from sqrl.prompts import PROMPTINGS
-
-ENCODER_MODES = ("trainable", "frozen", "lora")
+from sqrl.backbones.config import LoraConfig, check_dtype
+from sqrl.data.config import DataConfig
 
 
 @dataclass
@@ -24,63 +24,27 @@ class ModelConfig:
     """auto (bf16 on GPU, fp32 on CPU), float32 or bfloat16."""
 
     def __post_init__(self):
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
+        check_dtype(self.dtype)
 
 
 @dataclass
-class LoraSettings:
-    rank: int = 64
-    """LoRA rank on every linear layer of the LLM (paper: 64)."""
-    alpha: int | None = None
-    """LoRA alpha; None: equal to ``rank`` (scaling 1)."""
-    dropout: float = 0.05
-    encoder_mode: str = "trainable"
-    """trainable: audio tower and projector trained in full (the paper's calibration); frozen: tower
-    frozen, projector trained; lora: LoRA on the tower too."""
+class SFTDataConfig(DataConfig):
+    """The shared ``data:`` fields (``sqrl.data.config.DataConfig``) and a held-out manifest."""
 
-    def __post_init__(self):
-        if self.encoder_mode not in ENCODER_MODES:
-            raise ValueError(f"lora.encoder_mode must be one of {', '.join(ENCODER_MODES)}, not {self.encoder_mode!r}")
-        if self.rank < 1:
-            raise ValueError("lora.rank must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("lora.dropout must be in [0, 1)")
-
-
-@dataclass
-class SynthSettings:
-    root: str = "data/synth"
-    """Folder under which corpora are cached by seed and size."""
-    num: int = 2000
-    seed: int = 0
-
-
-@dataclass
-class DataConfig:
-    train: str | None = None
-    """Training manifest (JSONL). None: use the synthetic corpus of ``synth`` (made when absent)."""
     eval: str | None = None
     """Held-out manifest; None: the synthetic test split when ``synth`` is used."""
-    synth: SynthSettings | None = field(default_factory=SynthSettings)
-    rubric: str | None = None
-    """Rubric YAML (default configs/rubrics/qualispeech.yaml)."""
-    prompting: str = "all_dimensions"
-    """per_dimension (the paper: one dimension per prompt), all_dimensions (cheaper), long_form (warm-up)."""
-    max_seconds: float = 30.0
-    """Clips longer than this are skipped and counted."""
-    limit: int | None = None
-    """Use only the first N clips (quick runs)."""
 
-    def __post_init__(self):
-        if self.prompting not in PROMPTINGS:
-            raise ValueError(f"data.prompting must be one of {', '.join(PROMPTINGS)}, not {self.prompting!r}")
-        if self.train is None and self.synth is None:
-            raise ValueError("data.train or data.synth must be set")
+    def manifests(self) -> tuple[Path, Path | None]:
+        """(train, held-out) manifest paths; builds the synthetic corpus when the config asks for it."""
+        held_out = Path(self.eval) if self.eval else None
+        if self.train:
+            return Path(self.train), held_out
+        folder = self.synth.folder()
+        return folder / "train.jsonl", held_out or folder / "test.jsonl"
 
 
 @dataclass
-class DeepSpeedSettings:
+class DeepSpeedConfig:
     enabled: bool = True
     stage: int = 2
     """ZeRO stage: 2 by default, 3 for 7B backbones."""
@@ -92,7 +56,7 @@ class DeepSpeedSettings:
 
 
 @dataclass
-class TrainSettings:
+class TrainConfig:
     epochs: float = 1.0
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run ``epochs``)."""
@@ -109,7 +73,7 @@ class TrainSettings:
     save_steps: int = 200
     save_total_limit: int = 2
     gradient_checkpointing: bool = False
-    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.grad_accum < 1:
@@ -119,7 +83,7 @@ class TrainSettings:
 
 
 @dataclass
-class RaySettings:
+class RayConfig:
     num_workers: int = 0
     """0: train in this process. N >= 1: a Ray Train TorchTrainer with N workers running the same code."""
     address: str | None = None
@@ -133,7 +97,7 @@ class SFTStageConfig:
     stage: str = "calibration"
     """A name recorded with the model: calibration or warmup."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    ray: RaySettings = field(default_factory=RaySettings)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)

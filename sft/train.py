@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from sft.config import SFTStageConfig
-from sft.data import AudioCollator, load_examples, resolve_manifests
+from sft.data import AudioCollator, load_examples
 from sqrl.backbones.config import resolve_dtype
 from sqrl.config import save_config
 from sqrl.models import ModelMeta, load_model, read_meta, write_meta
@@ -122,7 +122,7 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False) -> Path:
     ensure_process_group_env(ds_config is not None)
     torch.manual_seed(cfg.train.seed)
 
-    train_manifest, _ = resolve_manifests(cfg.data)
+    train_manifest = cfg.data.train_manifest()
     rubric = Rubric(cfg.data.rubric)
     examples = load_examples(train_manifest, rubric, cfg.data.prompting, cfg.data.limit)
     model, processor, backbone, base = build_model(cfg)

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from sft.config import SynthSettings
 from sqrl.config import load_config, save_config
+from sqrl.data.config import CorpusConfig
 from sqrl.pipeline import EvalSettings, StageSettings, _done
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ REWARD_KEY = "rewards/total/mean"
 class CompareConfig:
     """Stages are ``sqrl pipeline``'s ``StageSettings`` (their ``enabled`` is not used here: ``rows`` decides)."""
 
-    corpus: SynthSettings = field(default_factory=SynthSettings)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     """The one corpus every row trains on (train split) and is evaluated on (test split)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     """Training seeds (``train.seed`` of every SFT and GRPO stage); the corpus and base model stay fixed."""
@@ -647,13 +647,11 @@ class Compare:
 
     # ---- run
     def run(self) -> dict[str, Any]:
-        from sft.config import DataConfig
-        from sft.data import resolve_manifests
-
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out / "compare.yaml")
         t0 = time.perf_counter()
-        train_manifest, test_manifest = resolve_manifests(DataConfig(synth=self.cfg.corpus))
+        corpus = self.cfg.corpus.folder()
+        train_manifest, test_manifest = corpus / "train.jsonl", corpus / "test.jsonl"
         self.metrics: dict[tuple[str, int | None], dict[str, Any]] = {}
         tasks = self.plan(Path(test_manifest), Path(train_manifest))
         try:

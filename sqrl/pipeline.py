@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sft.config import SynthSettings
 from sqrl.config import load_config, save_config
+from sqrl.data.config import CorpusConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class EvalSettings:
 
 @dataclass
 class PipelineConfig:
-    corpus: SynthSettings = field(default_factory=SynthSettings)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     calibration: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/calibration.yaml"))
     warmup: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/warmup.yaml"))
     grpo: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/grpo_accsem_dimwise.yaml"))
@@ -90,14 +90,11 @@ def _stamp(out: Path, name: str, seconds: float) -> None:
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path) -> dict[str, Any]:
     """Run every enabled stage into ``out`` and return the final table (metrics per stage)."""
-    from sft.data import resolve_manifests
-    from sft.config import DataConfig
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.yaml")
     t0 = time.perf_counter()
-    _, test_manifest = resolve_manifests(DataConfig(synth=cfg.corpus))
+    test_manifest = cfg.corpus.folder() / "test.jsonl"
     models: dict[str, Path] = {}
     calib = run_sft_stage("calibration", cfg.calibration, out / "calibration", _corpus_overrides(cfg))
     models["calibration"] = calib

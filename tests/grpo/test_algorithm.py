@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grpo.algorithm import (
-    LossSettings,
+    LossConfig,
     Normalizer,
     flat_groups,
     group_advantages,
@@ -110,7 +110,7 @@ def test_loss_and_gradient_equal_trls_compute_loss(loss_type, beta, reuse):
     # A fixed seed per case: hash() of a str tuple changes with every process (PYTHONHASHSEED), and 5 of
     # 1,000 seeds give a batch with no clipped token, which failed the clipping check below at random.
     logps, old, ref, adv, mask = random_batch(seed=zlib.crc32(repr((loss_type, beta, reuse)).encode()) % 1000)
-    settings = LossSettings(loss_type, beta, 0.2, 0.28, max_completion_length=9)
+    settings = LossConfig(loss_type, beta, 0.2, 0.28, max_completion_length=9)
     old_in = old if reuse else None
 
     ours_in = logps.clone().requires_grad_(True)
@@ -139,7 +139,7 @@ def test_loss_and_gradient_equal_trls_compute_loss(loss_type, beta, reuse):
 def test_micro_batches_and_ranks_sum_to_the_whole_batch_loss(loss_type):
     # 1 x 6 equals 3 micro-batches of 2, and equals 2 ranks x 3 micro-batches of 1 (gradients averaged).
     logps, old, ref, adv, mask = random_batch(seed=7)
-    settings = LossSettings(loss_type, 0.04, 0.2, 0.2, max_completion_length=9)
+    settings = LossConfig(loss_type, 0.04, 0.2, 0.2, max_completion_length=9)
     whole = reduce_loss(per_token_objective(logps, old, ref, adv, settings)[0], mask, settings,
                         Normalizer(6, int(mask.sum()), 1))
     split = sum(reduce_loss(per_token_objective(logps[i:i + 2], old[i:i + 2], ref[i:i + 2], adv[i:i + 2], settings)[0],
