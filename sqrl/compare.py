@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from sqrl.config import load_config, save_config
+from sqrl.config import add_config_arguments, load_config, save_config
 from sqrl.data.config import CorpusConfig
-from sqrl.pipeline import EvalSettings, StageSettings, _done
+from sqrl.pipeline import EvalSettings, StageSettings, _done, print_finished
 
 log = logging.getLogger(__name__)
 
@@ -705,15 +705,11 @@ def run_compare(cfg: CompareConfig, out: str | Path) -> dict[str, Any]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="the paper's comparison: every row (untrained, calibration, frozen encoder, "
                        "SFT reasoning, three GRPO rewards) over several seeds, Tables 1 and 3 with mean ± std")
-    p.add_argument("--config", default="configs/tiny/compare.yaml")
-    p.add_argument("--out", required=True)
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. seeds=[0] 'rows=[calibration]'")
+    add_config_arguments(p, example="configs/tiny/compare.yaml", default=True,
+                         overrides_example="seeds=[0] 'rows=[calibration]'")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    cfg = load_config(CompareConfig, args.config, args.overrides)
-    results = run_compare(cfg, args.out)
-    print("\n".join(table1_lines(results)))
-    print(f"\nfinished in {results['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.md'}")
-    return 0
+    results = run_compare(load_config(CompareConfig, args.config, args.overrides), args.out)
+    return print_finished(table1_lines(results), results["seconds"], args.out)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqrl.config import load_config, save_config
+from sqrl.config import add_config_arguments, load_config, save_config
 from sqrl.data.config import CorpusConfig
 
 log = logging.getLogger(__name__)
@@ -197,15 +197,17 @@ def write_report(out: Path, table: dict[str, Any]) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="the whole method: corpus, calibration, warm-up, GRPO, eval, report")
-    p.add_argument("--config", default="configs/tiny/pipeline.yaml")
-    p.add_argument("--out", required=True)
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. grpo.enabled=false")
+    add_config_arguments(p, example="configs/tiny/pipeline.yaml", default=True, overrides_example="grpo.enabled=false")
     p.set_defaults(func=_run)
 
 
-def _run(args) -> int:
-    cfg = load_config(PipelineConfig, args.config, args.overrides)
-    table = run_pipeline(cfg, args.out)
-    print("\n".join(table_lines(table)))
-    print(f"\nfinished in {table['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.md'}")
+def print_finished(lines: list[str], seconds: float, out: str | Path) -> int:
+    """What a recipe command prints at the end: its table, the time taken, where the report is."""
+    print("\n".join(lines))
+    print(f"\nfinished in {seconds / 60:.1f} min; report: {Path(out) / 'report.md'}")
     return 0
+
+
+def _run(args) -> int:
+    table = run_pipeline(load_config(PipelineConfig, args.config, args.overrides), args.out)
+    return print_finished(table_lines(table), table["seconds"], args.out)
