@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class StageSettings:
+class StageConfig:
     config: str
     """The stage's own YAML (sft or grpo)."""
     overrides: list[str] = field(default_factory=list)
@@ -31,7 +31,7 @@ class StageSettings:
 
 
 @dataclass
-class EvalSettings:
+class EvalConfig:
     limit: int | None = None
     """Evaluate on the first N test clips (None: all)."""
     batch_size: int = 16
@@ -41,10 +41,10 @@ class EvalSettings:
 @dataclass
 class PipelineConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    calibration: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/calibration.yaml"))
-    warmup: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/warmup.yaml"))
-    grpo: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/grpo_accsem_dimwise.yaml"))
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    calibration: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/calibration.yaml"))
+    warmup: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/warmup.yaml"))
+    grpo: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/grpo_accsem_dimwise.yaml"))
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _done(path: Path) -> bool:
@@ -56,7 +56,7 @@ def _corpus_overrides(cfg: PipelineConfig, section: str = "data") -> list[str]:
     return [f"{section}.synth.root={c.root}", f"{section}.synth.num={c.num}", f"{section}.synth.seed={c.seed}"]
 
 
-def run_sft_stage(name: str, stage: StageSettings, out: Path, extra: list[str],
+def run_sft_stage(name: str, stage: StageConfig, out: Path, extra: list[str],
                   after: list[str] | None = None) -> Path:
     """Train an SFT stage into ``out`` (skipped when complete; continued from its last checkpoint when
     interrupted). Overrides apply in the order ``extra``, ``stage.overrides``, ``after``."""
@@ -116,7 +116,7 @@ def run_grpo_stage(cfg: PipelineConfig, init: Path, out: Path) -> Path:
     return run_grpo_config("grpo", cfg.grpo, init, out, _corpus_overrides(cfg))
 
 
-def run_grpo_config(name: str, stage: StageSettings, init: Path, out: Path, extra: list[str],
+def run_grpo_config(name: str, stage: StageConfig, init: Path, out: Path, extra: list[str],
                     after: list[str] | None = None) -> Path:
     """Train a GRPO stage from the merged model ``init`` into ``out`` (skipped when complete; resumed when
     an earlier run left checkpoints or logged steps). Overrides apply in the order ``extra``,
@@ -138,7 +138,7 @@ def run_grpo_config(name: str, stage: StageSettings, init: Path, out: Path, extr
     return out
 
 
-def evaluate_model(model: Path | str, manifest: Path | str, target: Path, settings: EvalSettings,
+def evaluate_model(model: Path | str, manifest: Path | str, target: Path, settings: EvalConfig,
                    rubric: str | None = None) -> tuple[dict[str, Any], bool]:
     """(metrics, reused): ``sqrl eval`` of ``model`` into ``target``, or the metrics already there when
     they are newer than the model (a model retrained since is evaluated again)."""
