@@ -96,10 +96,14 @@ class LossConfig:
     """What the loss needs from the config (flat, picklable)."""
 
     loss_type: str = "grpo"
+    """One of ``LOSS_TYPES`` (``algorithm.loss_type``)."""
     beta: float = 0.04
+    """KL coefficient; 0 skips the reference log-probs."""
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
+    """The ratio is clipped to ``[1 - epsilon_low, 1 + epsilon_high]``."""
     max_completion_length: int = 256
+    """Dr. GRPO's constant divisor (``rollout.max_new_tokens``)."""
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:

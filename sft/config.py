@@ -64,8 +64,11 @@ class TrainConfig:
     """Per-device micro-batch."""
     grad_accum: int = 1
     lr: float = 1.5e-5
+    """Peak learning rate (paper: 1.5e-5)."""
     lr_scheduler: str = "linear"
+    """A transformers scheduler name (linear, cosine, constant, ...)."""
     warmup_ratio: float = 0.03
+    """Share of the steps spent warming the learning rate up from 0."""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
