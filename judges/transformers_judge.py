@@ -28,17 +28,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from judges.base import (
-    Judge,
-    JudgeRequest,
-    LocalPrompts,
-    Verdict,
-    chunks,
-    expected_verdict,
-    parse_verdict,
-    score_probs,
-    score_token_table,
-)
+from judges.base import Judge, chunks
+from judges.prompts import JudgeRequest, LocalPrompts
+from judges.verdicts import Verdict, expected_verdict, parse_verdict, score_probs, score_token_table
 from sqrl.fsutil import atomic_dir
 
 log = logging.getLogger("sqrl.judges")
