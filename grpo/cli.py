@@ -14,7 +14,8 @@ from sqrl.config import add_config_arguments
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, example="configs/tiny/grpo_accsem_dimwise.yaml", overrides_example="rollout.temperature=0.9",
-                         out_help="run directory: metrics.jsonl, checkpoints/, and the final policy", resume=True)
+                         out_help="run directory: metrics.jsonl, checkpoints/, and the final policy", resume=True,
+                         overwrite=True)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def _grpo(args: argparse.Namespace) -> int:
     from sqrl.config import load_config
 
     cfg = load_config(GRPOConfig, args.config, args.overrides)
-    out = run_grpo(cfg, args.out, resume=args.resume)
+    out = run_grpo(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     print(f"policy written to {out}")
     return 0
 

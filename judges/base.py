@@ -27,6 +27,7 @@ import yaml
 
 from judges.prompts import JudgeRequest, render_messages, resolve_config
 from judges.verdicts import Verdict
+from sqrl.config import bounded, check_ranges, check_value
 
 log = logging.getLogger("sqrl.judges")
 
@@ -66,16 +67,13 @@ class RetryPolicy:
     """Exponential backoff: attempt ``k`` (from 0) waits ``min(backoff_max_s, backoff_s * 2**k)``
     times a jitter factor in ``[1 - jitter, 1]`` before the next attempt."""
 
-    max_attempts: int = 4
-    backoff_s: float = 0.5
-    backoff_max_s: float = 8.0
-    jitter: float = 0.1
+    max_attempts: int = bounded(4, ge=1)
+    backoff_s: float = bounded(0.5, ge=0)
+    backoff_max_s: float = bounded(8.0, ge=0)
+    jitter: float = bounded(0.1, ge=0, le=1)
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.backoff_s < 0 or self.backoff_max_s < 0 or not 0 <= self.jitter <= 1:
-            raise ValueError("backoff_s and backoff_max_s must be >= 0 and jitter in [0, 1]")
+        check_ranges(self)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         base = min(self.backoff_max_s, self.backoff_s * 2**attempt)
@@ -175,12 +173,27 @@ BACKENDS = {
 }
 
 
+# The numeric settings the judge backends share, and their ranges: checked once, in build_judge.
+PARAM_RANGES: dict[str, dict[str, Any]] = {
+    "max_tokens": {"ge": 1}, "max_new_tokens": {"ge": 1}, "max_input_tokens": {"ge": 1},
+    "max_answer_tokens": {"ge": 1}, "max_answer_chars": {"ge": 1}, "top_logprobs": {"ge": 1},
+    "temperature": {"ge": 0}, "timeout_s": {"gt": 0}, "connect_timeout_s": {"gt": 0}, "concurrency": {"ge": 1},
+    "batch_size": {"ge": 1}, "threads": {"ge": 1}, "min_score_mass": {"ge": 0, "le": 1},
+    "branch_eps": {"ge": 0, "lt": 1}, "max_attempts": {"ge": 1}, "backoff_s": {"ge": 0}, "backoff_max_s": {"ge": 0},
+    "jitter": {"ge": 0, "le": 1}, "gpu_memory_utilization": {"gt": 0, "le": 1},
+}
+
+
 def build_judge(backend: str, **params: Any) -> Judge:
     """Build a judge from flat config: ``build_judge(backend="openai", base_url=..., mode="logit")``.
 
     ``backend`` is a name in ``BACKENDS`` or a dotted ``module:Class`` path; unknown parameters
-    raise ``TypeError`` from the backend's constructor.
+    raise ``TypeError`` from the backend's constructor, and a number out of its range (``PARAM_RANGES``)
+    a ``ValueError`` naming it (``judge.timeout_s must be > 0, got -1``).
     """
+    for name, bounds in PARAM_RANGES.items():
+        if isinstance(params.get(name), (int, float)):
+            check_value(f"judge.{name}", params[name], **bounds)
     target = BACKENDS.get(backend, backend)
     if ":" not in target:
         raise ValueError(f"unknown judge backend {backend!r}; known: {', '.join(BACKENDS)} or 'module:Class'")

@@ -3,9 +3,9 @@
 * ``PromptSpec`` holds a prompt set loaded from YAML (``configs/judges/*.yaml``); its ``request``
   makes a ``JudgeRequest``. Rubric text is data, never code.
 * The answer under judgement is untrusted (it is the policy's output). ``delimit`` neutralises
-  marker and chat-template look-alikes inside it, truncates it, and wraps it in markers derived
-  from a hash of the answer itself, so the answer cannot close its own block and pose as
-  instructions.
+  markers, chat-control look-alikes and every special or added token of the judge's own tokenizer
+  inside it (``judges.hygiene``), truncates it, and wraps it in markers derived from a hash of the
+  answer itself, so the answer cannot close its own block and pose as instructions.
 * ``LocalPrompts`` and ``chat_prompt``: the chat-templated prompt for backends that hold a tokenizer.
 """
 from __future__ import annotations
@@ -14,9 +14,11 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
+
+from judges.hygiene import neutralise, tokenizer_specials
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "judges"
 
@@ -60,25 +62,16 @@ def fill(template: str, **values: str) -> str:
     return _PLACEHOLDER.sub(sub, template)
 
 
-def neutralise(text: str) -> str:
-    """Break anything in an untrusted answer that could pass for a marker or a chat-template token.
-
-    Runs of ``<<<``/``>>>`` (our markers) become guillemets, and ``<|``/``|>`` (ChatML-style special
-    tokens such as ``<|im_end|>``) get a space, so a tokenizer no longer maps them to control tokens.
-    """
-    text = re.sub(r"<{3,}", lambda m: "«" * len(m[0]), text)
-    text = re.sub(r">{3,}", lambda m: "»" * len(m[0]), text)
-    return text.replace("<|", "< |").replace("|>", "| >")
-
-
-def delimit(answer: str, max_chars: int, truncate: Callable[[str], str] | None = None) -> tuple[str, str, str]:
+def delimit(answer: str, max_chars: int, truncate: Callable[[str], str] | None = None,
+            specials: Sequence[str] = ()) -> tuple[str, str, str]:
     """Neutralise and truncate ``answer``; return ``(text, open_marker, close_marker)``.
 
     The markers carry a hash of the (original) answer, which the answer cannot contain itself.
-    ``truncate`` is the backend's token-level cut, applied after the character limit.
+    ``truncate`` is the backend's token-level cut, applied after the character limit; ``specials`` the
+    judge tokenizer's special and added token strings (``hygiene.tokenizer_specials``).
     """
     nonce = hashlib.sha256(answer.encode("utf-8", "replace")).hexdigest()[:12]
-    text = neutralise(answer)
+    text = neutralise(answer, specials)
     if len(text) > max_chars:
         text = text[:max_chars] + f"\n[... {len(text) - max_chars} more characters cut]"
     if truncate is not None:
@@ -86,9 +79,10 @@ def delimit(answer: str, max_chars: int, truncate: Callable[[str], str] | None =
     return text, f"<<<ANSWER {nonce}>>>", f"<<<END OF ANSWER {nonce}>>>"
 
 
-def render_messages(request: JudgeRequest, max_chars: int, truncate: Callable[[str], str] | None = None) -> list[dict]:
+def render_messages(request: JudgeRequest, max_chars: int, truncate: Callable[[str], str] | None = None,
+                    specials: Sequence[str] = ()) -> list[dict]:
     """The chat messages for ``request``: a system message and the user message with the answer block."""
-    text, open_, close = delimit(request.answer, max_chars, truncate)
+    text, open_, close = delimit(request.answer, max_chars, truncate, specials)
     block = fill(request.answer_block, open=open_, close=close, answer=text)
     user = fill(request.user, **dict(request.fields), answer_block=block)
     return [{"role": "system", "content": request.system}, {"role": "user", "content": user}]
@@ -174,6 +168,11 @@ class LocalPrompts:
             return text
         kept = self._tok.decode(ids[: self.max_answer_tokens])
         return kept + f"\n[... {len(ids) - self.max_answer_tokens} more tokens cut]"
+
+    def messages(self, request: JudgeRequest) -> list[dict]:
+        """As ``Judge.messages``, with every special and added token of this judge's tokenizer neutralised."""
+        return render_messages(request, self.max_answer_chars, self._truncate_tokens,  # type: ignore[attr-defined]
+                               tokenizer_specials(self._tok))
 
     def prompt_ids(self, request: JudgeRequest, prefix: str) -> list[int]:
         """Token ids of the templated prompt for ``request``, the assistant turn opened with ``prefix``."""

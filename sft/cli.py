@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Supervised stage of the method. The tiny configs build their synthetic corpus when missing.",
     )
     add_config_arguments(p, example="configs/tiny/calibration.yaml", overrides_example="train.lr=1e-4",
-                         out_help="output model directory", resume=True)
+                         out_help="output model directory", resume=True, overwrite=True)
     p.set_defaults(func=_sft)
 
     m = sub.add_parser("merge", help="fold an adapter and trained encoder into a new base model")
@@ -31,11 +31,11 @@ def _sft(args) -> int:
     if cfg.ray.num_workers > 0:
         from sft.ray_train import run_sft_on_ray
 
-        run_sft_on_ray(cfg, args.out, resume=args.resume)
+        run_sft_on_ray(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     else:
         from sft.train import run_sft
 
-        run_sft(cfg, args.out, resume=args.resume)
+        run_sft(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     print(f"model written to {args.out}")
     return 0
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sqrl.backbones.config import LoraConfig, check_dtype
 from sqrl.data.config import DataConfig
+from sqrl.config import bounded, check_ranges
 
 
 @dataclass
@@ -46,53 +47,53 @@ class SFTDataConfig(DataConfig):
 @dataclass
 class DeepSpeedConfig:
     enabled: bool = True
-    stage: int = 2
+    stage: int = bounded(2, ge=0, le=3)
     """ZeRO stage: 2 by default, 3 for 7B backbones."""
     offload_optimizer: bool = False
 
     def __post_init__(self):
-        if self.stage not in (0, 1, 2, 3):
-            raise ValueError("deepspeed.stage must be 0-3")
+        check_ranges(self)
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0
-    max_steps: int = -1
+    epochs: float = bounded(1.0, gt=0)
+    max_steps: int = bounded(-1, ge=1, also=(-1,))
     """Stop after this many optimizer steps (-1: run ``epochs``)."""
-    batch_size: int = 8
+    batch_size: int = bounded(8, ge=1)
     """Per-device micro-batch."""
-    grad_accum: int = 1
-    lr: float = 1.5e-5
+    grad_accum: int = bounded(1, ge=1)
+    lr: float = bounded(1.5e-5, gt=0)
     """Peak learning rate (paper: 1.5e-5)."""
     lr_scheduler: str = "linear"
     """A transformers scheduler name (linear, cosine, constant, ...)."""
-    warmup_ratio: float = 0.03
+    warmup_ratio: float = bounded(0.03, ge=0, le=1)
     """Share of the steps spent warming the learning rate up from 0."""
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    logging_steps: int = 10
-    save_steps: int = 200
-    save_total_limit: int = 2
+    weight_decay: float = bounded(0.0, ge=0)
+    max_grad_norm: float = bounded(1.0, ge=0)
+    """0: no clipping."""
+    seed: int = bounded(0, ge=0)
+    logging_steps: int = bounded(10, ge=1)
+    save_steps: int = bounded(200, ge=1)
+    save_total_limit: int = bounded(2, ge=1)
     gradient_checkpointing: bool = False
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("train.batch_size and train.grad_accum must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("train.lr must be > 0")
+        check_ranges(self)
 
 
 @dataclass
 class RayConfig:
-    num_workers: int = 0
+    num_workers: int = bounded(0, ge=0)
     """0: train in this process. N >= 1: a Ray Train TorchTrainer with N workers running the same code."""
     address: str | None = None
     """Ray cluster address (None: start or join a local one)."""
     use_gpu: bool = False
-    cpus_per_worker: int = 1
+    cpus_per_worker: int = bounded(1, ge=1)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass

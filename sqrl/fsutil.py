@@ -16,20 +16,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from sqrl.scratch import remove_stale, staging_dir
+
 log = logging.getLogger(__name__)
 
 
 def temp_dir_beside(path: str | os.PathLike) -> Path:
-    """A fresh, empty, private folder ``.NAME.tmp-*`` in ``path``'s parent (made if missing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    """A fresh, empty, private folder ``.NAME.tmp-*`` in ``path``'s parent (made if missing), named
+    after its owner; the ones a killed writer left for ``path`` are removed first (``sqrl.scratch``)."""
+    remove_stale(path)
+    return staging_dir(path)
 
 
 def publish(tmp: str | os.PathLike, path: str | os.PathLike, *, replace: bool = False,

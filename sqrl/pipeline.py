@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqrl.config import add_config_arguments, load_config, save_config
+from sqrl.config import add_config_arguments, bounded, check_ranges, load_config, save_config
 from sqrl.data.config import CorpusConfig
+from sqrl.rundir import prepare_out
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,13 @@ class StageConfig:
 
 @dataclass
 class EvalConfig:
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=1)
     """Evaluate on the first N test clips (None: all)."""
-    batch_size: int = 16
-    max_new_tokens: int = 200
+    batch_size: int = bounded(16, ge=1)
+    max_new_tokens: int = bounded(200, ge=1)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass
@@ -68,7 +72,7 @@ def run_sft_stage(name: str, stage: StageConfig, out: Path, extra: list[str],
         return out
     cfg = load_config(SFTStageConfig, stage.config, [*extra, *stage.overrides, *(after or [])])
     t0 = time.perf_counter()
-    run_sft(cfg, out, resume=(out / "checkpoints").is_dir())
+    run_sft(cfg, out, resume=out.exists())  # a folder that is not done holds this stage's interrupted run
     _stamp(out, name, time.perf_counter() - t0)
     return out
 
@@ -88,10 +92,11 @@ def _stamp(out: Path, name: str, seconds: float) -> None:
     (out / "stage_time.json").write_text(json.dumps({"stage": name, "seconds": round(seconds, 1)}))
 
 
-def run_pipeline(cfg: PipelineConfig, out: str | Path) -> dict[str, Any]:
-    """Run every enabled stage into ``out`` and return the final table (metrics per stage)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def run_pipeline(cfg: PipelineConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Run every enabled stage into ``out`` and return the final table (metrics per stage). A second call
+    continues: complete stages are skipped, an interrupted one resumes; ``overwrite`` starts over (the old
+    ``out`` is removed first, sqrl/rundir.py)."""
+    out = prepare_out(out, resume=not overwrite, overwrite=overwrite)
     save_config(cfg, out / "pipeline.yaml")
     t0 = time.perf_counter()
     test_manifest = cfg.corpus.folder() / "test.jsonl"
@@ -130,10 +135,9 @@ def run_grpo_config(name: str, stage: StageConfig, init: Path, out: Path, extra:
     grpo_cfg = load_config(GRPOConfig, stage.config,
                            [*extra, f"model.init={init}", *stage.overrides, *(after or [])])
     t0 = time.perf_counter()
-    # an interrupted run left checkpoints, or logged steps before its first one (the driver refuses to
-    # write into a run directory without resume; with no checkpoint it starts from step 0)
-    resume = (out / "checkpoints").exists() or (out / "metrics.jsonl").exists()
-    run_grpo(grpo_cfg, out, resume=resume)
+    # a folder that is not done holds this stage's interrupted run (the driver refuses a non-empty run
+    # directory without resume; with no checkpoint it starts from step 0)
+    run_grpo(grpo_cfg, out, resume=out.exists())
     _stamp(out, name, time.perf_counter() - t0)
     return out
 
@@ -197,7 +201,8 @@ def write_report(out: Path, table: dict[str, Any]) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="the whole method: corpus, calibration, warm-up, GRPO, eval, report")
-    add_config_arguments(p, example="configs/tiny/pipeline.yaml", default=True, overrides_example="grpo.enabled=false")
+    add_config_arguments(p, example="configs/tiny/pipeline.yaml", default=True, overrides_example="grpo.enabled=false",
+                         out_help="run folder; a second call continues the run in it", overwrite=True)
     p.set_defaults(func=_run)
 
 
@@ -209,5 +214,5 @@ def print_finished(lines: list[str], seconds: float, out: str | Path) -> int:
 
 
 def _run(args) -> int:
-    table = run_pipeline(load_config(PipelineConfig, args.config, args.overrides), args.out)
+    table = run_pipeline(load_config(PipelineConfig, args.config, args.overrides), args.out, overwrite=args.overwrite)
     return print_finished(table_lines(table), table["seconds"], args.out)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sqrl.config import bounded, check_ranges
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 """``model.dtype`` values; ``auto`` is bf16 on a GPU, fp32 on a CPU (``resolve_dtype``)."""
 ENCODER_MODES = ("trainable", "frozen", "lora")
@@ -38,19 +40,16 @@ def resolve_dtype(name: str) -> Any:
 class LoraConfig:
     """The ``lora:`` section of a stage: the adapter trained on the LLM, and what happens to the encoder."""
 
-    rank: int = 64
+    rank: int = bounded(64, ge=1)
     """LoRA rank on every linear layer of the LLM (paper: 64)."""
-    alpha: int | None = None
+    alpha: int | None = bounded(None, ge=1)
     """LoRA alpha; None: equal to ``rank`` (scaling 1)."""
-    dropout: float = 0.05
+    dropout: float = bounded(0.05, ge=0, lt=1)
     encoder_mode: str = "trainable"
     """trainable: audio tower and projector trained in full (the paper's calibration); frozen: tower
     frozen, projector trained; lora: LoRA on the tower too."""
 
     def __post_init__(self):
+        check_ranges(self)
         if self.encoder_mode not in ENCODER_MODES:
             raise ValueError(f"lora.encoder_mode must be one of {', '.join(ENCODER_MODES)}, not {self.encoder_mode!r}")
-        if self.rank < 1:
-            raise ValueError("lora.rank must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("lora.dropout must be in [0, 1)")

@@ -29,17 +29,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import BatchFeature
 
-from sqrl.audio import SAMPLING_RATE
+from sqrl.audio import MIN_CLIP_SECONDS, SAMPLING_RATE  # the loaders skip shorter clips; _check_wave guards direct callers
 from sqrl.backbones.config import ENCODER_MODES
 from sqrl.backbones.families import Family, TinySpec
 from sqrl.backbones.tiny import ensure_tiny
 from sqrl.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
-
-# Shorter clips give the encoder fewer than ~2 positions; Qwen2-Audio then mistakes the batch for
-# its legacy un-expanded format. A tenth of a second is far below any real utterance.
-MIN_CLIP_SECONDS = 0.1
 IGNORE_INDEX = -100
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqrl.config import bounded, check_ranges
 from sqrl.prompts import PROMPTINGS
 
 
@@ -18,8 +19,12 @@ class CorpusConfig:
 
     root: str = "data/synth"
     """Folder under which corpora are cached by seed and size."""
-    num: int = 2000
-    seed: int = 0
+    num: int = bounded(2000, ge=1)
+    seed: int = bounded(0, ge=0)
+    """numpy seeds the corpus with it: a non-negative integer."""
+
+    def __post_init__(self):
+        check_ranges(self)
 
     def folder(self) -> Path:
         """The corpus folder (``train.jsonl``, ``test.jsonl``), built when absent."""
@@ -39,12 +44,13 @@ class DataConfig:
     """Rubric YAML (default configs/rubrics/qualispeech.yaml)."""
     prompting: str = "all_dimensions"
     """per_dimension (the paper: one dimension per prompt), all_dimensions (cheaper), long_form (warm-up, GRPO)."""
-    max_seconds: float = 30.0
+    max_seconds: float = bounded(30.0, gt=0)
     """Longer clips are skipped and counted."""
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=1)
     """Use only the first N clips (quick runs)."""
 
     def __post_init__(self):
+        check_ranges(self)
         if self.prompting not in PROMPTINGS:
             raise ValueError(f"data.prompting must be one of {', '.join(PROMPTINGS)}, not {self.prompting!r}")
         if self.train is None and self.synth is None:
