@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from grpo.config import BootstrapSettings, GRPOConfig, ModelSettings
+from grpo.config import BootstrapConfig, GRPOConfig, ModelConfig
 from recipes.stages import MergeStep, SFTStep, run_steps
 from sqrl.config import load_config
 from sqrl.models import META_FILE
@@ -21,7 +21,7 @@ from sqrl.rundir import prepare_out
 log = logging.getLogger(__name__)
 
 
-def ensure_init(model: ModelSettings) -> Path:
+def ensure_init(model: ModelConfig) -> Path:
     """The full model directory GRPO starts from (built first when missing and ``bootstrap`` is set)."""
     path = Path(model.init).expanduser().resolve()
     if (path / META_FILE).exists() or model.bootstrap is None:
@@ -29,7 +29,7 @@ def ensure_init(model: ModelSettings) -> Path:
     return build_calibrated(path, model.bootstrap)
 
 
-def build_calibrated(out: Path, boot: BootstrapSettings) -> Path:
+def build_calibrated(out: Path, boot: BootstrapConfig) -> Path:
     """Calibration -> warm-up -> merge into ``out``; a stage whose output already exists is not rerun."""
     parts = out.parent / f"{out.name}.parts"
     calibration = Path(boot.calibration_out).resolve() if boot.calibration_out else parts / "calibration"

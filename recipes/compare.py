@@ -34,10 +34,10 @@ from typing import Any, Mapping
 
 from recipes.compare_plan import Plan, Row, Variant, check_variants, rows
 from recipes.compare_report import row_entry, table1_lines, write_report
-from recipes.pipeline import EvalSettings
+from recipes.pipeline import EvalConfig, print_finished
 from recipes.stages import run_steps
-from sft.config import SynthSettings
-from sqrl.config import bounded, check_ranges, load_config, save_config
+from sqrl.config import add_config_arguments, bounded, check_ranges, load_config, save_config
+from sqrl.data.config import CorpusConfig
 from sqrl.rundir import prepare_out
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CompareConfig:
-    corpus: SynthSettings = field(default_factory=SynthSettings)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     """The one corpus every row trains on (train split) and is evaluated on (test split)."""
     seeds: list[int] = bounded(default_factory=lambda: [0, 1], ge=0)
     """Training seeds (``train.seed`` of every SFT and GRPO stage); the corpus and base model stay fixed."""
@@ -57,7 +57,7 @@ class CompareConfig:
     """Dotted overrides for every SFT stage, before each variant's own (e.g. ``train.max_steps=2``)."""
     grpo_overrides: list[str] = field(default_factory=list)
     """Dotted overrides for every GRPO stage, before each variant's own: the shared GRPO budget."""
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     reward_window: int = bounded(5, ge=1)
     """Table 3's training reward: mean over the first and the last N logged steps (at most half of them)."""
 
@@ -95,15 +95,13 @@ class Compare:
         self.plan = Plan(cfg, self.out)
 
     def run(self) -> dict[str, Any]:
-        from sft.config import DataConfig
-        from sft.data import resolve_manifests
-
         prepare_out(self.out, resume=not self.overwrite, overwrite=self.overwrite)  # continues unless --overwrite
         save_config(self.cfg, self.out / "compare.yaml")
         t0 = time.perf_counter()
-        train_manifest, test_manifest = resolve_manifests(DataConfig(synth=self.cfg.corpus))
-        record = run_steps(self.plan.steps(Path(test_manifest), Path(train_manifest)), tag="compare")
-        results = self.collect(Path(test_manifest), record)
+        corpus = self.cfg.corpus.folder()
+        train_manifest, test_manifest = corpus / "train.jsonl", corpus / "test.jsonl"
+        record = run_steps(self.plan.steps(test_manifest, train_manifest), tag="compare")
+        results = self.collect(test_manifest, record)
         results["seconds"] = round(time.perf_counter() - t0, 1)
         (self.out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
         write_report(self.out, results)
@@ -150,19 +148,15 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False) ->
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="the paper's comparison: every row (untrained, calibration, frozen encoder, "
                        "SFT reasoning, three GRPO rewards) over several seeds, Tables 1 and 3 with mean ± std")
-    p.add_argument("--config", default="configs/tiny/compare.yaml")
-    p.add_argument("--out", required=True, help="run folder; a second call reuses its finished stages")
-    p.add_argument("--overwrite", action="store_true", help="remove an existing OUT first and start over")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. seeds=[0] 'rows=[calibration]'")
+    add_config_arguments(p, example="configs/tiny/compare.yaml", default=True,
+                         overrides_example="seeds=[0] 'rows=[calibration]'",
+                         out_help="run folder; a second call reuses its finished stages", overwrite=True)
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    cfg = load_config(CompareConfig, args.config, args.overrides)
-    results = run_compare(cfg, args.out, overwrite=args.overwrite)
-    print("\n".join(table1_lines(results)))
-    print(f"\nfinished in {results['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.md'}")
-    return 0
+    results = run_compare(load_config(CompareConfig, args.config, args.overrides), args.out, overwrite=args.overwrite)
+    return print_finished(table1_lines(results), results["seconds"], args.out)
 
 
 __all__ = ["Compare", "CompareConfig", "Row", "Variant", "run_compare"]

@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from recipes.stages import EvalStep, GRPOStep, MergeStep, SFTStep, Step, corpus_overrides, run_steps
-from sft.config import SynthSettings
-from sqrl.config import bounded, check_ranges, load_config, save_config
+from sqrl.config import add_config_arguments, bounded, check_ranges, load_config, save_config
+from sqrl.data.config import CorpusConfig
 from sqrl.rundir import prepare_out
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class StageSettings:
+class StageConfig:
     config: str
     """The stage's own YAML (sft or grpo)."""
     overrides: list[str] = field(default_factory=list)
@@ -34,7 +34,7 @@ class StageSettings:
 
 
 @dataclass
-class EvalSettings:
+class EvalConfig:
     limit: int | None = bounded(None, ge=1)
     """Evaluate on the first N test clips (None: all)."""
     batch_size: int = bounded(16, ge=1)
@@ -46,11 +46,11 @@ class EvalSettings:
 
 @dataclass
 class PipelineConfig:
-    corpus: SynthSettings = field(default_factory=SynthSettings)
-    calibration: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/calibration.yaml"))
-    warmup: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/warmup.yaml"))
-    grpo: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/grpo_accsem_dimwise.yaml"))
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    calibration: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/calibration.yaml"))
+    warmup: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/warmup.yaml"))
+    grpo: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/grpo_accsem_dimwise.yaml"))
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def stage_steps(cfg: PipelineConfig, out: Path, test_manifest: Path) -> tuple[list[Step], dict[str, Path]]:
@@ -81,14 +81,10 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, overwrite: bool = False) 
     """Run every enabled stage into ``out`` and return the final table (metrics per stage). A second call
     continues: complete stages are skipped, an interrupted one resumes; ``overwrite`` starts over (the old
     ``out`` is removed first, sqrl/rundir.py)."""
-    from sft.config import DataConfig
-    from sft.data import resolve_manifests
-
     out = prepare_out(out, resume=not overwrite, overwrite=overwrite)
     save_config(cfg, out / "pipeline.yaml")
     t0 = time.perf_counter()
-    _, test_manifest = resolve_manifests(DataConfig(synth=cfg.corpus))
-    steps, models = stage_steps(cfg, out, Path(test_manifest))
+    steps, models = stage_steps(cfg, out, cfg.corpus.folder() / "test.jsonl")
     run_steps(steps, tag="pipeline")
     table = {"stages": {s.name.split("/", 1)[1]: s.metrics() for s in steps if isinstance(s, EvalStep)}}
     table["seconds"] = round(time.perf_counter() - t0, 1)
@@ -134,16 +130,18 @@ def write_report(out: Path, table: dict[str, Any]) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="the whole method: corpus, calibration, warm-up, GRPO, eval, report")
-    p.add_argument("--config", default="configs/tiny/pipeline.yaml")
-    p.add_argument("--out", required=True, help="run folder; a second call continues the run in it")
-    p.add_argument("--overwrite", action="store_true", help="remove an existing run in OUT first and start over")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. grpo.enabled=false")
+    add_config_arguments(p, example="configs/tiny/pipeline.yaml", default=True, overrides_example="grpo.enabled=false",
+                         out_help="run folder; a second call continues the run in it", overwrite=True)
     p.set_defaults(func=_run)
 
 
-def _run(args) -> int:
-    cfg = load_config(PipelineConfig, args.config, args.overrides)
-    table = run_pipeline(cfg, args.out, overwrite=args.overwrite)
-    print("\n".join(table_lines(table)))
-    print(f"\nfinished in {table['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.md'}")
+def print_finished(lines: list[str], seconds: float, out: str | Path) -> int:
+    """What a recipe command prints at the end: its table, the time taken, where the report is."""
+    print("\n".join(lines))
+    print(f"\nfinished in {seconds / 60:.1f} min; report: {Path(out) / 'report.md'}")
     return 0
+
+
+def _run(args) -> int:
+    table = run_pipeline(load_config(PipelineConfig, args.config, args.overrides), args.out, overwrite=args.overwrite)
+    return print_finished(table_lines(table), table["seconds"], args.out)

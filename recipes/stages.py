@@ -96,14 +96,14 @@ class SFTStep(Step):
 
 @dataclass
 class MergeStep(Step):
-    """``sft.merge.merge`` of the adapter in ``adapter`` into a full model in ``out``."""
+    """``sqrl.models.merge_adapter`` of the adapter in ``adapter`` into a full model in ``out``."""
 
     adapter: Path = Path()
 
     def run(self) -> None:
-        from sft.merge import merge
+        from sqrl.models import merge_adapter
 
-        merge(self.adapter, self.out)
+        merge_adapter(self.adapter, self.out)
 
 
 class RaySession:

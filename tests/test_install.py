@@ -78,7 +78,7 @@ def test_a_wheel_installed_elsewhere_runs_the_stages_with_shipped_configs_and_a_
     # the code and data come from the venv, not from the repository
     where = json.loads(_run([str(python), "-c", (
         "import json, configs, recipes, sqrl\n"
-        "from judges.base import resolve_config\n"
+        "from judges.prompts import resolve_config\n"
         "from sqrl.prompts import DEFAULT_RUBRIC, Rubric\n"
         "Rubric()\n"
         "print(json.dumps({'sqrl': sqrl.__file__, 'recipes': recipes.__file__, 'configs': configs.__file__,\n"

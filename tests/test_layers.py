@@ -111,7 +111,7 @@ def test_the_check_reads_function_level_relative_and_importlib_imports(tmp_path)
         "sqrl/ok.py": "from . import late\nimport configs\nNAMES = ('sqrl.late', 'grpo.nowhere')\n",
         "sqrl/cli.py": "COMMAND_MODULES = (\n    'sqrl.ok',\n    'grpo.config',\n)\n",
         "grpo/__init__.py": "",
-        "grpo/config.py": "from sft.config import LoraSettings\n",
+        "grpo/config.py": "from sft.config import SFTStageConfig\n",
         "judges/base.py": "import rewards\n",
         "recipes/__init__.py": "",
         "recipes/compare.py": "from .cli import main\n",

@@ -9,7 +9,7 @@ import torch
 
 from sft.config import SFTStageConfig
 from sft.data import AudioCollator, load_examples
-from sft.merge import merge
+from sqrl.models import merge_adapter
 from sft.train import run_sft
 from sqrl.backbones import IGNORE_INDEX, get_backbone
 from sqrl.config import load_config
@@ -184,7 +184,7 @@ def test_the_pipeline_continues_a_stage_interrupted_before_its_first_checkpoint(
 
 def test_merge_keeps_the_logits(calibrated, tmp_path):
     out = tmp_path / "merged"
-    check = merge(calibrated, out)
+    check = merge_adapter(calibrated, out)
     assert check["max_abs_logit_diff"] < 1e-4
     meta = read_meta(out)
     assert meta.kind == "full"
