@@ -24,6 +24,9 @@ from dataclasses import dataclass
 import torch
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+"""How ``reduce_loss`` normalises the per-token objective (``algorithm.loss_type``)."""
+SCALE_REWARDS = ("group", "batch", "none")
+"""What ``group_advantages`` divides by (``algorithm.scale_rewards``)."""
 STD_EPS = 1e-4  # TRL adds this to the std before dividing
 
 
@@ -60,7 +63,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
     elif scale_rewards == "none":
         std = None
     else:
-        raise ValueError(f"scale_rewards must be group, batch or none, not {scale_rewards!r}")
+        raise ValueError(f"scale_rewards must be one of {', '.join(SCALE_REWARDS)}, not {scale_rewards!r}")
     adv = rewards - mean
     if std is not None:
         adv = adv / (std + STD_EPS)
@@ -80,18 +83,7 @@ def flat_groups(rewards: torch.Tensor, group_size: int, tol: float = 1e-6) -> to
     return (avail.sum(dim=1) < 2) | ((hi - lo) <= tol)
 
 
-# ------------------------------------------------------------------------------------ log-probs
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 4) -> torch.Tensor:
-    """``log softmax(logits)[target]`` per position, in fp32, a few rows at a time (a 150k-word
-    vocabulary over a whole batch would not fit twice in memory)."""
-    out = []
-    for lg, tg in zip(logits.split(chunk), targets.split(chunk)):
-        lg = lg.float()
-        picked = lg.gather(-1, tg.unsqueeze(-1)).squeeze(-1)
-        out.append(picked - torch.logsumexp(lg, dim=-1))
-    return torch.cat(out)
-
-
+# ------------------------------------------------------------------------------------ KL
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """Per-token KL(pi || pi_ref) by the k3 estimator ``exp(ref - logp) - (ref - logp) - 1`` (>= 0)."""
     delta = ref_logps - logps
@@ -100,14 +92,18 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ loss
 @dataclass(frozen=True)
-class LossSettings:
+class LossConfig:
     """What the loss needs from the config (flat, picklable)."""
 
     loss_type: str = "grpo"
+    """One of ``LOSS_TYPES`` (``algorithm.loss_type``)."""
     beta: float = 0.04
+    """KL coefficient; 0 skips the reference log-probs."""
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
+    """The ratio is clipped to ``[1 - epsilon_low, 1 + epsilon_high]``."""
     max_completion_length: int = 256
+    """Dr. GRPO's constant divisor (``rollout.max_new_tokens``)."""
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -125,7 +121,7 @@ class Normalizer:
 
 
 def per_token_objective(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None,
-                        advantages: torch.Tensor, settings: LossSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                        advantages: torch.Tensor, settings: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped surrogate plus ``beta`` times the k3 KL, per token, and its parts for logging.
 
     ``logps``, ``old_logps``, ``ref_logps``: ``(B, L)``; ``old_logps`` None means the batch is used
@@ -150,7 +146,7 @@ def per_token_objective(logps: torch.Tensor, old_logps: torch.Tensor | None, ref
     return loss, parts
 
 
-def reduce_loss(per_token: torch.Tensor, mask: torch.Tensor, settings: LossSettings, norm: Normalizer) -> torch.Tensor:
+def reduce_loss(per_token: torch.Tensor, mask: torch.Tensor, settings: LossConfig, norm: Normalizer) -> torch.Tensor:
     """This micro-batch's share of the step's loss (``mask``: 1 on counted completion tokens)."""
     mask = mask.to(per_token.dtype)
     scale = float(norm.world_size)

@@ -3,7 +3,7 @@
 ``ensure_init`` returns ``model.init`` if it is a full sqrl model directory. Otherwise, when the
 config has a ``model.bootstrap`` section, it runs the tiny pipeline the way the SFT configs build
 their data: calibration (``sft.train.run_sft``), the long-form warm-up continuing that adapter, and
-``sft.merge.merge`` into ``model.init``. Each stage runs in a child process (DeepSpeed and the HF
+``sqrl.models.merge_adapter`` into ``model.init``. Each stage runs in a child process (DeepSpeed and the HF
 trainer leave a process group and environment behind) and is skipped when its output exists, so an
 interrupted bootstrap resumes.
 
@@ -15,18 +15,18 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from grpo.config import BootstrapSettings, ModelSettings
+from grpo.config import BootstrapConfig, ModelConfig
+from sqrl.fsutil import atomic_dir
 from sqrl.models import META_FILE, ModelMeta, read_meta, write_meta
 from sqrl.prompts import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
 
-def ensure_init(model: ModelSettings) -> Path:
+def ensure_init(model: ModelConfig) -> Path:
     """The full model directory GRPO starts from (built first when missing and ``bootstrap`` is set)."""
     path = Path(model.init).expanduser().resolve()
     if (path / META_FILE).exists():
@@ -49,7 +49,7 @@ def config_path(name: str) -> Path:
     return REPO_ROOT / path
 
 
-def build_calibrated(out: Path, boot: BootstrapSettings) -> Path:
+def build_calibrated(out: Path, boot: BootstrapConfig) -> Path:
     """Calibration -> warm-up -> merge into ``out``; a stage whose output already exists is not rerun."""
     parts = out.parent / f"{out.name}.parts"
     calibration = Path(boot.calibration_out).resolve() if boot.calibration_out else parts / "calibration"
@@ -79,9 +79,9 @@ def _sft(config: str, overrides: list[str], out: str) -> None:
 
 
 def _merge(checkpoint: str, out: str) -> None:
-    from sft.merge import merge
+    from sqrl.models import merge_adapter
 
-    merge(checkpoint, out)
+    merge_adapter(checkpoint, out)
 
 
 def _in_child(fn: Any, *args: Any) -> None:
@@ -101,13 +101,7 @@ def untrained_init(out: str | Path, backbone: str = "tiny-qwen2-audio", **spec: 
     if (out / META_FILE).exists():
         return out
     source = get_backbone(backbone, **spec).build_dir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
         write_meta(tmp, ModelMeta(backbone=backbone, kind="full", base=None, stage="untrained"))
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -22,13 +22,13 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from sqrl.fsutil import publish, temp_dir_beside
 from sqrl.integrity import verify_manifest, write_manifest
 
 STATE_FILE = "trainer_state.json"
@@ -41,9 +41,7 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 
 def begin(run_dir: str | Path, step: int) -> Path:
     """A fresh temporary folder for the checkpoint of ``step`` (beside its final place)."""
-    root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".step-{step:06d}.", dir=root))
+    return temp_dir_beside(checkpoints_dir(run_dir) / f"step-{step:06d}")
 
 
 def commit(tmp: Path, step: int, state: dict[str, Any]) -> Path:
@@ -58,9 +56,7 @@ def commit(tmp: Path, step: int, state: dict[str, Any]) -> Path:
         os.fsync(fh.fileno())
     write_manifest(tmp)
     final = tmp.parent / f"step-{step:06d}"
-    if final.exists():  # a re-run of a step after a resume: the new one replaces it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    publish(tmp, final, replace=True)  # a re-run of a step after a resume: the new one replaces it
     return final
 
 

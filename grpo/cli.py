@@ -9,13 +9,13 @@ import logging
 import os
 import sys
 
+from sqrl.config import add_config_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML, e.g. configs/tiny/grpo_accsem_dimwise.yaml")
-    p.add_argument("--out", required=True, help="run directory: metrics.jsonl, checkpoints/, and the final policy")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
-    p.add_argument("--overwrite", action="store_true", help="remove an existing run in OUT first")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. rollout.temperature=0.9")
+    add_config_arguments(p, example="configs/tiny/grpo_accsem_dimwise.yaml", overrides_example="rollout.temperature=0.9",
+                         out_help="run directory: metrics.jsonl, checkpoints/, and the final policy", resume=True,
+                         overwrite=True)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

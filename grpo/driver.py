@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from grpo import checkpoint
-from grpo.algorithm import LossSettings, flat_groups, group_advantages
+from grpo.algorithm import LossConfig, flat_groups, group_advantages
 from grpo.batch import ClipRequest, Completion, TrainSample
 from grpo.config import GRPOConfig
 from grpo.logging import RunLogger, plot_reward_curve
@@ -492,7 +492,7 @@ class Driver:
                for role in ("policy", "rollout", "reward")}
         lora = cfg.lora
         W = cfg.policy.num_workers
-        loss = LossSettings(cfg.algorithm.loss_type, cfg.algorithm.beta, cfg.algorithm.epsilon,
+        loss = LossConfig(cfg.algorithm.loss_type, cfg.algorithm.beta, cfg.algorithm.epsilon,
                             cfg.algorithm.epsilon_high if cfg.algorithm.epsilon_high is not None else cfg.algorithm.epsilon,
                             cfg.rollout.max_new_tokens)
         plan = plan_placement(cl, worker_counts(cfg))

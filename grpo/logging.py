@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from sqrl.fsutil import atomic_file
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -75,10 +77,8 @@ def truncate_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
-    tmp.replace(path)
 
 
 def plot_reward_curve(metrics_path: str | Path, out_png: str | Path, smooth: int = 5) -> Path | None:

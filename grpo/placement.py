@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from grpo.config import ROLES, ClusterSettings, GRPOConfig
+from grpo.config import ROLES, ClusterConfig, GRPOConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def worker_counts(cfg: GRPOConfig) -> dict[str, int]:
     return {"policy": cfg.policy.num_workers, "rollout": cfg.rollout.num_workers, "reward": cfg.rewards.num_workers}
 
 
-def worker_resources(cluster: ClusterSettings, role: str) -> dict[str, float]:
+def worker_resources(cluster: ClusterConfig, role: str) -> dict[str, float]:
     """What one worker of ``role`` asks Ray for, in Ray's resource names, zeros left out."""
     pool = getattr(cluster, role)
     out = {"CPU": float(pool.cpus or 0), "GPU": float(pool.gpus or 0)}
@@ -87,7 +87,7 @@ def _add(bundle: dict[str, float], demand: dict[str, float]) -> dict[str, float]
     return out
 
 
-def plan_placement(cluster: ClusterSettings, counts: dict[str, int]) -> PlacementPlan:
+def plan_placement(cluster: ClusterConfig, counts: dict[str, int]) -> PlacementPlan:
     """The pools and every worker's slot for ``cluster`` and the worker ``counts`` per role."""
     demands = {role: worker_resources(cluster, role) for role in ROLES}
     slots: dict[str, list[Slot]] = {role: [Slot()] * counts[role] for role in ROLES}

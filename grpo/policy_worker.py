@@ -28,9 +28,11 @@ from typing import Any, Sequence
 
 import torch
 
-from grpo.algorithm import LossSettings, Normalizer, masked_sums, per_token_objective, reduce_loss
-from grpo.batch import Completion, TrainSample, completion_inputs, completion_logprobs, load_waves, per_row, resolve_dtype
+from grpo.algorithm import LossConfig, Normalizer, masked_sums, per_token_objective, reduce_loss
+from grpo.batch import Completion, TrainSample, completion_inputs, load_waves, per_row
 from grpo.rollout_worker import WeightUpdate
+from sqrl.backbones.config import resolve_dtype
+from sqrl.logprobs import completion_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class PolicyWorker:
     """One rank of the policy. ``setup`` after construction (the driver first gathers the rendezvous)."""
 
     def __init__(self, model_path: str, backbone: str, *, lora_rank: int, lora_alpha: int | None,
-                 lora_dropout: float, encoder_mode: str, dtype: str, loss: LossSettings, lr: float,
+                 lora_dropout: float, encoder_mode: str, dtype: str, loss: LossConfig, lr: float,
                  weight_decay: float = 0.0, adam_betas: Sequence[float] = (0.9, 0.999), max_grad_norm: float = 1.0,
                  zero_stage: int = 2, offload_optimizer: bool = False, gradient_checkpointing: bool = False,
                  num_iterations: int = 1, max_seconds: float | None = None, seed: int = 0,

@@ -28,8 +28,9 @@ from typing import Any, Sequence
 
 import torch
 
-from grpo.batch import (ClipRequest, Completion, RolloutBatch, completion_inputs, completion_logprobs, load_waves, per_row,
-                        readable_requests, resolve_dtype)
+from grpo.batch import ClipRequest, Completion, RolloutBatch, completion_inputs, load_waves, per_row, readable_requests
+from sqrl.backbones.config import resolve_dtype
+from sqrl.logprobs import completion_logprobs, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class HFRolloutWorker(RolloutWorker):
         logps = None
         if sampling.return_logprobs:
             logits = torch.stack(out.logits, dim=1).float()  # (B*n, steps, V), before any warping
-            logps = logits.log_softmax(-1).gather(-1, new[:, :logits.shape[1], None].to(logits.device))[..., 0].cpu()
+            logps = token_logprobs(logits, new[:, :logits.shape[1]].to(logits.device)).cpu()
         for row, ids in enumerate(new.tolist()):
             req = ok[row // n]
             cut = next((i + 1 for i, t in enumerate(ids) if t in self.stop_ids), None)

@@ -12,20 +12,14 @@ engine, or as a local transformers model. Backends import their heavy dependenci
 from judges.base import (
     BACKENDS,
     Judge,
-    JudgeRequest,
     JudgeStats,
-    PromptSpec,
     RetryPolicy,
-    Verdict,
     build_judge,
-    delimit,
     judge_from_config,
     load_judge_config,
-    load_prompts,
-    parse_verdict,
-    render_messages,
-    score_probs,
 )
+from judges.prompts import JudgeRequest, PromptSpec, delimit, load_prompts, render_messages
+from judges.verdicts import Verdict, parse_verdict, score_probs
 
 __all__ = [
     "BACKENDS",

@@ -1,89 +1,37 @@
-"""The judge interface: requests, verdicts, prompt building, verdict parsing, retries.
+"""The judge interface: one method per backend, and the rest they share (dedup, counting, retries, config).
 
 A *judge* is a text-only LLM that grades one answer against a reference and returns a number.
 Every backend (``transformers``, ``openai``, ``vllm``) implements one method, ``_judge``, over a
 batch of unique requests; this module does the rest:
 
-* ``PromptSpec`` holds a prompt set loaded from YAML (``configs/judges/*.yaml``); its ``request``
-  makes a ``JudgeRequest``. Rubric text is data, never code.
-* The answer under judgement is untrusted (it is the policy's output). ``delimit`` neutralises
-  markers, chat-control look-alikes and every special or added token of the judge's own tokenizer
-  inside it (``judges.hygiene``), truncates it, and wraps it in markers derived from a hash of the
-  answer itself, so the answer cannot close its own block and pose as instructions.
-* ``parse_verdict`` reads a score out of what judges really write ("Score: 7/10", "**8**",
-  "I'd give it a 6.5", ``{"score": 9}``, a leading ``<think>...</think>``).
-* ``score_probs`` turns next-token probabilities into a distribution over the integer scores
-  (``mode: logit``), walking multi-token numbers ("1" then "0" for 10) as a trie.
-* ``RetryPolicy`` retries with exponential backoff; ``JudgeStats`` counts every failure by kind.
+* ``Judge.score`` judges identical requests once and counts every failure by kind (``JudgeStats``).
+* ``RetryPolicy`` retries with exponential backoff.
+* ``build_judge`` / ``judge_from_config`` make a backend from flat config or a YAML name.
 
-A failed judgement is a ``Verdict`` with ``score=None`` and an ``error`` saying why; it is never a
-quiet 0.
+Prompts are built in ``judges.prompts`` and verdicts read in ``judges.verdicts``.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import random
-import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
-from judges.hygiene import neutralise, tokenizer_specials
+from judges.prompts import JudgeRequest, render_messages, resolve_config
+from judges.verdicts import Verdict
 from sqrl.config import bounded, check_ranges, check_value
 
 log = logging.getLogger("sqrl.judges")
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "judges"
 MODES = ("generate", "logit")
-
-# ------------------------------------------------------------------------------ requests, verdicts
-
-
-@dataclass(frozen=True)
-class JudgeRequest:
-    """One judgement: instructions, a user template with its fields, and the untrusted answer.
-
-    ``user`` is a template whose ``{name}`` placeholders are filled from ``fields`` and from
-    ``{answer_block}``, which the judge renders from ``answer_block`` (placeholders ``{open}``,
-    ``{close}``, ``{answer}``) after delimiting and truncating ``answer``. Frozen and hashable, so
-    identical requests in a batch are judged once.
-    """
-
-    system: str
-    user: str
-    answer: str
-    answer_block: str = "{open}\n{answer}\n{close}"
-    fields: tuple[tuple[str, str], ...] = ()
-    scale: tuple[int, int] = (0, 10)
-
-
-@dataclass
-class Verdict:
-    """A judge's answer to one request: ``score`` on the request's scale, or ``None`` and ``error``.
-
-    ``text`` is what the judge wrote (generate mode); ``mass`` the probability the judge put on
-    score tokens (logit mode).
-    """
-
-    score: float | None
-    error: str | None = None
-    text: str = ""
-    mass: float | None = None
-
-    def normalized(self, scale: tuple[int, int]) -> float | None:
-        """The score mapped linearly to [0, 1] (``None`` stays ``None``)."""
-        if self.score is None:
-            return None
-        lo, hi = scale
-        return (self.score - lo) / (hi - lo)
 
 
 class JudgeStats:
@@ -109,294 +57,6 @@ class JudgeStats:
     def as_dict(self) -> dict[str, int]:
         with self._lock:
             return dict(self.counts)
-
-
-# ------------------------------------------------------------------------------ prompt building
-
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-def fill(template: str, **values: str) -> str:
-    """Replace ``{name}`` placeholders in one pass; inserted values are never re-expanded.
-
-    Unlike ``str.format`` it leaves other braces alone (rubrics may contain JSON) and a value that
-    contains ``{answer}`` stays literal text. An unknown placeholder raises ``KeyError``.
-
-    >>> fill('a {x} b {"json": 1}', x="{y}")
-    'a {y} b {"json": 1}'
-    """
-
-    def sub(match: re.Match) -> str:
-        if match[1] not in values:
-            raise KeyError(f"template placeholder {{{match[1]}}} has no value; given: {sorted(values)}")
-        return str(values[match[1]])
-
-    return _PLACEHOLDER.sub(sub, template)
-
-
-def delimit(answer: str, max_chars: int, truncate: Callable[[str], str] | None = None,
-            specials: Sequence[str] = ()) -> tuple[str, str, str]:
-    """Neutralise and truncate ``answer``; return ``(text, open_marker, close_marker)``.
-
-    The markers carry a hash of the (original) answer, which the answer cannot contain itself.
-    ``truncate`` is the backend's token-level cut, applied after the character limit; ``specials`` the
-    judge tokenizer's special and added token strings (``hygiene.tokenizer_specials``).
-    """
-    nonce = hashlib.sha256(answer.encode("utf-8", "replace")).hexdigest()[:12]
-    text = neutralise(answer, specials)
-    if len(text) > max_chars:
-        text = text[:max_chars] + f"\n[... {len(text) - max_chars} more characters cut]"
-    if truncate is not None:
-        text = truncate(text)
-    return text, f"<<<ANSWER {nonce}>>>", f"<<<END OF ANSWER {nonce}>>>"
-
-
-def render_messages(request: JudgeRequest, max_chars: int, truncate: Callable[[str], str] | None = None,
-                    specials: Sequence[str] = ()) -> list[dict]:
-    """The chat messages for ``request``: a system message and the user message with the answer block."""
-    text, open_, close = delimit(request.answer, max_chars, truncate, specials)
-    block = fill(request.answer_block, open=open_, close=close, answer=text)
-    user = fill(request.user, **dict(request.fields), answer_block=block)
-    return [{"role": "system", "content": request.system}, {"role": "user", "content": user}]
-
-
-@dataclass
-class PromptSpec:
-    """A prompt set from YAML: ``system``, ``user`` and ``answer_block`` templates, a ``scale`` and
-    any extra data (per-dimension rubrics, criteria, weights) under ``extra``."""
-
-    system: str
-    user: str
-    answer_block: str
-    scale: tuple[int, int]
-    extra: dict[str, Any] = field(default_factory=dict)
-    source: str = "<dict>"
-
-    def request(self, answer: str, **fields: Any) -> JudgeRequest:
-        values = {k: str(v) for k, v in fields.items()}
-        return JudgeRequest(
-            system=fill(self.system.strip(), **values),
-            user=self.user.strip(),
-            answer=answer if isinstance(answer, str) else "",
-            answer_block=self.answer_block.strip(),
-            fields=tuple(sorted(values.items())),
-            scale=self.scale,
-        )
-
-
-def resolve_config(name: str | Path) -> Path:
-    """A judge YAML by path, or by bare name under ``configs/judges/`` (``"dimwise"``)."""
-    path = Path(name)
-    if path.exists():
-        return path
-    candidate = CONFIG_DIR / (path.name if path.suffix else f"{path.name}.yaml")
-    if candidate.exists():
-        return candidate
-    raise FileNotFoundError(f"judge config {str(name)!r} not found (also looked in {CONFIG_DIR})")
-
-
-def load_prompts(name: str | Path) -> PromptSpec:
-    """Load and validate a prompt set (see ``configs/judges/dimwise.yaml``)."""
-    path = resolve_config(name)
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping")
-    missing = [k for k in ("system", "user", "scale") if k not in data]
-    if missing:
-        raise ValueError(f"{path}: missing keys {missing}")
-    scale = data.pop("scale")
-    if not (isinstance(scale, list) and len(scale) == 2 and all(isinstance(v, int) for v in scale) and scale[0] < scale[1]):
-        raise ValueError(f"{path}: scale must be [low, high] integers with low < high, got {scale!r}")
-    user = data.pop("user")
-    if "{answer_block}" not in user:
-        raise ValueError(f"{path}: the user template must contain {{answer_block}}")
-    block = data.pop("answer_block", "{open}\n{answer}\n{close}")
-    for key in ("{open}", "{close}", "{answer}"):
-        if key not in block:
-            raise ValueError(f"{path}: answer_block must contain {key}")
-    return PromptSpec(data.pop("system"), user, block, (scale[0], scale[1]), data, str(path))
-
-
-# ------------------------------------------------------------------------------ verdict parsing
-
-_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
-# A number word counts only where it ends the verdict ("Score: seven."), not in "one of the best".
-_NUM = r"(-?\d+(?:\.\d+)?|(?:" + "|".join(_WORDS) + r")(?=\s*(?:/|out\s+of|[.!,;)*\"\n]|$)))"
-_DEN = r"(?:\s*(?:/|out\s+of|of)\s*(\d+))?"
-_GAP = r"[\s*_`\"':=]*"
-# Priority order: an explicit label, a fraction, a "give it a N" phrase, a bold number.
-_VERDICT_PATTERNS = [
-    re.compile(rf"\b(?:final\s+)?(?:score|rating|grade|verdict){_GAP}(?:is|of|would\s+be|=)?{_GAP}(?<![\w.]){_NUM}(?![\w]){_DEN}", re.I),
-    re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)\s*(?:/|out\s+of)\s*(\d+)(?!\w)", re.I),
-    re.compile(rf"\b(?:give|gave|rate|rated|award|assign|score)\w*\s+(?:it|this|the\s+answer|this\s+answer|the\s+response)?\s*(?:an?\s+)?(?:score\s+of\s+)?(?<![\w.]){_NUM}(?![\w]){_DEN}", re.I),
-    re.compile(r"\*\*\s*(-?\d+(?:\.\d+)?)\s*\*\*()"),
-    re.compile(r"^\W*(-?\d+(?:\.\d+)?)\W*$()"),
-]
-
-
-@dataclass
-class ParsedVerdict:
-    """What ``parse_verdict`` found: the score or an error, and where the number starts."""
-
-    score: float | None
-    error: str | None
-    start: int = -1  # offset of the number in the original text, for logprob lookup
-
-
-def parse_verdict(text: object, scale: tuple[int, int] = (0, 10)) -> ParsedVerdict:
-    """Read the judge's score from free text; never raises.
-
-    Anything before a closing ``</think>`` is ignored (an unclosed ``<think>`` is an error: the judge
-    ran out of tokens while thinking). A fraction whose denominator is not the scale's top is
-    rescaled (``4/5`` on 0-10 is 8). Out of range, no number, or empty text give ``score=None``
-    and an ``error``.
-
-    >>> parse_verdict("<think>maybe 3</think> Score: **7**/10").score
-    7.0
-    """
-    if not isinstance(text, str):
-        return ParsedVerdict(None, f"unparseable: not text ({type(text).__name__})")
-    lo, hi = scale
-    offset = 0
-    close = text.lower().rfind("</think>")
-    if close >= 0:
-        offset = close + len("</think>")
-    elif "<think>" in text.lower():
-        return ParsedVerdict(None, "unparseable: unfinished <think> block")
-    body = text[offset:]
-    if not body.strip():
-        return ParsedVerdict(None, "unparseable: empty verdict")
-    for pattern in _VERDICT_PATTERNS:
-        matches = list(pattern.finditer(body))
-        if not matches:
-            continue
-        match = matches[-1]  # judges restate their final answer last
-        raw, den = match[1], match[2]
-        value = float(_WORDS[raw.lower()]) if raw.lower() in _WORDS else float(raw)
-        if den and int(den) != hi:
-            if int(den) == 0:
-                return ParsedVerdict(None, f"unparseable: fraction {raw}/0")
-            value = value / int(den) * hi
-        if not lo <= value <= hi:
-            return ParsedVerdict(None, f"out of range: {value:g} not in [{lo}, {hi}]")
-        return ParsedVerdict(value, None, offset + match.start(1))
-    return ParsedVerdict(None, f"unparseable: no score in {body.strip()[:80]!r}")
-
-
-# ------------------------------------------------------------------------------ logit mode
-
-# next_dists(items) -> for each (request index, path) the next-token options (key, text, prob);
-# a path is the tuple of keys chosen so far (token ids for local models, strings for servers).
-NextDists = Callable[[list[tuple[int, tuple]]], list[list[tuple[Hashable, str, float]]]]
-
-
-def score_probs(next_dists: NextDists, n: int, scale: tuple[int, int], *, eps: float = 1e-3, max_depth: int = 4,
-                step_space: bool = True) -> list[dict[int, float]]:
-    """Probability of each integer score for ``n`` prompts that end where the score begins.
-
-    Walks the tokens as a trie, batched per depth: a number split into tokens ("1", "0") is
-    followed to its end; the mass of "1" that does *not* continue with a digit is the mass of 1.
-    With ``step_space`` a whitespace token before the number is stepped over once (for a prompt
-    that ends in "Score:"); a prompt that already ends in a space sets it False, since following
-    the model's small mass on a second space would cost a whole extra forward pass. Branches
-    below ``eps`` stop (a candidate there keeps its mass). Tokens outside the score set are ignored.
-    """
-    lo, hi = scale
-    cands = {str(k): k for k in range(lo, hi + 1)}
-    prefixes = {c[:j] for c in cands for j in range(1, len(c))}
-    out: list[dict[int, float]] = [defaultdict(float) for _ in range(n)]
-    # frontier items: (request, path, digits so far, probability of the path, whitespace used)
-    frontier = [(i, (), "", 1.0, False) for i in range(n)]
-    for depth in range(max_depth):
-        if not frontier:
-            break
-        dists = next_dists([(i, path) for i, path, _, _, _ in frontier])
-        nxt = []
-        for (i, path, digits, p, spaced), dist in zip(frontier, dists):
-            cont = 0.0
-            for key, tok, q in dist:
-                if not digits:
-                    if not tok.strip():
-                        if step_space and not spaced and p * q > eps:
-                            nxt.append((i, path + (key,), "", p * q, True))
-                        continue
-                    if not re.fullmatch(r"\s?\d+", tok):
-                        continue
-                    s = tok.strip()
-                else:
-                    if not tok[:1].isdigit():
-                        continue
-                    cont += q
-                    if not tok.isdigit():
-                        continue
-                    s = digits + tok
-                m = p * q
-                if s in prefixes and m > eps and depth + 1 < max_depth:
-                    nxt.append((i, path + (key,), s, m, spaced))
-                elif s in cands:
-                    out[i][cands[s]] += m
-            if digits and digits in cands:
-                out[i][cands[digits]] += p * max(0.0, 1.0 - cont)
-        frontier = nxt
-    return [dict(d) for d in out]
-
-
-def expected_verdict(probs: dict[int, float], min_mass: float) -> Verdict:
-    """The expected score under ``probs`` (renormalised), or a failure when too little mass is on scores."""
-    mass = sum(probs.values())
-    if mass < min_mass or mass <= 0:
-        return Verdict(None, f"low score mass: {mass:.4f} < {min_mass}", mass=mass)
-    value = sum(k * p for k, p in probs.items()) / mass
-    return Verdict(value, None, mass=mass)
-
-
-def chat_prompt(tokenizer: Any, messages: list[dict], prefix: str = "", template_kwargs: dict | None = None) -> str:
-    """The chat-templated prompt text with the assistant turn opened and ``prefix`` already written.
-
-    Used by local backends: the judge continues after ``prefix`` ("Score: " in logit mode).
-    """
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **(template_kwargs or {}))
-    return text + prefix
-
-
-def score_token_table(tokenizer: Any) -> dict[int, str]:
-    """Token ids whose text is a number (with at most one leading space) or whitespace only.
-
-    These are the only tokens ``score_probs`` reads; gathering them keeps a vocabulary-sized
-    distribution out of Python.
-    """
-    table = {}
-    for token_id in range(len(tokenizer)):
-        text = tokenizer.decode([token_id])
-        if re.fullmatch(r"\s?\d+", text) or (text and not text.strip() and len(text) <= 4):
-            table[token_id] = text
-    return table
-
-
-class LocalPrompts:
-    """Prompt building for backends that hold a tokenizer (``self._tok``): token-level truncation of
-    the answer (``max_answer_tokens``) and the chat-templated prompt as token ids."""
-
-    _tok: Any
-    max_answer_tokens: int
-    chat_template_kwargs: dict
-
-    def _truncate_tokens(self, text: str) -> str:
-        ids = self._tok(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= self.max_answer_tokens:
-            return text
-        kept = self._tok.decode(ids[: self.max_answer_tokens])
-        return kept + f"\n[... {len(ids) - self.max_answer_tokens} more tokens cut]"
-
-    def messages(self, request: JudgeRequest) -> list[dict]:
-        """As ``Judge.messages``, with every special and added token of this judge's tokenizer neutralised."""
-        return render_messages(request, self.max_answer_chars, self._truncate_tokens,  # type: ignore[attr-defined]
-                               tokenizer_specials(self._tok))
-
-    def prompt_ids(self, request: JudgeRequest, prefix: str) -> list[int]:
-        """Token ids of the templated prompt for ``request``, the assistant turn opened with ``prefix``."""
-        text = chat_prompt(self._tok, self.messages(request), prefix, self.chat_template_kwargs)  # type: ignore[attr-defined]
-        return self._tok(text, add_special_tokens=False)["input_ids"]
 
 
 # ------------------------------------------------------------------------------ retries

@@ -22,17 +22,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from judges.base import (
-    Judge,
-    JudgeRequest,
-    RetryableError,
-    RetryPolicy,
-    Verdict,
-    expected_verdict,
-    parse_verdict,
-    score_probs,
-    with_retries,
-)
+from judges.base import Judge, RetryableError, RetryPolicy, with_retries
+from judges.prompts import JudgeRequest
+from judges.verdicts import Verdict, expected_verdict, parse_verdict, score_probs
 
 log = logging.getLogger("sqrl.judges")
 

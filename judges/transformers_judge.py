@@ -25,22 +25,13 @@ import copy
 import importlib.util
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
-from judges.base import (
-    Judge,
-    JudgeRequest,
-    LocalPrompts,
-    Verdict,
-    chunks,
-    expected_verdict,
-    parse_verdict,
-    score_probs,
-    score_token_table,
-)
+from judges.base import Judge, chunks
+from judges.prompts import JudgeRequest, LocalPrompts
+from judges.verdicts import Verdict, expected_verdict, parse_verdict, score_probs, score_token_table
+from sqrl.fsutil import atomic_dir
 
 log = logging.getLogger("sqrl.judges")
 
@@ -87,18 +78,9 @@ def converted_gguf(folder: str, gguf_file: str, root: Path | None = None) -> Pat
     config_dict.pop("quantization_config", None)  # the copy is plain float weights
     model = type(quantised)(type(quantised.config).from_dict(config_dict))
     model.load_state_dict(quantised.state_dict(), strict=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(dest, finished=lambda p: (p / "model.safetensors").exists()) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.rename(tmp, dest)
-    except OSError:
-        if not (dest / "model.safetensors").exists():
-            raise
-        log.info("another process converted %s first; using its copy", src.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

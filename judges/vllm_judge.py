@@ -16,15 +16,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from judges.base import (
-    Judge,
-    JudgeRequest,
-    LocalPrompts,
-    Verdict,
-    expected_verdict,
-    parse_verdict,
-    score_probs,
-)
+from judges.base import Judge
+from judges.prompts import JudgeRequest, LocalPrompts
+from judges.verdicts import Verdict, expected_verdict, parse_verdict, score_probs
 
 VLLM_MISSING = (
     "the 'vllm' judge backend needs vLLM, which is not installed: `pip install vllm` on a CUDA machine, "

@@ -28,7 +28,9 @@ import logging
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
-from judges.base import Judge, JudgeRequest, PromptSpec, Verdict, judge_from_config, load_judge_config, load_prompts
+from judges.base import Judge, judge_from_config, load_judge_config
+from judges.prompts import JudgeRequest, PromptSpec, load_prompts
+from judges.verdicts import Verdict
 from rewards.base import LazyReward, RewardOutput, parsed_column, register
 from rewards.builtin import select_dimensions
 from sqrl.dimensions import ARTIFACT_DIMENSION, ARTIFACT_KINDS, DISPLAY_NAMES
@@ -100,7 +102,8 @@ class LLMJudgeDimwise(_JudgeReward):
     ``dimensions``: which to judge (default all seven); ``description``: also show the answer's
     long description beside each dimension's fragment.
 
-    >>> from judges.base import Judge, Verdict
+    >>> from judges.base import Judge
+    >>> from judges.verdicts import Verdict
     >>> class Fixed(Judge):            # a stand-in for the model, at the device boundary
     ...     def _judge(self, requests): return [Verdict(8.0) for _ in requests]
     >>> from sqrl.schema import Record
@@ -156,7 +159,8 @@ class LLMJudgeUnified(_JudgeReward):
     any criterion failed. ``weights`` overrides the YAML's (1, 1, 2, 0.5); ``criteria`` picks a subset;
     ``dimensions`` limits the reference's score lines.
 
-    >>> from judges.base import Judge, Verdict
+    >>> from judges.base import Judge
+    >>> from judges.verdicts import Verdict
     >>> class Fixed(Judge):
     ...     def _judge(self, requests): return [Verdict(5.0) for _ in requests]
     >>> from sqrl.schema import Record

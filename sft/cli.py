@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from sqrl.config import add_config_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -11,11 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="calibration or long-form warm-up (SFT with LoRA and an unfrozen audio encoder)",
         description="Supervised stage of the method. The tiny configs build their synthetic corpus when missing.",
     )
-    p.add_argument("--config", required=True, help="YAML, e.g. configs/tiny/calibration.yaml")
-    p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
-    p.add_argument("--overwrite", action="store_true", help="remove an existing run in OUT first")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.lr=1e-4")
+    add_config_arguments(p, example="configs/tiny/calibration.yaml", overrides_example="train.lr=1e-4",
+                         out_help="output model directory", resume=True, overwrite=True)
     p.set_defaults(func=_sft)
 
     m = sub.add_parser("merge", help="fold an adapter and trained encoder into a new base model")
@@ -42,7 +41,7 @@ def _sft(args) -> int:
 
 
 def _merge(args) -> int:
-    from sft.merge import merge
+    from sqrl.models import merge_adapter
 
-    print(json.dumps(merge(args.checkpoint, args.out)))
+    print(json.dumps(merge_adapter(args.checkpoint, args.out)))
     return 0

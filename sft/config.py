@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from sqrl.backbones.config import LoraConfig, check_dtype
+from sqrl.data.config import DataConfig
 from sqrl.config import bounded, check_ranges
-from sqrl.prompts import PROMPTINGS
-
-ENCODER_MODES = ("trainable", "frozen", "lora")
 
 
 @dataclass
@@ -25,65 +25,27 @@ class ModelConfig:
     """auto (bf16 on GPU, fp32 on CPU), float32 or bfloat16."""
 
     def __post_init__(self):
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
+        check_dtype(self.dtype)
 
 
 @dataclass
-class LoraSettings:
-    rank: int = bounded(64, ge=1)
-    """LoRA rank on every linear layer of the LLM (paper: 64)."""
-    alpha: int | None = bounded(None, ge=1)
-    """LoRA alpha; None: equal to ``rank`` (scaling 1)."""
-    dropout: float = bounded(0.05, ge=0, lt=1)
-    encoder_mode: str = "trainable"
-    """trainable: audio tower and projector trained in full (the paper's calibration); frozen: tower
-    frozen, projector trained; lora: LoRA on the tower too."""
+class SFTDataConfig(DataConfig):
+    """The shared ``data:`` fields (``sqrl.data.config.DataConfig``) and a held-out manifest."""
 
-    def __post_init__(self):
-        check_ranges(self)
-        if self.encoder_mode not in ENCODER_MODES:
-            raise ValueError(f"lora.encoder_mode must be one of {', '.join(ENCODER_MODES)}, not {self.encoder_mode!r}")
-
-
-@dataclass
-class SynthSettings:
-    root: str = "data/synth"
-    """Folder under which corpora are cached by seed and size."""
-    num: int = bounded(2000, ge=1)
-    seed: int = bounded(0, ge=0)
-    """numpy seeds the corpus with it: a non-negative integer."""
-
-    def __post_init__(self):
-        check_ranges(self)
-
-
-@dataclass
-class DataConfig:
-    train: str | None = None
-    """Training manifest (JSONL). None: use the synthetic corpus of ``synth`` (made when absent)."""
     eval: str | None = None
     """Held-out manifest; None: the synthetic test split when ``synth`` is used."""
-    synth: SynthSettings | None = field(default_factory=SynthSettings)
-    rubric: str | None = None
-    """Rubric YAML (default configs/rubrics/qualispeech.yaml)."""
-    prompting: str = "all_dimensions"
-    """per_dimension (the paper: one dimension per prompt), all_dimensions (cheaper), long_form (warm-up)."""
-    max_seconds: float = bounded(30.0, gt=0)
-    """Clips longer than this are skipped and counted."""
-    limit: int | None = bounded(None, ge=1)
-    """Use only the first N clips (quick runs)."""
 
-    def __post_init__(self):
-        check_ranges(self)
-        if self.prompting not in PROMPTINGS:
-            raise ValueError(f"data.prompting must be one of {', '.join(PROMPTINGS)}, not {self.prompting!r}")
-        if self.train is None and self.synth is None:
-            raise ValueError("data.train or data.synth must be set")
+    def manifests(self) -> tuple[Path, Path | None]:
+        """(train, held-out) manifest paths; builds the synthetic corpus when the config asks for it."""
+        held_out = Path(self.eval) if self.eval else None
+        if self.train:
+            return Path(self.train), held_out
+        folder = self.synth.folder()
+        return folder / "train.jsonl", held_out or folder / "test.jsonl"
 
 
 @dataclass
-class DeepSpeedSettings:
+class DeepSpeedConfig:
     enabled: bool = True
     stage: int = bounded(2, ge=0, le=3)
     """ZeRO stage: 2 by default, 3 for 7B backbones."""
@@ -94,7 +56,7 @@ class DeepSpeedSettings:
 
 
 @dataclass
-class TrainSettings:
+class TrainConfig:
     epochs: float = bounded(1.0, gt=0)
     max_steps: int = bounded(-1, ge=1, also=(-1,))
     """Stop after this many optimizer steps (-1: run ``epochs``)."""
@@ -102,8 +64,11 @@ class TrainSettings:
     """Per-device micro-batch."""
     grad_accum: int = bounded(1, ge=1)
     lr: float = bounded(1.5e-5, gt=0)
+    """Peak learning rate (paper: 1.5e-5)."""
     lr_scheduler: str = "linear"
+    """A transformers scheduler name (linear, cosine, constant, ...)."""
     warmup_ratio: float = bounded(0.03, ge=0, le=1)
+    """Share of the steps spent warming the learning rate up from 0."""
     weight_decay: float = bounded(0.0, ge=0)
     max_grad_norm: float = bounded(1.0, ge=0)
     """0: no clipping."""
@@ -112,14 +77,14 @@ class TrainSettings:
     save_steps: int = bounded(200, ge=1)
     save_total_limit: int = bounded(2, ge=1)
     gradient_checkpointing: bool = False
-    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self):
         check_ranges(self)
 
 
 @dataclass
-class RaySettings:
+class RayConfig:
     num_workers: int = bounded(0, ge=0)
     """0: train in this process. N >= 1: a Ray Train TorchTrainer with N workers running the same code."""
     address: str | None = None
@@ -136,7 +101,7 @@ class SFTStageConfig:
     stage: str = "calibration"
     """A name recorded with the model: calibration or warmup."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    ray: RaySettings = field(default_factory=RaySettings)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)

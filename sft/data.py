@@ -16,24 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from sqrl.audio import SAMPLING_RATE
 from sqrl.prompts import Rubric
 from sqrl.schema import Record, read_manifest
 
 log = logging.getLogger(__name__)
-
-SAMPLING_RATE = 16_000
-
-
-def resolve_manifests(data_cfg) -> tuple[Path, Path | None]:
-    """(train, eval) manifest paths; builds the synthetic corpus when the config asks for it."""
-    if data_cfg.train:
-        return Path(data_cfg.train), Path(data_cfg.eval) if data_cfg.eval else None
-    from sqrl.data.synth import ensure_corpus
-
-    synth = data_cfg.synth
-    root = ensure_corpus(synth.root, synth.num, synth.seed)
-    eval_path = Path(data_cfg.eval) if data_cfg.eval else root / "test.jsonl"
-    return root / "train.jsonl", eval_path
 
 
 def build_examples(records: list[Record], rubric: Rubric, prompting: str) -> list[dict[str, Any]]:

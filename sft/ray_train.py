@@ -43,9 +43,7 @@ def run_sft_on_ray(cfg: SFTStageConfig, out: str | Path, resume: bool = False, o
         ray.init(address="local" if local else cfg.ray.address, include_dashboard=False, log_to_driver=True)
     # The synthetic corpus is built once here, not raced by every worker.
     if cfg.data.train is None:
-        from sft.data import resolve_manifests
-
-        train, test = resolve_manifests(cfg.data)
+        train, test = cfg.data.manifests()
         cfg.data.train, cfg.data.eval, cfg.data.synth = str(train), str(test) if test else None, None
     trainer = TorchTrainer(
         _worker_loop,

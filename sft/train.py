@@ -20,7 +20,8 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from sft.config import SFTStageConfig
-from sft.data import AudioCollator, load_examples, resolve_manifests
+from sft.data import AudioCollator, load_examples
+from sqrl.backbones.config import resolve_dtype
 from sqrl.config import save_config
 from sqrl.integrity import verify_manifest, write_manifest
 from sqrl.rundir import prepare_out
@@ -28,12 +29,6 @@ from sqrl.models import ModelMeta, load_model, read_meta, write_meta
 from sqrl.prompts import Rubric
 
 log = logging.getLogger(__name__)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return getattr(torch, name)
 
 
 def deepspeed_config(cfg: SFTStageConfig) -> dict[str, Any] | None:
@@ -156,7 +151,7 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
     ensure_process_group_env(ds_config is not None)
     torch.manual_seed(cfg.train.seed)
 
-    train_manifest, _ = resolve_manifests(cfg.data)
+    train_manifest = cfg.data.train_manifest()
     rubric = Rubric(cfg.data.rubric)
     examples = load_examples(train_manifest, rubric, cfg.data.prompting, cfg.data.limit)
     model, processor, backbone, base = build_model(cfg)

@@ -32,10 +32,10 @@ from typing import Any, Sequence
 
 import yaml
 
-from sqrl.audio import AUDIO_EXTENSIONS, AudioError, find_audio_files, load_audio
+from sqrl.audio import AUDIO_EXTENSIONS, SAMPLING_RATE, AudioError, find_audio_files, load_audio
 from sqrl.config import arg_range
 from sqrl.dimensions import ARTIFACT_DISPLAY_NAMES, DIMENSIONS
-from sqrl.evaluate import SAMPLING_RATE, Generator, _combine, training_prompts
+from sqrl.evaluate import Generator, _combine, training_prompts
 from sqrl.prompts import PROMPTINGS, Rubric
 from sqrl.schema import Assessment
 

@@ -13,7 +13,6 @@ finite. Any rate and channel count is usable (mixed to mono, resampled to 16 kHz
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-DEFAULT_SAMPLING_RATE = 16000
+from sqrl.fsutil import atomic_file
+
+SAMPLING_RATE = 16000
+"""The rate every backbone reads (``Backbone.build_inputs`` checks it); ``load_audio`` resamples to it."""
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg")
 # Shorter clips give the audio encoder fewer than ~2 positions; Qwen2-Audio then mistakes the batch
 # for its legacy un-expanded format. A tenth of a second is far below any real utterance.
@@ -100,7 +102,7 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 
 def check_wave(wave: np.ndarray, path: str | os.PathLike = "<array>", max_seconds: float | None = None,
-               sampling_rate: int = DEFAULT_SAMPLING_RATE) -> np.ndarray:
+               sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     """Raise ``AudioError`` for an empty clip, NaN or infinite samples, or one over ``max_seconds``."""
     if wave.size == 0:
         raise AudioError(path, "empty audio (0 samples)", "empty audio")
@@ -128,7 +130,7 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return wave, int(sr)
 
 
-def load_audio(path: str | os.PathLike, sampling_rate: int = DEFAULT_SAMPLING_RATE,
+def load_audio(path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE,
                max_seconds: float | None = None, min_seconds: float | None = MIN_CLIP_SECONDS) -> np.ndarray:
     """Read ``path`` as a mono float32 wave at ``sampling_rate``, if it is usable (module doc).
 
@@ -149,7 +151,7 @@ def load_audio(path: str | os.PathLike, sampling_rate: int = DEFAULT_SAMPLING_RA
     return wave
 
 
-def save_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = DEFAULT_SAMPLING_RATE,
+def save_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = SAMPLING_RATE,
                subtype: str = "PCM_16", overwrite: bool = True) -> Path:
     """Write a mono wave atomically (temp file, then rename); samples are clipped to [-1, 1].
 
@@ -166,16 +168,10 @@ def save_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = D
         raise AudioError(path, f"unsupported extension; use one of {', '.join(AUDIO_EXTENSIONS)}")
     if fmt == "OGG":
         subtype = "VORBIS"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         sf.write(tmp, np.clip(wave, -1.0, 1.0), sampling_rate, subtype=subtype, format=fmt)
         if not overwrite:  # claim the name first (FileExistsError if taken), then fill it by the rename
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from sft.config import SynthSettings
-from sqrl.config import bounded, check_ranges, load_config, save_config
-from sqrl.pipeline import EvalSettings, StageSettings, _done
+from sqrl.config import add_config_arguments, bounded, check_ranges, load_config, save_config
+from sqrl.data.config import CorpusConfig
+from sqrl.pipeline import EvalConfig, StageConfig, _done, print_finished
 from sqrl.rundir import prepare_out
 
 log = logging.getLogger(__name__)
@@ -72,26 +72,26 @@ REWARD_KEY = "rewards/total/mean"
 
 @dataclass
 class CompareConfig:
-    """Stages are ``sqrl pipeline``'s ``StageSettings`` (their ``enabled`` is not used here: ``rows`` decides)."""
+    """Stages are ``sqrl pipeline``'s ``StageConfig`` (their ``enabled`` is not used here: ``rows`` decides)."""
 
-    corpus: SynthSettings = field(default_factory=SynthSettings)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     """The one corpus every row trains on (train split) and is evaluated on (test split)."""
     seeds: list[int] = bounded(default_factory=lambda: [0, 1], ge=0)
     """Training seeds (``train.seed`` of every SFT and GRPO stage); the corpus and base model stay fixed."""
     rows: list[str] = field(default_factory=lambda: [r.name for r in ROWS])
     """Rows to train and evaluate (a subset runs only the stages it needs)."""
-    calibration: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/calibration.yaml"))
-    calibration_frozen: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/calibration.yaml"))
+    calibration: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/calibration.yaml"))
+    calibration_frozen: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/calibration.yaml"))
     """The encoder-frozen calibration; ``lora.encoder_mode=frozen`` is applied after its overrides."""
-    warmup: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/warmup.yaml"))
-    grpo_unified: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/grpo_unified.yaml"))
-    grpo_accsem: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/grpo_accsem_dimwise.yaml"))
-    grpo_llmjudge: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/grpo_llmjudge_dimwise.yaml"))
+    warmup: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/warmup.yaml"))
+    grpo_unified: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/grpo_unified.yaml"))
+    grpo_accsem: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/grpo_accsem_dimwise.yaml"))
+    grpo_llmjudge: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/grpo_llmjudge_dimwise.yaml"))
     sft_overrides: list[str] = field(default_factory=list)
     """Dotted overrides for every SFT stage, before each stage's own (e.g. ``train.max_steps=2``)."""
     grpo_overrides: list[str] = field(default_factory=list)
     """Dotted overrides for every GRPO stage, before each stage's own: the shared GRPO budget."""
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     reward_window: int = bounded(5, ge=1)
     """Table 3's training reward: mean over the first and the last N logged steps (at most half of them)."""
 
@@ -462,7 +462,7 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in fh if line.strip())
 
 
-def _sft_steps(stage: StageSettings, overrides: list[str], n_clips: int) -> int:
+def _sft_steps(stage: StageConfig, overrides: list[str], n_clips: int) -> int:
     from sft.config import SFTStageConfig
 
     cfg = load_config(SFTStageConfig, stage.config, overrides)
@@ -473,7 +473,7 @@ def _sft_steps(stage: StageSettings, overrides: list[str], n_clips: int) -> int:
     return math.ceil(n * cfg.train.epochs / (cfg.train.batch_size * cfg.train.grad_accum))
 
 
-def _grpo_plan(stage: StageSettings, overrides: list[str]) -> tuple[int, int | None]:
+def _grpo_plan(stage: StageConfig, overrides: list[str]) -> tuple[int, int | None]:
     """(steps, local Ray CPUs) of a GRPO stage."""
     from grpo.config import GRPOConfig
 
@@ -505,7 +505,7 @@ class Compare:
         c = self.cfg.corpus
         return [f"data.synth.root={c.root}", f"data.synth.num={c.num}", f"data.synth.seed={c.seed}"]
 
-    def sft_args(self, stage: str, seed: int) -> tuple[StageSettings, list[str], list[str]]:
+    def sft_args(self, stage: str, seed: int) -> tuple[StageConfig, list[str], list[str]]:
         """(settings, overrides before the stage's, overrides after) of an SFT stage of ``seed``."""
         cfg = self.cfg
         before = [*self.corpus_overrides(), *cfg.sft_overrides]
@@ -516,7 +516,7 @@ class Compare:
             after.append("lora.encoder_mode=frozen")
         return getattr(cfg, stage), before, after
 
-    def grpo_args(self, stage: str, seed: int) -> tuple[StageSettings, list[str], list[str]]:
+    def grpo_args(self, stage: str, seed: int) -> tuple[StageConfig, list[str], list[str]]:
         before = [*self.corpus_overrides(), "model.bootstrap=null", *self.cfg.grpo_overrides]
         return getattr(self.cfg, stage), before, [f"train.seed={seed}"]
 
@@ -647,13 +647,11 @@ class Compare:
 
     # ---- run
     def run(self) -> dict[str, Any]:
-        from sft.config import DataConfig
-        from sft.data import resolve_manifests
-
         prepare_out(self.out, resume=not self.overwrite, overwrite=self.overwrite)  # continues unless --overwrite
         save_config(self.cfg, self.out / "compare.yaml")
         t0 = time.perf_counter()
-        train_manifest, test_manifest = resolve_manifests(DataConfig(synth=self.cfg.corpus))
+        corpus = self.cfg.corpus.folder()
+        train_manifest, test_manifest = corpus / "train.jsonl", corpus / "test.jsonl"
         self.metrics: dict[tuple[str, int | None], dict[str, Any]] = {}
         tasks = self.plan(Path(test_manifest), Path(train_manifest))
         try:
@@ -708,16 +706,12 @@ def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False) ->
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="the paper's comparison: every row (untrained, calibration, frozen encoder, "
                        "SFT reasoning, three GRPO rewards) over several seeds, Tables 1 and 3 with mean ± std")
-    p.add_argument("--config", default="configs/tiny/compare.yaml")
-    p.add_argument("--out", required=True, help="run folder; a second call reuses its finished stages")
-    p.add_argument("--overwrite", action="store_true", help="remove an existing OUT first and start over")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. seeds=[0] 'rows=[calibration]'")
+    add_config_arguments(p, example="configs/tiny/compare.yaml", default=True,
+                         overrides_example="seeds=[0] 'rows=[calibration]'",
+                         out_help="run folder; a second call reuses its finished stages", overwrite=True)
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    cfg = load_config(CompareConfig, args.config, args.overrides)
-    results = run_compare(cfg, args.out, overwrite=args.overwrite)
-    print("\n".join(table1_lines(results)))
-    print(f"\nfinished in {results['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.md'}")
-    return 0
+    results = run_compare(load_config(CompareConfig, args.config, args.overrides), args.out, overwrite=args.overwrite)
+    return print_finished(table1_lines(results), results["seconds"], args.out)

@@ -275,3 +275,23 @@ def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, example: str, overrides_example: str,
+                         default: bool = False, out_help: str | None = None, resume: bool = False,
+                         overwrite: bool = False) -> None:
+    """The arguments of a command that runs from a config: ``--config``, ``--out``, ``--resume`` and
+    ``--overwrite`` (when asked for) and trailing ``dotted.key=value`` overrides (for ``load_config``).
+
+    ``example`` is a config path shown in the help; with ``default`` it is ``--config``'s default.
+    """
+    if default:
+        parser.add_argument("--config", default=example, help=f"YAML (default {example})")
+    else:
+        parser.add_argument("--config", required=True, help=f"YAML, e.g. {example}")
+    parser.add_argument("--out", required=True, help=out_help)
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true", help="remove an existing run in OUT first and start over")
+    parser.add_argument("overrides", nargs="*", help=f"dotted.key=value overrides, e.g. {overrides_example}")

@@ -18,6 +18,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from sqrl.audio import SAMPLING_RATE
 from sqrl.config import arg_range
 from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS
 from sqrl.prompts import PROMPTINGS, Rubric
@@ -25,7 +26,6 @@ from sqrl.response import parse
 from sqrl.schema import Assessment, Record, read_manifest
 
 log = logging.getLogger(__name__)
-SAMPLING_RATE = 16_000
 
 
 def training_prompts(model_spec: str | Path) -> tuple[str, str | None]:

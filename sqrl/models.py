@@ -9,18 +9,24 @@ GRPO stage take any of them::
     DIR/processor files                                    (tokenizer, feature extractor, chat template)
 
 ``base`` is the model the adapter was trained on: null means the backbone's own default (the
-offline tiny build, or the hub id of a released model).
+offline tiny build, or the hub id of a released model). ``merge_adapter`` folds an adapter directory
+into a full one (``sqrl merge``; GRPO starts from the merged calibration model).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from sqrl.audio import SAMPLING_RATE
+from sqrl.fsutil import publish, temp_dir_beside
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +98,46 @@ def load_model(
     model = backbone.load_adapter(base, spec_path, is_trainable=trainable)
     log.info("loaded adapter %s over %s", spec_path, meta.base or meta.backbone)
     return model, processor, backbone
+
+
+def probe_logits(model, processor, backbone, seed: int = 0) -> torch.Tensor:
+    """Logits on a fixed synthetic clip and prompt; used to check that a merge keeps the model."""
+    rng = np.random.default_rng(seed)
+    wave = (0.1 * rng.standard_normal(SAMPLING_RATE * 2)).astype(np.float32)
+    inputs = backbone.build_inputs(processor, [wave], ["Rate the noise."], answers=["Noise: 3/5"])
+    inputs.pop("labels", None)
+    inputs.pop("completion_mask", None)
+    model.eval()
+    with torch.no_grad():
+        return model(**inputs).logits.float()
+
+
+def merge_adapter(checkpoint: str | os.PathLike, out: str | os.PathLike, atol: float = 1e-4) -> dict[str, float]:
+    """Fold ``checkpoint`` (an adapter model dir) and its trained encoder into a full model at ``out``.
+
+    Written beside ``out`` and renamed when checked, so a failed merge leaves no half-written model.
+    Raises if the merged model's logits differ from the adapter model's by more than ``atol``.
+    Returns the check: ``{"max_abs_logit_diff": ...}``.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    meta = read_meta(checkpoint)
+    if meta.kind != "adapter":
+        raise ValueError(f"{checkpoint} is already a full model; nothing to merge")
+    model, processor, backbone = load_model(checkpoint)
+    before = probe_logits(model, processor, backbone)
+    stage = temp_dir_beside(out)
+    try:
+        merged = backbone.save_merged(model, processor, stage / "model")
+        write_meta(merged, ModelMeta(backbone=backbone.name, kind="full", base=None, stage="merge"))
+        # the prompts the model was trained with travel with it (sqrl eval and GRPO read them)
+        if (checkpoint / "sqrl_config.yaml").exists():
+            shutil.copy(checkpoint / "sqrl_config.yaml", merged / "sqrl_config.yaml")
+        reloaded, processor2, _ = load_model(merged)
+        diff = float((before - probe_logits(reloaded, processor2, backbone)).abs().max())
+        if diff > atol:
+            raise RuntimeError(f"merged model's logits differ by {diff:.3g} (> {atol}); not writing {out}")
+        publish(merged, out, replace=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    log.info("merged %s into %s (max logit difference %.2e)", checkpoint, out, diff)
+    return {"max_abs_logit_diff": diff}

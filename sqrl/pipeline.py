@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sft.config import SynthSettings
-from sqrl.config import bounded, check_ranges, load_config, save_config
+from sqrl.config import add_config_arguments, bounded, check_ranges, load_config, save_config
+from sqrl.data.config import CorpusConfig
 from sqrl.rundir import prepare_out
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class StageSettings:
+class StageConfig:
     config: str
     """The stage's own YAML (sft or grpo)."""
     overrides: list[str] = field(default_factory=list)
@@ -32,7 +32,7 @@ class StageSettings:
 
 
 @dataclass
-class EvalSettings:
+class EvalConfig:
     limit: int | None = bounded(None, ge=1)
     """Evaluate on the first N test clips (None: all)."""
     batch_size: int = bounded(16, ge=1)
@@ -44,11 +44,11 @@ class EvalSettings:
 
 @dataclass
 class PipelineConfig:
-    corpus: SynthSettings = field(default_factory=SynthSettings)
-    calibration: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/calibration.yaml"))
-    warmup: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/warmup.yaml"))
-    grpo: StageSettings = field(default_factory=lambda: StageSettings("configs/tiny/grpo_accsem_dimwise.yaml"))
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    calibration: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/calibration.yaml"))
+    warmup: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/warmup.yaml"))
+    grpo: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/grpo_accsem_dimwise.yaml"))
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _done(path: Path) -> bool:
@@ -60,7 +60,7 @@ def _corpus_overrides(cfg: PipelineConfig, section: str = "data") -> list[str]:
     return [f"{section}.synth.root={c.root}", f"{section}.synth.num={c.num}", f"{section}.synth.seed={c.seed}"]
 
 
-def run_sft_stage(name: str, stage: StageSettings, out: Path, extra: list[str],
+def run_sft_stage(name: str, stage: StageConfig, out: Path, extra: list[str],
                   after: list[str] | None = None) -> Path:
     """Train an SFT stage into ``out`` (skipped when complete; continued from its last checkpoint when
     interrupted). Overrides apply in the order ``extra``, ``stage.overrides``, ``after``."""
@@ -78,13 +78,13 @@ def run_sft_stage(name: str, stage: StageSettings, out: Path, extra: list[str],
 
 
 def merge_stage(adapter: Path, out: Path) -> Path:
-    """``sft.merge.merge`` of ``adapter`` into ``out`` (skipped when complete)."""
-    from sft.merge import merge
+    """``sqrl.models.merge_adapter`` of ``adapter`` into ``out`` (skipped when complete)."""
+    from sqrl.models import merge_adapter
 
     if _done(out):
         log.info("merge: %s exists, skipping", out)
         return out
-    merge(adapter, out)
+    merge_adapter(adapter, out)
     return out
 
 
@@ -96,13 +96,10 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, overwrite: bool = False) 
     """Run every enabled stage into ``out`` and return the final table (metrics per stage). A second call
     continues: complete stages are skipped, an interrupted one resumes; ``overwrite`` starts over (the old
     ``out`` is removed first, sqrl/rundir.py)."""
-    from sft.data import resolve_manifests
-    from sft.config import DataConfig
-
     out = prepare_out(out, resume=not overwrite, overwrite=overwrite)
     save_config(cfg, out / "pipeline.yaml")
     t0 = time.perf_counter()
-    _, test_manifest = resolve_manifests(DataConfig(synth=cfg.corpus))
+    test_manifest = cfg.corpus.folder() / "test.jsonl"
     models: dict[str, Path] = {}
     calib = run_sft_stage("calibration", cfg.calibration, out / "calibration", _corpus_overrides(cfg))
     models["calibration"] = calib
@@ -124,7 +121,7 @@ def run_grpo_stage(cfg: PipelineConfig, init: Path, out: Path) -> Path:
     return run_grpo_config("grpo", cfg.grpo, init, out, _corpus_overrides(cfg))
 
 
-def run_grpo_config(name: str, stage: StageSettings, init: Path, out: Path, extra: list[str],
+def run_grpo_config(name: str, stage: StageConfig, init: Path, out: Path, extra: list[str],
                     after: list[str] | None = None) -> Path:
     """Train a GRPO stage from the merged model ``init`` into ``out`` (skipped when complete; resumed when
     an earlier run left checkpoints or logged steps). Overrides apply in the order ``extra``,
@@ -145,7 +142,7 @@ def run_grpo_config(name: str, stage: StageSettings, init: Path, out: Path, extr
     return out
 
 
-def evaluate_model(model: Path | str, manifest: Path | str, target: Path, settings: EvalSettings,
+def evaluate_model(model: Path | str, manifest: Path | str, target: Path, settings: EvalConfig,
                    rubric: str | None = None) -> tuple[dict[str, Any], bool]:
     """(metrics, reused): ``sqrl eval`` of ``model`` into ``target``, or the metrics already there when
     they are newer than the model (a model retrained since is evaluated again)."""
@@ -204,16 +201,18 @@ def write_report(out: Path, table: dict[str, Any]) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="the whole method: corpus, calibration, warm-up, GRPO, eval, report")
-    p.add_argument("--config", default="configs/tiny/pipeline.yaml")
-    p.add_argument("--out", required=True, help="run folder; a second call continues the run in it")
-    p.add_argument("--overwrite", action="store_true", help="remove an existing run in OUT first and start over")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. grpo.enabled=false")
+    add_config_arguments(p, example="configs/tiny/pipeline.yaml", default=True, overrides_example="grpo.enabled=false",
+                         out_help="run folder; a second call continues the run in it", overwrite=True)
     p.set_defaults(func=_run)
 
 
-def _run(args) -> int:
-    cfg = load_config(PipelineConfig, args.config, args.overrides)
-    table = run_pipeline(cfg, args.out, overwrite=args.overwrite)
-    print("\n".join(table_lines(table)))
-    print(f"\nfinished in {table['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.md'}")
+def print_finished(lines: list[str], seconds: float, out: str | Path) -> int:
+    """What a recipe command prints at the end: its table, the time taken, where the report is."""
+    print("\n".join(lines))
+    print(f"\nfinished in {seconds / 60:.1f} min; report: {Path(out) / 'report.md'}")
     return 0
+
+
+def _run(args) -> int:
+    table = run_pipeline(load_config(PipelineConfig, args.config, args.overrides), args.out, overwrite=args.overwrite)
+    return print_finished(table_lines(table), table["seconds"], args.out)

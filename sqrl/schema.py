@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sqrl.dimensions import ARTIFACT_KINDS, DIMENSIONS, SCORE_MAX, SCORE_MIN, valid_score
+from sqrl.fsutil import atomic_file
 
 
 @dataclass
@@ -187,8 +188,7 @@ def write_manifest(path: str | os.PathLike, records: Iterable[Record], relative_
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = Path(relative_to) if relative_to else path.parent
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for rec in records:
             obj = rec.to_dict()
             audio = Path(rec.audio)
@@ -198,4 +198,3 @@ def write_manifest(path: str | os.PathLike, records: Iterable[Record], relative_
                 except ValueError:
                     obj["audio"] = str(audio)
             fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

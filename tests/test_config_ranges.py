@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from grpo.config import GRPOConfig
-from sft.config import SFTStageConfig, TrainSettings
+from sft.config import SFTStageConfig, TrainConfig
 from sqrl.compare import CompareConfig
 from sqrl.config import ConfigError, Range, apply_overrides, from_dict, load_config
 from sqrl.pipeline import PipelineConfig
@@ -48,7 +48,7 @@ def _numeric_fields(cls, prefix=""):
         if inner is not None:
             yield from _numeric_fields(inner, key + ".")
         elif typing.get_origin(tp) is dict:
-            continue  # free-form mappings (cluster.*.resources: checked in ClusterSettings.__post_init__)
+            continue  # free-form mappings (cluster.*.resources: checked in ClusterConfig.__post_init__)
         elif {int, float} & {tp, *typing.get_args(tp), *[a for t in typing.get_args(tp) for a in typing.get_args(t)]}:
             yield key
 
@@ -122,7 +122,7 @@ def test_sentinels_bounds_and_none_stay_allowed():
 
 def test_a_config_built_in_python_checks_its_ranges_too():
     with pytest.raises(ValueError, match=r"^epochs must be > 0, got -1$"):
-        TrainSettings(epochs=-1)
+        TrainConfig(epochs=-1)
     with pytest.raises(ConfigError, match=r"^policy\.adam_betas\[1\] must be in \[0, 1\), got 1\.5$"):
         load_config(GRPOConfig, None, ["policy.adam_betas=[0.9, 1.5]"])
     with pytest.raises(ConfigError, match=r"must be a finite number"):

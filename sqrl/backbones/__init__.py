@@ -9,62 +9,35 @@ Four entries share one interface (``Backbone``):
   byte-level BPE trained on the fly and a Whisper feature extractor, cached under ``$SQRL_CACHE``
   (default ``~/.cache/sqrl``). ``get_backbone("tiny-af3", window_s=5)`` gives a variant.
 
+Names load lazily: ``import sqrl.backbones.config`` (the config sections) needs no torch.
+
+>>> from sqrl.backbones import get_backbone
 >>> bb = get_backbone("tiny-qwen2-audio")
 >>> bb.family.audio_placeholder
 '<|audio_bos|><|AUDIO|><|audio_eos|>'
 """
 from __future__ import annotations
 
-from typing import Any
+import importlib
 
-from sqrl.backbones.core import ENCODER_MODES, IGNORE_INDEX, Backbone
-from sqrl.backbones.families import AF3, QWEN2_AUDIO, SAMPLING_RATE, Family, TinySpec
+from sqrl.audio import SAMPLING_RATE
+from sqrl.backbones.config import DTYPES, ENCODER_MODES, LoraConfig, resolve_dtype
 
-__all__ = [
-    "AF3",
-    "QWEN2_AUDIO",
-    "ENCODER_MODES",
-    "IGNORE_INDEX",
-    "SAMPLING_RATE",
-    "Backbone",
-    "Family",
-    "TinySpec",
-    "get_backbone",
-    "list_backbones",
-    "register_backbone",
-]
-
-_REGISTRY: dict[str, Backbone] = {}
+_EXPORTS = {
+    "AF3": "sqrl.backbones.families",
+    "QWEN2_AUDIO": "sqrl.backbones.families",
+    "Family": "sqrl.backbones.families",
+    "TinySpec": "sqrl.backbones.families",
+    "IGNORE_INDEX": "sqrl.backbones.core",
+    "Backbone": "sqrl.backbones.core",
+    "get_backbone": "sqrl.backbones.registry",
+    "list_backbones": "sqrl.backbones.registry",
+    "register_backbone": "sqrl.backbones.registry",
+}
+__all__ = ["DTYPES", "ENCODER_MODES", "SAMPLING_RATE", "LoraConfig", "resolve_dtype", *_EXPORTS]
 
 
-def register_backbone(backbone: Backbone) -> Backbone:
-    """Add ``backbone`` under its name; a name already taken is a ``ValueError``."""
-    if not isinstance(backbone, Backbone):
-        raise TypeError(f"expected a Backbone, got {type(backbone).__name__}")
-    if backbone.name in _REGISTRY:
-        raise ValueError(f"a backbone named {backbone.name!r} is already registered")
-    _REGISTRY[backbone.name] = backbone
-    return backbone
-
-
-def get_backbone(name: str, **tiny_overrides: Any) -> Backbone:
-    """The registered backbone ``name``; keyword arguments change fields of a tiny entry's spec."""
-    try:
-        backbone = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
-    return backbone.variant(**tiny_overrides) if tiny_overrides else backbone
-
-
-def list_backbones() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-register_backbone(Backbone("audio-flamingo-3", AF3, hub_id="nvidia/audio-flamingo-3-hf",
-                           description="Audio Flamingo 3 (7B), the paper's model"))
-register_backbone(Backbone("qwen2-audio", QWEN2_AUDIO, hub_id="Qwen/Qwen2-Audio-7B-Instruct",
-                           description="Qwen2-Audio-7B-Instruct"))
-register_backbone(Backbone("tiny-af3", AF3, tiny=TinySpec(),
-                           description="AudioFlamingo3 class, tiny config, built offline"))
-register_backbone(Backbone("tiny-qwen2-audio", QWEN2_AUDIO, tiny=TinySpec(),
-                           description="Qwen2-Audio class, tiny config, built offline"))
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sqrl.backbones' has no attribute {name!r}")

@@ -8,10 +8,8 @@ Batch layout (``Backbone.build_inputs``):
   row then starts at position 0, so the default position ids are right and a row's logits do not
   depend on what it is batched with: SFT and GRPO log-probs equal those of the clip on its own.
   ``labels`` are -100 except on the answer tokens and the end-of-turn token; ``completion_mask`` is
-  1 exactly there. The logits at ``t`` predict token ``t + 1``, so completion log-probs are::
-
-      logp = logits[:, :-1].log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
-      logp = logp * completion_mask[:, 1:]
+  1 exactly there. The logits at ``t`` predict token ``t + 1``; ``sqrl.logprobs.completion_logprobs``
+  reads the completion log-probs off such a batch.
 
 ``model(**batch)`` accepts the whole batch (the model ignores ``completion_mask``).
 """
@@ -22,7 +20,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,14 +29,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import BatchFeature
 
-from sqrl.audio import MIN_CLIP_SECONDS  # the loaders skip shorter clips; _check_wave guards direct callers
-from sqrl.backbones.families import SAMPLING_RATE, Family, TinySpec
+from sqrl.audio import MIN_CLIP_SECONDS, SAMPLING_RATE  # the loaders skip shorter clips; _check_wave guards direct callers
+from sqrl.backbones.config import ENCODER_MODES
+from sqrl.backbones.families import Family, TinySpec
 from sqrl.backbones.tiny import ensure_tiny
-from sqrl.scratch import remove_stale, staging_dir
+from sqrl.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
-
-ENCODER_MODES = ("trainable", "frozen", "lora")
 IGNORE_INDEX = -100
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -294,17 +290,10 @@ class Backbone:
         out = Path(out_dir)
         if out.exists():
             raise FileExistsError(f"{out} exists; choose a new directory for the merged model")
-        out.parent.mkdir(parents=True, exist_ok=True)
         merged = peft_model.merge_and_unload()
-        remove_stale(out)  # what a killed merge left (GBs for a 7B model)
-        tmp = staging_dir(out)
-        try:
+        with atomic_dir(out) as tmp:
             merged.save_pretrained(tmp)
             processor.save_pretrained(tmp)
-            os.rename(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return out
 
 

@@ -22,7 +22,6 @@ from transformers import (
 
 from sqrl.backbones.tokenizer import IM_END, PAD_TOKEN
 
-SAMPLING_RATE = 16000
 # Whisper front end: 100 mel frames per second; conv2 (stride 2) leaves 50 encoder positions per second.
 MEL_FRAMES_PER_SECOND = 100
 ENCODER_POSITIONS_PER_SECOND = 50

@@ -12,16 +12,16 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, WhisperFeatureExtractor
 
-from sqrl.backbones.families import SAMPLING_RATE, Family, TinySpec, TEXT_CHAT_TEMPLATE
+from sqrl.audio import SAMPLING_RATE
+from sqrl.backbones.families import Family, TinySpec, TEXT_CHAT_TEMPLATE
 from sqrl.backbones.tokenizer import AUDIO_TOKENS, IM_END, PAD_TOKEN, corpus_digest, train_bpe
-from sqrl.scratch import remove_stale, staging_dir
+from sqrl.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -127,20 +127,8 @@ def ensure_tiny(name: str, family: Family, spec: TinySpec, root: str | os.PathLi
         return final
     if final.exists():
         raise RuntimeError(f"{final} exists but has no {BUILD_MARKER}: not a finished sqrl build; remove it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(final)  # a build killed half-way; a concurrent one is left alone
-    tmp = staging_dir(final)
-    try:
+    with atomic_dir(final, finished=lambda p: (p / BUILD_MARKER).is_file()) as tmp:
         log.info("building tiny backbone %s into %s", name, final)
         build_tiny(family, spec, tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache is shared with later readers
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / BUILD_MARKER).is_file():
-                raise
-            log.info("another process finished %s first; using its build", final.name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from sqrl.audio import SAMPLING_RATE
 from sqrl.config import arg_range
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--clean-dir", type=Path, default=None,
                    help="clean recordings (wav/flac/ogg, any rate, mono or stereo) instead of eSpeak; "
                         "sub-folders are speakers")
-    p.add_argument("--sample-rate", type=arg_range(int, ge=16000), default=16000)
+    p.add_argument("--sample-rate", type=arg_range(int, ge=16000), default=SAMPLING_RATE)
     p.add_argument("--test-fraction", type=arg_range(float, ge=0, lt=1), default=0.15, help="share of clips in test.jsonl")
     p.add_argument("--workers", type=arg_range(int, ge=1), default=2, help="worker processes (1: no pool)")
     p.add_argument("--no-pesq", action="store_true", help="skip the PESQ label-sanity measurement")
@@ -99,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--fix", type=Path, default=None, metavar="OUT",
                    help="write the usable lines to OUT, resampling audio to --sample-rate mono")
     p.add_argument("--max-seconds", type=arg_range(float, gt=0), default=30.0, help="longest clip allowed")
-    p.add_argument("--sample-rate", type=arg_range(int, ge=1), default=16000, help="expected sample rate")
+    p.add_argument("--sample-rate", type=arg_range(int, ge=1), default=SAMPLING_RATE, help="expected sample rate")
     p.set_defaults(func=_validate)
     return data
 

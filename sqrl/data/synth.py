@@ -14,7 +14,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +22,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sqrl.audio import AudioError, audio_info, find_audio_files, resample, save_audio
+from sqrl.audio import SAMPLING_RATE, AudioError, audio_info, find_audio_files, resample, save_audio
 from sqrl.config import bounded, check_ranges
 from sqrl.data import labels
 from sqrl.data.render import render_clip
 from sqrl.data.sentences import make_sentence, sentence_id
 from sqrl.data.tts import TTSError, all_voices
+from sqrl.fsutil import atomic_dir
 from sqrl.runtime import die_with_parent, sigterm_as_exit
 from sqrl.schema import record_from_dict, write_manifest
-from sqrl.scratch import remove_stale, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ class SynthConfig:
     out: Path
     num: int = bounded(ge=1)
     seed: int = bounded(0, ge=0)
-    sample_rate: int = bounded(16000, ge=MIN_SAMPLE_RATE)
+    sample_rate: int = bounded(SAMPLING_RATE, ge=MIN_SAMPLE_RATE)
     """Band-limiting needs the band: 16 kHz or more."""
     test_fraction: float = bounded(0.15, ge=0, lt=1)
     clean_dir: Path | None = None
@@ -271,27 +270,21 @@ def synthesize_corpus(cfg: SynthConfig) -> SynthSummary:
         prepare_out(out, can_resume=False, create=False)  # a non-empty out is refused (sqrl/rundir.py)
     elif is_taken(out):
         check_removable(out)
-    remove_stale(out)
-    tmp = staging_dir(out)
-    try:
+    with atomic_dir(out) as tmp:
         with sigterm_as_exit():
             summary = _write_corpus(cfg, tmp)
         if out.exists():
             remove_run(out)
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
-def corpus_dir(root: str | os.PathLike, num: int, seed: int, sample_rate: int = 16000) -> Path:
+def corpus_dir(root: str | os.PathLike, num: int, seed: int, sample_rate: int = SAMPLING_RATE) -> Path:
     """Where ``ensure_corpus`` keeps the corpus for these arguments (the version is in the name,
     so a change of the label rules never reuses a stale corpus)."""
     return Path(root) / f"synth-v{SYNTH_VERSION}-n{num}-s{seed}-sr{sample_rate}"
 
 
-def ensure_corpus(root: str | os.PathLike, num: int, seed: int, sample_rate: int = 16000,
+def ensure_corpus(root: str | os.PathLike, num: int, seed: int, sample_rate: int = SAMPLING_RATE,
                   workers: int = 2, pesq: bool = True) -> Path:
     """The folder of a synthetic corpus of ``num`` clips for ``seed``, made if absent.
 
@@ -305,19 +298,9 @@ def ensure_corpus(root: str | os.PathLike, num: int, seed: int, sample_rate: int
         return target
     if target.exists() and any(target.iterdir()):
         raise RuntimeError(f"{target} exists but is not a complete corpus (no stats.json); remove it")
-    remove_stale(target)
-    tmp = staging_dir(target)
-    try:
+    with atomic_dir(target, finished=lambda p: (p / "stats.json").is_file()) as tmp:
         cfg = SynthConfig(out=target, num=num, seed=seed, sample_rate=sample_rate, workers=workers, pesq=pesq)
         log.info("building synthetic corpus %s", target)
         with sigterm_as_exit():
             _write_corpus(cfg, tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race (target now exists and is not empty)
-            if not (target / "stats.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sqrl.audio import AudioError, audio_info, check_wave, header_problem, read_audio, resample, save_audio, to_mono
+from sqrl.audio import SAMPLING_RATE, AudioError, audio_info, check_wave, header_problem, read_audio, resample, save_audio, to_mono
 from sqrl.dimensions import DIMENSIONS
 from sqrl.schema import ManifestError, Record, record_from_dict, write_manifest
 
@@ -141,7 +141,7 @@ def _parse_line(raw: str, lineno: int, source: str, base: Path, seen: set[str]) 
     return checked
 
 
-def validate_manifest(path: str | os.PathLike, max_seconds: float = 30.0, sampling_rate: int = 16000
+def validate_manifest(path: str | os.PathLike, max_seconds: float = 30.0, sampling_rate: int = SAMPLING_RATE
                       ) -> ValidationReport:
     """Check every line of ``path`` (never stopping at the first problem) and its audio.
 
@@ -185,7 +185,7 @@ def _save_new(audio_dir: Path, clip_id: str, wave: np.ndarray, sampling_rate: in
     raise FileExistsError(f"{audio_dir}: no free file name for clip {clip_id!r}")
 
 
-def fix_manifest(report: ValidationReport, out: str | os.PathLike, sampling_rate: int = 16000
+def fix_manifest(report: ValidationReport, out: str | os.PathLike, sampling_rate: int = SAMPLING_RATE
                  ) -> tuple[int, list[str]]:
     """Write the usable lines of ``report`` to ``out``; audio at another rate or with several
     channels is resampled to mono ``sampling_rate`` into ``<out stem>_audio/`` (one new file per clip,

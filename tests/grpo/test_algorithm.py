@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grpo.algorithm import (
-    LossSettings,
+    LossConfig,
     Normalizer,
     flat_groups,
     group_advantages,
@@ -17,7 +17,6 @@ from grpo.algorithm import (
     nanstd,
     per_token_objective,
     reduce_loss,
-    token_logprobs,
 )
 from grpo.batch import TrainSample
 from grpo.policy_worker import plan_update
@@ -111,7 +110,7 @@ def test_loss_and_gradient_equal_trls_compute_loss(loss_type, beta, reuse):
     # A fixed seed per case: hash() of a str tuple changes with every process (PYTHONHASHSEED), and 5 of
     # 1,000 seeds give a batch with no clipped token, which failed the clipping check below at random.
     logps, old, ref, adv, mask = random_batch(seed=zlib.crc32(repr((loss_type, beta, reuse)).encode()) % 1000)
-    settings = LossSettings(loss_type, beta, 0.2, 0.28, max_completion_length=9)
+    settings = LossConfig(loss_type, beta, 0.2, 0.28, max_completion_length=9)
     old_in = old if reuse else None
 
     ours_in = logps.clone().requires_grad_(True)
@@ -140,7 +139,7 @@ def test_loss_and_gradient_equal_trls_compute_loss(loss_type, beta, reuse):
 def test_micro_batches_and_ranks_sum_to_the_whole_batch_loss(loss_type):
     # 1 x 6 equals 3 micro-batches of 2, and equals 2 ranks x 3 micro-batches of 1 (gradients averaged).
     logps, old, ref, adv, mask = random_batch(seed=7)
-    settings = LossSettings(loss_type, 0.04, 0.2, 0.2, max_completion_length=9)
+    settings = LossConfig(loss_type, 0.04, 0.2, 0.2, max_completion_length=9)
     whole = reduce_loss(per_token_objective(logps, old, ref, adv, settings)[0], mask, settings,
                         Normalizer(6, int(mask.sum()), 1))
     split = sum(reduce_loss(per_token_objective(logps[i:i + 2], old[i:i + 2], ref[i:i + 2], adv[i:i + 2], settings)[0],
@@ -157,13 +156,6 @@ def test_k3_kl_is_nonnegative_and_zero_at_equality():
     b = torch.randn(50)
     assert (k3_kl(a, b) >= -1e-7).all()
     assert torch.equal(k3_kl(a, a), torch.zeros(50))
-
-
-def test_token_logprobs_equal_log_softmax_gather():
-    logits = torch.randn(5, 7, 11)
-    targets = torch.randint(0, 11, (5, 7))
-    expected = logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
-    assert torch.allclose(token_logprobs(logits, targets, chunk=2), expected, atol=1e-6)
 
 
 def test_plan_update_gives_every_rank_the_same_number_of_micro_batches():

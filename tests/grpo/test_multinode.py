@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo.config import ClusterSettings, GRPOConfig, PoolSettings
+from grpo.config import ClusterConfig, GRPOConfig, PoolConfig
 from grpo.driver import Driver
 from grpo.logging import read_metrics
 from grpo.placement import actor_nodes, create_placement, plan_placement
@@ -141,8 +141,8 @@ def probes(placement, role: str, n: int) -> list:
 
 def test_strict_spread_puts_each_worker_of_a_pool_on_its_own_node(two_nodes):
     _, head, spare = two_nodes
-    cl = ClusterSettings(placement="split", policy=PoolSettings(cpus=0.1), rollout=PoolSettings(cpus=0.1),
-                         reward=PoolSettings(cpus=0.1, strategy="STRICT_SPREAD"))
+    cl = ClusterConfig(placement="split", policy=PoolConfig(cpus=0.1), rollout=PoolConfig(cpus=0.1),
+                         reward=PoolConfig(cpus=0.1, strategy="STRICT_SPREAD"))
     placement = create_placement(plan_placement(cl, {"policy": 1, "rollout": 1, "reward": 2}), timeout_s=30)
     try:
         nodes = actor_nodes(probes(placement, "reward", 2))
@@ -153,8 +153,8 @@ def test_strict_spread_puts_each_worker_of_a_pool_on_its_own_node(two_nodes):
 
 def test_colocated_policy_and_rollout_workers_share_their_bundles_node(two_nodes):
     _, head, spare = two_nodes
-    cl = ClusterSettings(placement="colocate", strategy="STRICT_SPREAD", policy=PoolSettings(cpus=0.1),
-                         rollout=PoolSettings(cpus=0.1), reward=PoolSettings(cpus=0.1, pool="own"))
+    cl = ClusterConfig(placement="colocate", strategy="STRICT_SPREAD", policy=PoolConfig(cpus=0.1),
+                         rollout=PoolConfig(cpus=0.1), reward=PoolConfig(cpus=0.1, pool="own"))
     plan = plan_placement(cl, {"policy": 2, "rollout": 2, "reward": 1})
     placement = create_placement(plan, timeout_s=30)
     try:
@@ -168,8 +168,8 @@ def test_colocated_policy_and_rollout_workers_share_their_bundles_node(two_nodes
 def test_a_placement_the_cluster_cannot_hold_fails_and_names_the_demand(two_nodes):
     from ray.util.placement_group import placement_group_table
 
-    cl = ClusterSettings(placement="split", policy=PoolSettings(gpus=1), rollout=PoolSettings(cpus=0.1),
-                         reward=PoolSettings(cpus=0.1))
+    cl = ClusterConfig(placement="split", policy=PoolConfig(gpus=1), rollout=PoolConfig(cpus=0.1),
+                         reward=PoolConfig(cpus=0.1))
     before = {k for k, v in placement_group_table().items() if v["state"] != "REMOVED"}
     with pytest.raises(TimeoutError, match=r"'GPU': 1\.0.*the cluster has"):
         create_placement(plan_placement(cl, {"policy": 1, "rollout": 1, "reward": 1}), timeout_s=2)

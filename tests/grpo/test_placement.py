@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo.config import ClusterSettings, GRPOConfig, PoolSettings
+from grpo.config import ClusterConfig, GRPOConfig, PoolConfig
 from grpo.placement import Slot, actor_resources, plan_placement, total_demand, worker_counts
 from sqrl.config import ConfigError, from_dict, load_config
 
@@ -17,7 +17,7 @@ COUNTS = {"policy": 2, "rollout": 1, "reward": 3}
 
 
 def test_placement_none_is_the_old_behaviour_from_the_flat_fields():
-    cl = ClusterSettings(policy_gpus=1, rollout_cpus=2)
+    cl = ClusterConfig(policy_gpus=1, rollout_cpus=2)
     plan = plan_placement(cl, COUNTS)
     assert plan.pools == []
     assert plan.slots == {"policy": [Slot()] * 2, "rollout": [Slot()], "reward": [Slot()] * 3}
@@ -26,10 +26,10 @@ def test_placement_none_is_the_old_behaviour_from_the_flat_fields():
 
 
 def test_split_gives_each_role_its_own_group_with_its_own_strategy():
-    cl = ClusterSettings(placement="split", strategy="spread",
-                         policy=PoolSettings(cpus=8, gpus=1, strategy="STRICT_PACK"),
-                         rollout=PoolSettings(cpus=4, gpus=1),
-                         reward=PoolSettings(cpus=2, gpus=0.5, resources={"judge_node": 0.1}))
+    cl = ClusterConfig(placement="split", strategy="spread",
+                         policy=PoolConfig(cpus=8, gpus=1, strategy="STRICT_PACK"),
+                         rollout=PoolConfig(cpus=4, gpus=1),
+                         reward=PoolConfig(cpus=2, gpus=0.5, resources={"judge_node": 0.1}))
     plan = plan_placement(cl, COUNTS)
     assert [(p.name, p.strategy, len(p.bundles)) for p in plan.pools] == [
         ("policy", "STRICT_PACK", 2), ("rollout", "SPREAD", 1), ("reward", "SPREAD", 3)]
@@ -41,8 +41,8 @@ def test_split_gives_each_role_its_own_group_with_its_own_strategy():
 
 
 def test_colocate_puts_worker_k_of_every_role_into_bundle_k():
-    cl = ClusterSettings(placement="colocate", policy=PoolSettings(cpus=1, gpus=0.5),
-                         rollout=PoolSettings(cpus=1, gpus=0.5), reward=PoolSettings(cpus=1))
+    cl = ClusterConfig(placement="colocate", policy=PoolConfig(cpus=1, gpus=0.5),
+                         rollout=PoolConfig(cpus=1, gpus=0.5), reward=PoolConfig(cpus=1))
     plan = plan_placement(cl, COUNTS)
     (shared,) = plan.pools
     assert (shared.name, shared.strategy) == ("shared", "PACK")
@@ -53,8 +53,8 @@ def test_colocate_puts_worker_k_of_every_role_into_bundle_k():
 
 
 def test_a_role_may_leave_the_shared_pool_for_its_own():
-    cl = ClusterSettings(placement="colocate", policy=PoolSettings(gpus=0.5), rollout=PoolSettings(gpus=0.5),
-                         reward=PoolSettings(cpus=4, gpus=1, pool="own", strategy="STRICT_PACK"))
+    cl = ClusterConfig(placement="colocate", policy=PoolConfig(gpus=0.5), rollout=PoolConfig(gpus=0.5),
+                         reward=PoolConfig(cpus=4, gpus=1, pool="own", strategy="STRICT_PACK"))
     plan = plan_placement(cl, COUNTS)
     assert [(p.name, p.strategy) for p in plan.pools] == [("shared", "PACK"), ("reward", "STRICT_PACK")]
     assert plan.pool("shared").bundles == [{"GPU": 1.0}, {"GPU": 0.5}]
@@ -62,7 +62,7 @@ def test_a_role_may_leave_the_shared_pool_for_its_own():
 
 
 def test_a_shared_pool_tolerates_a_role_that_asks_for_nothing_but_not_an_empty_bundle():
-    cl = ClusterSettings(placement="colocate", policy=PoolSettings(gpus=1))
+    cl = ClusterConfig(placement="colocate", policy=PoolConfig(gpus=1))
     plan = plan_placement(cl, {"policy": 2, "rollout": 1, "reward": 1})
     assert plan.pool("shared").bundles == [{"GPU": 1.0}, {"GPU": 1.0}]  # rollout and reward ride along in bundle 0
     with pytest.raises(ValueError, match=r"bundles \[2\] of the shared pool ask for nothing"):

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from grpo.algorithm import LossSettings
+from grpo.algorithm import LossConfig
 from grpo.batch import ClipRequest, TrainSample
 from grpo.policy_worker import PolicyWorker, free_address, plan_update
 from grpo.rollout_worker import HFRolloutWorker, SamplingParams
@@ -28,7 +28,7 @@ def policy(tiny_init):
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     worker = PolicyWorker(str(tiny_init), "tiny-qwen2-audio", lora_rank=8, lora_alpha=None, lora_dropout=0.0,
                           encoder_mode="trainable", dtype="float32", lr=2e-3,
-                          loss=LossSettings("grpo", beta=0.04, max_completion_length=SAMPLING.max_new_tokens))
+                          loss=LossConfig("grpo", beta=0.04, max_completion_length=SAMPLING.max_new_tokens))
     worker.setup(*free_address())
     return worker
 
@@ -104,7 +104,8 @@ def test_weight_update_carries_the_adapter_and_the_trained_encoder(policy):
 
 
 def test_reference_is_the_merged_base_even_though_the_encoder_copy_trains(policy, completions, tiny_init):
-    from grpo.batch import completion_inputs, completion_logprobs, load_waves, per_row
+    from grpo.batch import completion_inputs, load_waves, per_row
+    from sqrl.logprobs import completion_logprobs
     from sqrl.backbones import get_backbone
 
     train_once(policy, completions)  # at least one update (this test may run alone)

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 ray_exceptions = pytest.importorskip("ray.exceptions")
-from grpo.config import RewardSettings  # noqa: E402
+from grpo.config import RewardConfig  # noqa: E402
 from grpo.driver import Driver  # noqa: E402
 
 DIED = ray_exceptions.ActorDiedError
@@ -49,7 +49,7 @@ def make_driver(scripts, monkeypatch, **reward_settings):
     fake = ScriptedRay(scripts)
     driver = Driver.__new__(Driver)
     driver.ray = fake
-    driver.cfg = types.SimpleNamespace(rewards=RewardSettings(**reward_settings))
+    driver.cfg = types.SimpleNamespace(rewards=RewardConfig(**reward_settings))
     driver.counters = Counter()
     calls = [lambda c=c: fake.send(c) for c in range(len(scripts))]
     return driver, calls, fake, sleeps
@@ -114,4 +114,4 @@ def test_a_worker_that_never_comes_back_fails_after_restart_wait_s(monkeypatch):
 
 def test_restart_wait_s_must_be_positive():
     with pytest.raises(ValueError, match="restart_wait_s"):
-        RewardSettings(restart_wait_s=0)
+        RewardConfig(restart_wait_s=0)

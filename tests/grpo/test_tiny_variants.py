@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo.config import BootstrapSettings, GRPOConfig, ModelSettings
+from grpo.config import BootstrapConfig, GRPOConfig, ModelConfig
 from grpo.logging import read_metrics
 from sqrl.config import load_config
 
@@ -43,7 +43,7 @@ def test_bootstrap_builds_the_merged_calibration_model(tiny_init, corpus, tmp_pa
 
     small = [f"model.path={tiny_init}", f"data.train={corpus / 'train.jsonl'}", "data.synth=null", "data.limit=4",
              "train.max_steps=2", "train.batch_size=2", "train.save_steps=1000"]
-    settings = ModelSettings(init=str(tmp_path / "calibrated"), bootstrap=BootstrapSettings(overrides=small))
+    settings = ModelConfig(init=str(tmp_path / "calibrated"), bootstrap=BootstrapConfig(overrides=small))
     path = ensure_init(settings)
     meta = read_meta(path)
     assert (meta.kind, meta.stage) == ("full", "merge")

@@ -3,16 +3,9 @@ import pickle
 
 import pytest
 
-from judges.base import (
-    Judge,
-    JudgeRequest,
-    RetryableError,
-    RetryPolicy,
-    Verdict,
-    build_judge,
-    judge_from_config,
-    with_retries,
-)
+from judges.base import Judge, RetryableError, RetryPolicy, build_judge, judge_from_config, with_retries
+from judges.prompts import JudgeRequest
+from judges.verdicts import Verdict
 
 
 class Recording(Judge):

@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from judges.base import (
+from judges.base import load_judge_config
+from judges.prompts import (
     CONFIG_DIR,
     JudgeRequest,
     chat_prompt,
     delimit,
     fill,
-    load_judge_config,
     load_prompts,
     neutralise,
     render_messages,

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from judges.base import expected_verdict, parse_verdict, score_probs
+from judges.verdicts import expected_verdict, parse_verdict, score_probs
 
 # ------------------------------------------------------------------ parse_verdict
 

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from judges.base import JudgeRequest
+from judges.prompts import JudgeRequest
 from judges.openai_judge import OpenAIJudge
 
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from judges.base import PromptSpec
+from judges.prompts import PromptSpec
 from judges.transformers_judge import TransformersJudge, converted_gguf, prefix_batches, shared_prefix, smollm2_location
 
 # A short prompt keeps each forward pass cheap on two cores; the real prompt sets are tested in the rewards.

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from judges.base import PromptSpec
+from judges.prompts import PromptSpec
 from judges.vllm_judge import VLLM_MISSING, VLLMJudge
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None

@@ -4,7 +4,8 @@ import pickle
 
 import pytest
 
-from judges.base import Judge, Verdict
+from judges.base import Judge
+from judges.verdicts import Verdict
 from rewards.base import RewardSet, get
 from rewards.llm_judge import LLMJudgeDimwise, LLMJudgeUnified, answer_fragment, reference_fragment
 from sqrl.response import parse, render

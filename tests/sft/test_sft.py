@@ -9,7 +9,7 @@ import torch
 
 from sft.config import SFTStageConfig
 from sft.data import AudioCollator, load_examples
-from sft.merge import merge
+from sqrl.models import merge_adapter
 from sft.train import run_sft
 from sqrl.backbones import IGNORE_INDEX, get_backbone
 from sqrl.config import load_config
@@ -171,12 +171,12 @@ def test_resume_keeps_one_run_in_the_log(tiny_manifest, calibrated, tmp_path):
 
 
 def test_the_pipeline_continues_a_stage_interrupted_before_its_first_checkpoint(tiny_manifest, tmp_path):
-    from sqrl.pipeline import StageSettings, run_sft_stage
+    from sqrl.pipeline import StageConfig, run_sft_stage
 
     out = tmp_path / "calibration"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')
-    run_sft_stage("calibration", StageSettings(str(CONFIG), tiny_overrides(tiny_manifest, **{"train.max_steps": 2})),
+    run_sft_stage("calibration", StageConfig(str(CONFIG), tiny_overrides(tiny_manifest, **{"train.max_steps": 2})),
                   out, [])
     losses = _losses(out)
     assert [step for step, _ in losses] == [1, 2] and 9.0 not in [loss for _, loss in losses]
@@ -184,7 +184,7 @@ def test_the_pipeline_continues_a_stage_interrupted_before_its_first_checkpoint(
 
 def test_merge_keeps_the_logits(calibrated, tmp_path):
     out = tmp_path / "merged"
-    check = merge(calibrated, out)
+    check = merge_adapter(calibrated, out)
     assert check["max_abs_logit_diff"] < 1e-4
     meta = read_meta(out)
     assert meta.kind == "full"

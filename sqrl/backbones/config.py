@@ -1,0 +1,55 @@
+"""What a stage's config says about its model: precision, LoRA adapter, how the audio encoder trains.
+
+The SFT and GRPO configs both use these; ``Backbone.load`` takes the resolved dtype and
+``Backbone.apply_lora`` the LoRA fields. Importing this module loads no torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqrl.config import bounded, check_ranges
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""``model.dtype`` values; ``auto`` is bf16 on a GPU, fp32 on a CPU (``resolve_dtype``)."""
+ENCODER_MODES = ("trainable", "frozen", "lora")
+"""``lora.encoder_mode`` values, as ``Backbone.apply_lora`` applies them."""
+
+
+def check_dtype(name: str, where: str = "model.dtype") -> None:
+    """A ``ValueError`` naming ``where`` unless ``name`` is one of ``DTYPES``."""
+    if name not in DTYPES:
+        raise ValueError(f"{where} must be one of {', '.join(DTYPES)}, not {name!r}")
+
+
+def resolve_dtype(name: str) -> Any:
+    """The torch dtype of a ``DTYPES`` name: ``auto`` is bf16 on a GPU, fp32 on a CPU.
+
+    >>> str(resolve_dtype("float16"))
+    'torch.float16'
+    """
+    import torch
+
+    check_dtype(name, "dtype")
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+@dataclass
+class LoraConfig:
+    """The ``lora:`` section of a stage: the adapter trained on the LLM, and what happens to the encoder."""
+
+    rank: int = bounded(64, ge=1)
+    """LoRA rank on every linear layer of the LLM (paper: 64)."""
+    alpha: int | None = bounded(None, ge=1)
+    """LoRA alpha; None: equal to ``rank`` (scaling 1)."""
+    dropout: float = bounded(0.05, ge=0, lt=1)
+    encoder_mode: str = "trainable"
+    """trainable: audio tower and projector trained in full (the paper's calibration); frozen: tower
+    frozen, projector trained; lora: LoRA on the tower too."""
+
+    def __post_init__(self):
+        check_ranges(self)
+        if self.encoder_mode not in ENCODER_MODES:
+            raise ValueError(f"lora.encoder_mode must be one of {', '.join(ENCODER_MODES)}, not {self.encoder_mode!r}")

@@ -1,0 +1,52 @@
+"""Teacher-forced log-probs: what the model gives each token of a completion it is shown.
+
+GRPO trains on them (policy, reference and old policy), the hf rollout reads sampling log-probs
+with the same function, and the sync check compares rollout and policy through it. The batch
+layout is ``Backbone.build_inputs``'s: logits at position ``t`` predict token ``t + 1``.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """``log softmax(logits)[target]`` per position, in fp32, a few rows at a time (a 150k-word
+    vocabulary over a whole batch would not fit twice in memory).
+
+    >>> logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])
+    >>> [round(p, 3) for p in token_logprobs(logits, torch.tensor([[1, 0]])).exp()[0].tolist()]
+    [0.5, 0.881]
+    """
+    out = []
+    for lg, tg in zip(logits.split(chunk), targets.split(chunk)):
+        lg = lg.float()
+        picked = lg.gather(-1, tg.unsqueeze(-1)).squeeze(-1)
+        out.append(picked - torch.logsumexp(lg, dim=-1))
+    return torch.cat(out)
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    inner = getattr(model, "module", model)  # a DeepSpeed engine
+    if hasattr(inner, "get_base_model"):  # a PeftModel
+        inner = inner.get_base_model()
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
+def completion_logprobs(model: Any, inputs: dict[str, torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the completion tokens: ``(B, K)`` and the matching ``(B, K)`` mask.
+
+    ``inputs`` and ``mask`` are a training batch of ``Backbone.build_inputs`` (``mask``: its
+    ``completion_mask``). Only the positions from the earliest completion start on are kept
+    (``logits_to_keep`` where the model supports it), so a long audio-and-rubric prompt does not
+    cost a vocabulary-wide softmax per token.
+    """
+    input_ids = inputs["input_ids"]
+    width = input_ids.shape[1]
+    first = int(mask.float().argmax(dim=1).min())  # every row has >= 1 completion token
+    keep = width - first + 1
+    extra = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    logits = model(**inputs, **extra).logits[:, -keep:-1]
+    return token_logprobs(logits, input_ids[:, first:]), mask[:, first:]

@@ -1,0 +1,75 @@
+import os
+
+import pytest
+
+from sqrl.fsutil import atomic_dir, atomic_file, publish, temp_dir_beside
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_finished_folder_appears_under_its_name_and_nothing_else_is_left(tmp_path):
+    with atomic_dir(tmp_path / "sub" / "model") as tmp:
+        assert tmp.parent == tmp_path / "sub" and tmp.name.startswith(".model.tmp-")
+        (tmp / "weights.bin").write_bytes(b"123")
+    assert _names(tmp_path / "sub") == ["model"]
+    assert (tmp_path / "sub" / "model" / "weights.bin").read_bytes() == b"123"
+
+
+def test_an_error_inside_the_block_leaves_no_folder_and_no_temporary(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "half.bin").write_bytes(b"1")
+            raise RuntimeError("boom")
+    assert _names(tmp_path) == []
+
+
+def test_replace_swaps_an_old_folder_for_the_new_one(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "old.txt").write_text("old")
+    with atomic_dir(tmp_path / "corpus", replace=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert _names(tmp_path / "corpus") == ["new.txt"]
+
+
+def test_without_replace_a_non_empty_folder_in_the_way_is_an_error_and_is_kept(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "theirs.txt").write_text("x")
+    with pytest.raises(OSError):
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "ours.txt").write_text("y")
+    assert _names(tmp_path) == ["model"] and _names(tmp_path / "model") == ["theirs.txt"]
+
+
+def test_a_finished_copy_from_another_process_wins_the_race_and_ours_is_discarded(tmp_path):
+    final = tmp_path / "build"
+    tmp = temp_dir_beside(final)
+    (tmp / "ours.txt").write_text("ours")
+    final.mkdir()  # another process renamed its complete build into place meanwhile
+    (final / "MARKER").write_text("done")
+    assert publish(tmp, final, finished=lambda p: (p / "MARKER").is_file()) is False
+    assert _names(final) == ["MARKER"]
+    # an unfinished folder in the way is not ours to keep or delete: an error
+    (final / "MARKER").unlink()
+    (final / "junk").write_text("?")
+    with pytest.raises(OSError):
+        publish(tmp, final, finished=lambda p: (p / "MARKER").is_file())
+
+
+def test_atomic_file_replaces_the_file_only_when_the_write_completes(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("old\n")
+    with pytest.raises(ValueError):
+        with atomic_file(path) as tmp, open(tmp, "w") as fh:
+            fh.write("half")
+            raise ValueError("stop")
+    assert path.read_text() == "old\n" and _names(tmp_path) == ["train.jsonl"]
+    with atomic_file(path) as tmp:
+        assert tmp.suffix == ".jsonl" and tmp.parent == tmp_path
+        tmp.write_text("new\n")
+    assert path.read_text() == "new\n" and _names(tmp_path) == ["train.jsonl"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")
+    # the usual permissions of a new file (not mkstemp's private 0600): others can read a manifest
+    assert os.stat(path).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
