@@ -194,9 +194,10 @@ def resolve_config(name: str | Path) -> Path:
     path = Path(name)
     if path.exists():
         return path
-    candidate = CONFIG_DIR / (path.name if path.suffix else f"{path.name}.yaml")
-    if candidate.exists():
-        return candidate
+    # "qwen2.5-coder-1.5b" has a dot but no .yaml suffix: try the name as given, then with .yaml
+    for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
     raise FileNotFoundError(f"judge config {str(name)!r} not found (also looked in {CONFIG_DIR})")
 
 
