@@ -190,11 +190,10 @@ class PromptSpec:
 
 
 def resolve_config(name: str | Path) -> Path:
-    """A judge YAML by path, or by bare name under ``configs/judges/`` (``"dimwise"``)."""
+    """A judge YAML by path, or by bare name under ``configs/judges/`` (``"dimwise"``, ``"qwen2.5-coder-1.5b"``)."""
     path = Path(name)
     if path.exists():
         return path
-    # "qwen2.5-coder-1.5b" has a dot but no .yaml suffix: try the name as given, then with .yaml
     for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
         if candidate.is_file():
             return candidate
