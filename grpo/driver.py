@@ -35,18 +35,18 @@ from grpo.config import GRPOConfig
 from grpo.logging import RunLogger, plot_reward_curve
 from grpo.placement import actor_nodes, create_placement, plan_placement, worker_counts
 from grpo.policy_worker import PolicyWorker, plan_update
+from grpo.reward_watch import RewardWatch
 from grpo.reward_worker import RewardWorker, merge_scored, split_groups
 from grpo.rollout_worker import SamplingParams, rollout_worker_class
+from grpo.worker_env import collect_secrets, secret_names, worker_env
 from rewards import RewardSet, ScoredBatch, summarize
 from sqrl.config import save_config
 from sqrl.models import ModelMeta, read_meta, write_meta
 from sqrl.prompts import Rubric
+from sqrl.rundir import prepare_out
 from sqrl.schema import Record, read_manifest
 
 log = logging.getLogger(__name__)
-
-# Environment the workers need when they join a cluster this process did not start.
-PROPAGATED_ENV = ("SQRL_", "HF_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM", "DS_ACCELERATOR", "OMP_NUM_THREADS")
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -175,11 +175,12 @@ class Driver:
     """Runs ``cfg`` into ``run_dir``: metrics.jsonl, tensorboard/, checkpoints/, plots/ and, at the end,
     the policy as an sqrl model directory (an adapter over ``model.init``) that ``sqrl eval`` loads."""
 
-    def __init__(self, cfg: GRPOConfig, run_dir: str | Path, resume: bool = False):
-        self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
+    def __init__(self, cfg: GRPOConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False):
+        self.cfg, self.run_dir, self.resume, self.overwrite = cfg, Path(run_dir), resume, overwrite
         self.G = cfg.rollout.group_size
         self.step_done = 0
         self.counters: Counter[str] = Counter()
+        self.reward_watch = RewardWatch(cfg.rewards.max_failed_steps)
         self._owns_ray = False
         self.policy: list[Any] = []
         self.rollout: list[Any] = []
@@ -206,6 +207,7 @@ class Driver:
                 groups = self.generate(batch, step)
             with timer("score"):
                 scores = self.score(groups)
+            self.reward_watch.observe(scores, step)  # a reward failing every call stops the run
             if self.cfg.algorithm.zero_variance == "resample":
                 groups, scores = self.resample_flat_groups(groups, scores, step, timer)
             adv, flat = self.compute_advantages(scores)
@@ -437,9 +439,11 @@ class Driver:
                                        cfg.rollout.max_new_tokens, cfg.rollout.return_logprobs)
         self._step_resampled, self._worker = 0, Counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = checkpoint.latest(self.run_dir) if self.resume else None
+        if ckpt is not None:
+            checkpoint.verify(ckpt)  # before any worker could unpickle it
         save_config(cfg, self.run_dir / "sqrl_config.yaml")
         self._start_workers()
-        ckpt = checkpoint.latest(self.run_dir) if self.resume else None
         if self.resume and ckpt is None:
             log.warning("--resume: no checkpoint in %s; starting from step 0", self.run_dir)
         if ckpt is not None:
@@ -450,9 +454,8 @@ class Driver:
                                 tensorboard=cfg.logging.tensorboard, progress=cfg.logging.progress)
 
     def _check_run_dir(self) -> None:
-        taken = (self.run_dir / "metrics.jsonl").exists() or checkpoint.checkpoints_dir(self.run_dir).exists()
-        if taken and not self.resume:
-            raise FileExistsError(f"{self.run_dir} holds a GRPO run; pass --resume to continue it or choose another --out")
+        """A non-empty run_dir only with --resume, or --overwrite (which removes it first): sqrl/rundir.py."""
+        prepare_out(self.run_dir, resume=self.resume, overwrite=self.overwrite, create=False)
 
     def _records(self) -> list[Record]:
         data = self.cfg.data
@@ -482,10 +485,11 @@ class Driver:
             ray.init(address="local" if local else cl.address, include_dashboard=False, log_to_driver=True,
                      **({"num_cpus": cl.num_cpus} if local and cl.num_cpus else {}))
             self._owns_ray = True
-        env_vars = {k: v for k, v in os.environ.items() if k.startswith(PROPAGATED_ENV)}
-        if cl.torch_threads:
-            env_vars["OMP_NUM_THREADS"] = str(cl.torch_threads)
-        env = {"env_vars": env_vars}
+        # Only allow-listed, non-secret variables go into runtime_env (Ray logs it); secrets reach the
+        # reward workers as constructor arguments (grpo/worker_env.py).
+        secret_vars = secret_names(cfg.rewards.entries, cfg.rewards.secret_env)
+        env = {role: {"env_vars": worker_env(role, torch_threads=cl.torch_threads, exclude=secret_vars)}
+               for role in ("policy", "rollout", "reward")}
         lora = cfg.lora
         W = cfg.policy.num_workers
         loss = LossSettings(cfg.algorithm.loss_type, cfg.algorithm.beta, cfg.algorithm.epsilon,
@@ -495,7 +499,7 @@ class Driver:
         self.placement = create_placement(plan, cl.placement_timeout_s)
         place = self.placement.options
         policy_cls = ray.remote(PolicyWorker)
-        self.policy = [policy_cls.options(runtime_env=env, **place("policy", r)).remote(
+        self.policy = [policy_cls.options(runtime_env=env["policy"], **place("policy", r)).remote(
             str(self.init), self.backbone, lora_rank=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             encoder_mode=lora.encoder_mode, dtype=cfg.model.dtype, loss=loss, lr=cfg.policy.lr,
             weight_decay=cfg.policy.weight_decay, adam_betas=cfg.policy.adam_betas,
@@ -504,16 +508,16 @@ class Driver:
             num_iterations=cfg.algorithm.num_iterations, max_seconds=cfg.data.max_seconds, seed=cfg.train.seed,
             rank=r, world_size=W) for r in range(W)]
         rollout_cls = ray.remote(rollout_worker_class(cfg.rollout.backend))
-        self.rollout = [rollout_cls.options(runtime_env=env, **place("rollout", i)).remote(
+        self.rollout = [rollout_cls.options(runtime_env=env["rollout"], **place("rollout", i)).remote(
             str(self.init), self.backbone, lora.rank, lora.alpha, lora.encoder_mode, dtype=cfg.model.dtype,
             max_seconds=cfg.data.max_seconds, **cfg.rollout.options) for i in range(cfg.rollout.num_workers)]
         # Reward workers hold no state: Ray restarts a dead one (on another node if its node is gone; its
         # placement-group bundle is rescheduled there) and ``get_with_retry`` sends its batch again.
         reward_cls = ray.remote(RewardWorker)
-        self.reward = [reward_cls.options(runtime_env=env, max_restarts=cfg.rewards.max_restarts, max_task_retries=0,
-                                          **place("reward", i)).remote(
-            cfg.rewards.entries, cfg.rewards.aggregation, cfg.rewards.pass_audio, cfg.data.max_seconds)
-            for i in range(cfg.rewards.num_workers)]
+        self.reward = [reward_cls.options(runtime_env=env["reward"], max_restarts=cfg.rewards.max_restarts,
+                                          max_task_retries=0, **place("reward", i)).remote(
+            cfg.rewards.entries, cfg.rewards.aggregation, cfg.rewards.pass_audio, cfg.data.max_seconds,
+            secrets=collect_secrets(secret_vars)) for i in range(cfg.rewards.num_workers)]
         master = ray.get(self.policy[0].rendezvous.remote())
         info = ray.get([w.setup.remote(*master) for w in self.policy] + [r.version.remote() for r in self.rollout]
                        + [r.pid.remote() for r in self.reward])[0]
@@ -593,6 +597,6 @@ def slice_scored(sb: ScoredBatch, start: int, stop: int) -> ScoredBatch:
                        errors={k: 0 for k in per_reward}, total_skipped=sum(t is None for t in total))
 
 
-def run_grpo(cfg: GRPOConfig, out: str | Path, resume: bool = False) -> Path:
+def run_grpo(cfg: GRPOConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Train the GRPO stage into ``out`` (see ``Driver``)."""
-    return Driver(cfg, out, resume=resume).run()
+    return Driver(cfg, out, resume=resume, overwrite=overwrite).run()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from grpo.worker_env import Secret, install_secrets
 from rewards import RewardSet, ScoredBatch
 
 
@@ -28,7 +29,8 @@ class RewardWorker:
     """Scores completions against their clips' references; total plus components per reward and dimension."""
 
     def __init__(self, entries: Sequence[dict[str, Any]], aggregation: str = "sum", pass_audio: bool = False,
-                 max_seconds: float | None = None):
+                 max_seconds: float | None = None, secrets: Mapping[str, Secret] | None = None):
+        install_secrets(secrets)  # e.g. the judge's api_key_env, never in the runtime env (grpo/worker_env.py)
         self.reward_set = RewardSet.from_config(list(entries), aggregation)
         self.pass_audio = pass_audio
         self.max_seconds = max_seconds
@@ -81,4 +83,5 @@ def merge_scored(parts: Sequence[ScoredBatch]) -> ScoredBatch:
 
     return ScoredBatch(total=[t for p in parts for t in p.total], per_reward=concat("per_reward"),
                        components=concat("components"), skipped=add("skipped"), errors=add("errors"),
-                       total_skipped=sum(p.total_skipped for p in parts))
+                       total_skipped=sum(p.total_skipped for p in parts),
+                       failures={k: v for p in parts for k, v in p.failures.items()})
