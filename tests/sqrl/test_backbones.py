@@ -73,8 +73,9 @@ def sgd_step(model, batch, lr=1e-2):
 # ---------------------------------------------------------------- registry
 
 
-def test_the_registry_holds_the_four_backbones():
-    assert list_backbones() == ["audio-flamingo-3", "qwen2-audio", "tiny-af3", "tiny-qwen2-audio"]
+def test_the_registry_holds_the_six_backbones():
+    assert list_backbones() == ["audio-flamingo-3", "qwen2-audio", "small-af3", "small-qwen2-audio", "tiny-af3",
+                                "tiny-qwen2-audio"]
     assert get_backbone("tiny-af3").family.audio_placeholder == "<sound>"
     assert get_backbone("qwen2-audio").family.audio_placeholder == "<|audio_bos|><|AUDIO|><|audio_eos|>"
 
