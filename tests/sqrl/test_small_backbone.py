@@ -175,3 +175,16 @@ def test_backbone_list_shows_every_entry_with_size_and_source(tmp_path, monkeypa
     assert main(["backbone", "list"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert len(table) == len(rows) and any(line.startswith("small-qwen2-audio") and "not built" in line for line in table)
+
+
+@needs_wheels
+def test_the_af3_twin_builds_and_generates(tmp_path, monkeypatch):
+    monkeypatch.setenv("SQRL_CACHE", str(tmp_path))
+    bb = get_backbone("small-af3", window_s=6)
+    model, processor = bb.load()
+    assert type(model).__name__ == "AudioFlamingo3ForConditionalGeneration"
+    assert "<sound>\nRate the noise.<|im_end|>" in bb.chat_prompt(processor, "Rate the noise.")
+    batch = bb.build_inputs(processor, [speechlike(2.0, 4)], ["Describe this audio."])
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    assert bb.decode(processor, out[:, batch["input_ids"].shape[1]:])[0]
