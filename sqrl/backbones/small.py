@@ -310,10 +310,12 @@ def _init_projector(model: Any, family: Family, spec: SmallSpec) -> float:
     Returns the scale applied. Both projectors end in a linear layer, which is the one rescaled.
     """
     fe = WhisperFeatureExtractor(feature_size=model.config.audio_config.num_mel_bins, chunk_length=spec.window_s)
-    feats = torch.from_numpy(fe(calibration_wave(min(4.0, spec.window_s)), sampling_rate=SAMPLING_RATE,
-                                return_tensors="np")["input_features"])
+    enc = fe(calibration_wave(min(4.0, spec.window_s)), sampling_rate=SAMPLING_RATE, return_tensors="pt",
+             return_attention_mask=True)
     tower = model.model.audio_tower.eval()
-    frames = tower(feats).last_hidden_state[0, : int(min(4.0, spec.window_s) * 25)]
+    # AF3's encoder needs the mel-frame mask; Qwen2-Audio's takes none (it sees the padded window).
+    extra = {"input_features_mask": enc["attention_mask"]} if family.key == "af3" else {}
+    frames = tower(enc["input_features"], **extra).last_hidden_state[0, : int(min(4.0, spec.window_s) * 25)]
     projector = model.model.multi_modal_projector
     last = projector.linear if family.key == "qwen2-audio" else projector.linear_2
     if last.bias is not None:
