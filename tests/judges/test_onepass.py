@@ -2,7 +2,9 @@
 forward pass, the reward on top, and its cost against the per-dimension judge (real SmolLM2)."""
 import pytest
 
-from judges.base import Judge, PromptSpec, Verdict, expected_verdict
+from judges.base import Judge
+from judges.prompts import PromptSpec
+from judges.verdicts import Verdict, expected_verdict
 from judges.onepass import LinesRequest, check_scale, parse_lines, score_lines
 from rewards.llm_judge import LLMJudgeDimwise
 from sqrl.schema import Artifact, Record
