@@ -19,7 +19,7 @@ from grpo.algorithm import (
     reduce_loss,
     token_logprobs,
 )
-from grpo.batch import TrainSample
+from grpo.messages import TrainSample
 from grpo.policy_worker import plan_update
 
 trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")

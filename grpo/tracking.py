@@ -3,16 +3,57 @@
 One JSON object per step (``step`` plus flat scalar keys: ``rewards/<name>/<dim>/mean`` from
 ``rewards.summarize``, ``loss``, ``kl``, ``clip_ratio/*``, ``zero_variance/*``, ``completion/*``,
 ``time/*``, ``tokens_per_s`` ...). On resume the rows after the checkpoint's step are dropped before
-the run re-logs them, and TensorBoard purges its events after that step.
+the run re-logs them, and TensorBoard purges its events after that step. The step's phases are timed
+with ``Timer``; ``overhead_metrics`` sets them against the workers' own seconds.
 """
 from __future__ import annotations
 
 import json
 import math
+import time
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 METRICS_FILE = "metrics.jsonl"
+
+PHASES = ("generate", "score", "update", "sync")
+"""A step's phases; each is timed in the driver (``time/<phase>``, wall time around the Ray calls) and in
+its workers (``time/<phase>_worker``, the slowest worker's own seconds per call, summed over the phase's calls)."""
+
+
+class Timer:
+    """Seconds per named phase of one step; a phase entered again (a resampling round) adds up."""
+
+    def __init__(self):
+        self.seconds: Counter[str] = Counter()
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+
+
+def overhead_metrics(seconds: Counter[str], worker: Counter[str]) -> dict[str, float]:
+    """``time/<phase>_worker`` and the step's orchestration overhead from the driver's timer ``seconds``
+    and the workers' own ``worker`` seconds per phase.
+
+    The phases run one after another (score waits for generate, and so on), so the workers' compute on the
+    step's critical path is the sum of the phases' worker seconds; ``time/overhead`` is the rest of the
+    step: Ray calls, (de)serialisation, waiting for a busy core, a dead reward worker's lost attempt, and the
+    driver's own work between the calls (advantages, sample selection, merging scores). The sync check
+    (``train.check_sync_every``) is a diagnostic and is left out of both. ``time/overhead_fraction`` is
+    overhead over that step time."""
+    out = {f"time/{p}_worker": float(worker[p]) for p in PHASES}
+    step = seconds["step"] - seconds["check_sync"]
+    overhead = step - sum(worker[p] for p in PHASES)
+    out["time/overhead"] = overhead
+    out["time/overhead_fraction"] = overhead / step if step > 0 else 0.0
+    return out
 
 
 class RunLogger:
