@@ -24,7 +24,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from grpo import checkpoint
@@ -37,8 +36,8 @@ from grpo.policy_worker import build_policy_workers, plan_update, update_stats
 from grpo.reward_worker import build_reward_workers, get_with_retry, split_groups
 from grpo.rollout_worker import build_rollout_workers, build_sampling, sampling_seed
 from grpo.sampling import ClipStream, training_records
-from grpo.tracking import RunLogger, Timer, overhead_metrics, plot_reward_curve
-from rewards import RewardSet, summarize
+from grpo.tracking import RunLogger, Timer, plot_reward_curve, step_metrics
+from rewards import RewardSet
 from sqrl.config import save_config
 from sqrl.models import ModelMeta, read_meta, write_meta
 from sqrl.prompts import Rubric
@@ -77,6 +76,7 @@ class Driver:
         return self.run_dir
 
     def step(self, step: int) -> dict[str, Any]:
+        """generate -> score -> [resample flat groups] -> advantages -> update -> sync; then log and checkpoint."""
         algo, timer = self.cfg.algorithm, Timer()
         self._step_resampled, self._worker = 0, Counter()
         with timer("step"):
@@ -98,7 +98,9 @@ class Driver:
             if self.cfg.train.check_sync_every and step % self.cfg.train.check_sync_every == 0:
                 with timer("check_sync"):
                     stats["sync/max_abs_logprob_diff"] = self.check_sync(batch.groups[0].completions[:2])
-        metrics = self.metrics(batch, flat, stats, updated, timer)
+        metrics = step_metrics(batch, flat, stats, updated=updated, seconds=timer.seconds, worker_seconds=self._worker,
+                               counters=self.counters, resampled=self._step_resampled, epoch=self.data.epoch,
+                               skip_flat=algo.zero_variance == "skip")
         self.logger.log(step, metrics)
         self.maybe_checkpoint(step)
         return metrics
@@ -187,33 +189,7 @@ class Driver:
         b = self.ray.get([w.logprobs.remote(list(completions)) for w in self.policy])[0]
         return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
 
-    # ---------------------------------------------------------------- logging and checkpoints
-    def metrics(self, batch: ScoredGroups, flat: torch.Tensor, stats: dict[str, float], updated: bool,
-                timer: Timer) -> dict[str, Any]:
-        completions = batch.completions()
-        lengths = [len(c.token_ids) for c in completions]
-        t = timer.seconds
-        out: dict[str, Any] = dict(summarize(batch.scores))
-        out.update(stats)
-        out.update({
-            "zero_variance/fraction": float(flat.float().mean()),
-            "zero_variance/resampled": float(self._step_resampled),
-            "zero_variance/skipped_groups": float(flat.sum()) if self.cfg.algorithm.zero_variance == "skip" else 0.0,
-            "completion/mean_length": float(np.mean(lengths)),
-            "completion/max_length": float(max(lengths)),
-            "completion/truncated_fraction": float(np.mean([c.truncated for c in completions])),
-            "update/skipped": 0.0 if updated else 1.0,
-            "tokens_per_s/generate": sum(lengths) / max(t["generate"], 1e-9),
-            "reward_worker_restarts": float(self.counters["reward_worker_restarts"]),
-            "data/unreadable_clips": float(self.counters["unreadable_clips"]),
-            "data/epoch": float(self.data.epoch),
-        })
-        if updated:
-            out["tokens_per_s/update"] = stats["update/trained_tokens"] / max(t["update"], 1e-9)
-        out.update({f"time/{k}": v for k, v in t.items()})
-        out.update(overhead_metrics(t, self._worker))
-        return out
-
+    # ---------------------------------------------------------------- checkpoints
     def maybe_checkpoint(self, step: int) -> None:
         every = self.cfg.train.save_every
         if not ((every and step % every == 0) or step == self.cfg.train.steps):

@@ -14,7 +14,16 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+import numpy as np
+
+from rewards import summarize
+
+if TYPE_CHECKING:
+    import torch
+
+    from grpo.batch import ScoredGroups
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -53,6 +62,36 @@ def overhead_metrics(seconds: Counter[str], worker: Counter[str]) -> dict[str, f
     overhead = step - sum(worker[p] for p in PHASES)
     out["time/overhead"] = overhead
     out["time/overhead_fraction"] = overhead / step if step > 0 else 0.0
+    return out
+
+
+def step_metrics(batch: ScoredGroups, flat: torch.Tensor, stats: Mapping[str, float], *, updated: bool,
+                 seconds: Counter[str], worker_seconds: Counter[str], counters: Mapping[str, int], resampled: int,
+                 epoch: int, skip_flat: bool) -> dict[str, Any]:
+    """One step's row: the rewards (``rewards.summarize``), the update's ``stats``, zero-variance groups
+    (``flat``: one flag per group), completion lengths, throughput, the run's counters and the timings
+    (the driver's ``seconds`` per phase and the workers' own, see ``overhead_metrics``)."""
+    completions = batch.completions()
+    lengths = [len(c.token_ids) for c in completions]
+    out: dict[str, Any] = dict(summarize(batch.scores))
+    out.update(stats)
+    out.update({
+        "zero_variance/fraction": float(flat.float().mean()),
+        "zero_variance/resampled": float(resampled),
+        "zero_variance/skipped_groups": float(flat.sum()) if skip_flat else 0.0,
+        "completion/mean_length": float(np.mean(lengths)),
+        "completion/max_length": float(max(lengths)),
+        "completion/truncated_fraction": float(np.mean([c.truncated for c in completions])),
+        "update/skipped": 0.0 if updated else 1.0,
+        "tokens_per_s/generate": sum(lengths) / max(seconds["generate"], 1e-9),
+        "reward_worker_restarts": float(counters.get("reward_worker_restarts", 0)),
+        "data/unreadable_clips": float(counters.get("unreadable_clips", 0)),
+        "data/epoch": float(epoch),
+    })
+    if updated:
+        out["tokens_per_s/update"] = stats["update/trained_tokens"] / max(seconds["update"], 1e-9)
+    out.update({f"time/{k}": v for k, v in seconds.items()})
+    out.update(overhead_metrics(seconds, worker_seconds))
     return out
 
 
@@ -125,7 +164,6 @@ def truncate_after(path: Path, step: int) -> None:
 def plot_reward_curve(metrics_path: str | Path, out_png: str | Path, smooth: int = 5) -> Path | None:
     """Total reward and each reward's mean per step (left), and each reward's components per dimension
     (right), with a moving average over ``smooth`` steps. None when there is nothing to plot."""
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
