@@ -1,8 +1,8 @@
 """Rollout workers: the interface every backend implements (``hf``: rollout_hf.py, ``vllm``: rollout_vllm.py).
 
 A backend samples ``n`` completions per clip, takes the policy's new weights after each update and
-scores given completions (the sync check). It is a plain class; the driver makes it a Ray actor.
-Constructor arguments are flat and the same for every backend (``model_path``, ``backbone``,
+scores given completions (the sync check). It is a plain class; ``build_rollout_workers`` makes it a
+Ray actor from the config. Constructor arguments are flat and the same for every backend (``model_path``, ``backbone``,
 ``lora_rank``, ``lora_alpha``, ``encoder_mode``, ``dtype``, ``max_seconds``) plus the backend's
 own keyword options (``rollout.options`` in the config).
 
@@ -11,7 +11,7 @@ Weight updates (``WeightUpdate``) carry the policy's adapter in peft's saved for
 encoder and projector) and the adapter config, so a backend can load them as a peft adapter (hf),
 or as a LoRA request plus ``load_weights`` for the encoder (vLLM).
 
-Sampling is seeded per call by the driver (from the run seed, the step and the worker), so a step's
+Sampling is seeded per call by the driver (``sampling_seed``: the run seed, the step and the worker), so a step's
 completions do not depend on what ran before it: a resumed run samples what the uninterrupted one did.
 Special tokens other than end-of-turn (audio placeholders, ``<|im_start|>``) are never sampled: an
 audio placeholder inside a completion would break the policy's forward pass. The policy's log-probs
