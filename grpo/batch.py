@@ -56,7 +56,8 @@ class ScoredGroups:
     @classmethod
     def concat(cls, parts: Sequence[ScoredGroups]) -> ScoredGroups:
         """The parts one after another. A key missing from a part (a reward that failed on that worker's batch
-        has no components) is filled with ``None`` for its rows; skip and error counts add up."""
+        has no components) is filled with ``None`` for its rows; skip and error counts add up, and each
+        reward's error message (``failures``) is kept."""
         scored = [p.scores for p in parts]
         sizes = [len(s.total) for s in scored]
 
@@ -73,7 +74,8 @@ class ScoredGroups:
 
         scores = ScoredBatch(total=[t for s in scored for t in s.total], per_reward=rows("per_reward"),
                              components=rows("components"), skipped=counts("skipped"), errors=counts("errors"),
-                             total_skipped=sum(s.total_skipped for s in scored))
+                             total_skipped=sum(s.total_skipped for s in scored),
+                             failures={k: v for s in scored for k, v in s.failures.items()})
         return cls([g for p in parts for g in p.groups], scores)
 
 

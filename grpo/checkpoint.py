@@ -12,6 +12,8 @@ A checkpoint holds
 
 The folder is renamed into place only after everything is written, so after a ``kill -9`` the last
 ``step-*`` folder is always whole; half-written ``.step-*`` folders are removed on the next start.
+Last before the rename, ``sqrl_sha256.json`` records every file's hash (sqrl/integrity.py); ``verify``
+checks it before anything of the checkpoint is loaded (DeepSpeed unpickles its engine state).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from sqrl.integrity import verify_manifest, write_manifest
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"step-(\d+)$")
@@ -52,6 +56,7 @@ def commit(tmp: Path, step: int, state: dict[str, Any]) -> Path:
         json.dump(state, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
+    write_manifest(tmp)
     final = tmp.parent / f"step-{step:06d}"
     if final.exists():  # a re-run of a step after a resume: the new one replaces it
         shutil.rmtree(final)
@@ -64,6 +69,11 @@ def latest(run_dir: str | Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in checkpoints_dir(run_dir).glob("step-*")
              if (m := _STEP_DIR.search(p.name)) and (p / STATE_FILE).is_file()]
     return max(found)[1] if found else None
+
+
+def verify(ckpt: Path) -> None:
+    """Refuse (``IntegrityError``, naming the file) a checkpoint that differs from its manifest or has none."""
+    verify_manifest(ckpt)
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:

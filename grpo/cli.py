@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML, e.g. configs/tiny/grpo_accsem_dimwise.yaml")
     p.add_argument("--out", required=True, help="run directory: metrics.jsonl, checkpoints/, and the final policy")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
+    p.add_argument("--overwrite", action="store_true", help="remove an existing run in OUT first")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. rollout.temperature=0.9")
 
 
@@ -34,7 +35,7 @@ def _grpo(args: argparse.Namespace) -> int:
     from sqrl.config import load_config
 
     cfg = load_config(GRPOConfig, args.config, args.overrides)
-    out = run_grpo(cfg, args.out, resume=args.resume)
+    out = run_grpo(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     print(f"policy written to {out}")
     return 0
 

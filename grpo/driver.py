@@ -33,31 +33,32 @@ from grpo.config import GRPOConfig
 from grpo.messages import ClipRequest, Completion, TrainSample
 from grpo.placement import actor_nodes, create_placement, plan_placement, worker_counts
 from grpo.policy_worker import build_policy_workers, plan_update, update_stats
+from grpo.reward_watch import RewardWatch
 from grpo.reward_worker import build_reward_workers, get_with_retry, split_groups
 from grpo.rollout_worker import build_rollout_workers, build_sampling, sampling_seed
 from grpo.sampling import ClipStream, training_records
 from grpo.tracking import RunLogger, Timer, plot_reward_curve, step_metrics
+from grpo.worker_env import collect_secrets, secret_names, worker_env
 from rewards import RewardSet
 from sqrl.config import save_config
 from sqrl.models import ModelMeta, read_meta, write_meta
 from sqrl.prompts import Rubric
+from sqrl.rundir import prepare_out
 from sqrl.schema import Record
 
 log = logging.getLogger(__name__)
-
-# Environment the workers need when they join a cluster this process did not start.
-PROPAGATED_ENV = ("SQRL_", "HF_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM", "DS_ACCELERATOR", "OMP_NUM_THREADS")
 
 
 class Driver:
     """Runs ``cfg`` into ``run_dir``: metrics.jsonl, tensorboard/, checkpoints/, plots/ and, at the end,
     the policy as an sqrl model directory (an adapter over ``model.init``) that ``sqrl eval`` loads."""
 
-    def __init__(self, cfg: GRPOConfig, run_dir: str | Path, resume: bool = False):
-        self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
+    def __init__(self, cfg: GRPOConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False):
+        self.cfg, self.run_dir, self.resume, self.overwrite = cfg, Path(run_dir), resume, overwrite
         self.G = cfg.rollout.group_size
         self.step_done = 0
         self.counters: Counter[str] = Counter()
+        self.reward_watch = RewardWatch(cfg.rewards.max_failed_steps)
         self._owns_ray = False
         self.policy: list[Any] = []
         self.rollout: list[Any] = []
@@ -85,6 +86,7 @@ class Driver:
                 groups = self.generate(clips, step)
             with timer("score"):
                 batch = self.score(groups)
+            self.reward_watch.observe(batch.scores, step)  # a reward failing every call stops the run
             if algo.zero_variance == "resample":
                 batch = self.resample_flat_groups(batch, step, timer)
             adv, flat = self.compute_advantages(batch)
@@ -214,9 +216,11 @@ class Driver:
         self.sampling = build_sampling(cfg)
         self._step_resampled, self._worker = 0, Counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = checkpoint.latest(self.run_dir) if self.resume else None
+        if ckpt is not None:
+            checkpoint.verify(ckpt)  # before any worker could unpickle it
         save_config(cfg, self.run_dir / "sqrl_config.yaml")
         self._start_workers()
-        ckpt = checkpoint.latest(self.run_dir) if self.resume else None
         if self.resume and ckpt is None:
             log.warning("--resume: no checkpoint in %s; starting from step 0", self.run_dir)
         if ckpt is not None:
@@ -227,9 +231,8 @@ class Driver:
                                 tensorboard=cfg.logging.tensorboard, progress=cfg.logging.progress)
 
     def _check_run_dir(self) -> None:
-        taken = (self.run_dir / "metrics.jsonl").exists() or checkpoint.checkpoints_dir(self.run_dir).exists()
-        if taken and not self.resume:
-            raise FileExistsError(f"{self.run_dir} holds a GRPO run; pass --resume to continue it or choose another --out")
+        """A non-empty run_dir only with --resume, or --overwrite (which removes it first): sqrl/rundir.py."""
+        prepare_out(self.run_dir, resume=self.resume, overwrite=self.overwrite, create=False)
 
     def _prompt(self) -> str:
         rubric = Rubric(self.cfg.data.rubric)
@@ -248,15 +251,16 @@ class Driver:
             ray.init(address="local" if local else cl.address, include_dashboard=False, log_to_driver=True,
                      **({"num_cpus": cl.num_cpus} if local and cl.num_cpus else {}))
             self._owns_ray = True
-        env_vars = {k: v for k, v in os.environ.items() if k.startswith(PROPAGATED_ENV)}
-        if cl.torch_threads:
-            env_vars["OMP_NUM_THREADS"] = str(cl.torch_threads)
-        env = {"env_vars": env_vars}
+        # Only allow-listed, non-secret variables go into runtime_env (Ray logs it); secrets reach the
+        # reward workers as constructor arguments (grpo/worker_env.py).
+        secret_vars = secret_names(cfg.rewards.entries, cfg.rewards.secret_env)
+        env = {role: {"env_vars": worker_env(role, torch_threads=cl.torch_threads, exclude=secret_vars)}
+               for role in ("policy", "rollout", "reward")}
         self.placement = create_placement(plan_placement(cl, worker_counts(cfg)), cl.placement_timeout_s)
         place = self.placement.options
-        self.policy = build_policy_workers(cfg, str(self.init), self.backbone, place, env)
-        self.rollout = build_rollout_workers(cfg, str(self.init), self.backbone, place, env)
-        self.reward = build_reward_workers(cfg, place, env)
+        self.policy = build_policy_workers(cfg, str(self.init), self.backbone, place, env["policy"])
+        self.rollout = build_rollout_workers(cfg, str(self.init), self.backbone, place, env["rollout"])
+        self.reward = build_reward_workers(cfg, place, env["reward"], secrets=collect_secrets(secret_vars))
         master = ray.get(self.policy[0].rendezvous.remote())
         info = ray.get([w.setup.remote(*master) for w in self.policy] + [r.version.remote() for r in self.rollout]
                        + [r.pid.remote() for r in self.reward])[0]
@@ -303,6 +307,6 @@ class Driver:
             self._owns_ray = False
 
 
-def run_grpo(cfg: GRPOConfig, out: str | Path, resume: bool = False) -> Path:
+def run_grpo(cfg: GRPOConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Train the GRPO stage into ``out`` (see ``Driver``)."""
-    return Driver(cfg, out, resume=resume).run()
+    return Driver(cfg, out, resume=resume, overwrite=overwrite).run()

@@ -14,9 +14,10 @@ import os
 import time
 from collections import Counter
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from grpo.messages import TimedScores
+from grpo.worker_env import Secret, install_secrets
 from rewards import RewardSet, ScoredBatch
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ class RewardWorker:
     """Scores completions against their clips' references; total plus components per reward and dimension."""
 
     def __init__(self, entries: Sequence[dict[str, Any]], aggregation: str = "sum", pass_audio: bool = False,
-                 max_seconds: float | None = None):
+                 max_seconds: float | None = None, secrets: Mapping[str, Secret] | None = None):
+        install_secrets(secrets)  # e.g. the judge's api_key_env, never in the runtime env (grpo/worker_env.py)
         self.reward_set = RewardSet.from_config(list(entries), aggregation)
         self.pass_audio = pass_audio
         self.max_seconds = max_seconds
@@ -64,15 +66,18 @@ def split_groups(n_groups: int, n_workers: int) -> list[range]:
     return out
 
 
-def build_reward_workers(cfg: GRPOConfig, place: Callable[[str, int], dict], runtime_env: dict[str, Any]) -> list[Any]:
+def build_reward_workers(cfg: GRPOConfig, place: Callable[[str, int], dict], runtime_env: dict[str, Any],
+                         secrets: Mapping[str, Secret] | None = None) -> list[Any]:
     """``rewards.num_workers`` Ray actors that Ray restarts up to ``rewards.max_restarts`` times (the driver,
-    not Ray, resends a dead worker's batch: ``max_task_retries=0``)."""
+    not Ray, resends a dead worker's batch: ``max_task_retries=0``). ``secrets`` reach them as a constructor
+    argument, never through ``runtime_env`` (grpo/worker_env.py)."""
     import ray
 
     r = cfg.rewards
     cls = ray.remote(RewardWorker)
     return [cls.options(runtime_env=runtime_env, max_restarts=r.max_restarts, max_task_retries=0,
-                        **place("reward", i)).remote(r.entries, r.aggregation, r.pass_audio, cfg.data.max_seconds)
+                        **place("reward", i)).remote(r.entries, r.aggregation, r.pass_audio, cfg.data.max_seconds,
+                                                      secrets=secrets)
             for i in range(r.num_workers)]
 
 

@@ -7,9 +7,9 @@ batch of unique requests; this module does the rest:
 * ``PromptSpec`` holds a prompt set loaded from YAML (``configs/judges/*.yaml``); its ``request``
   makes a ``JudgeRequest``. Rubric text is data, never code.
 * The answer under judgement is untrusted (it is the policy's output). ``delimit`` neutralises
-  marker and chat-template look-alikes inside it, truncates it, and wraps it in markers derived
-  from a hash of the answer itself, so the answer cannot close its own block and pose as
-  instructions.
+  markers, chat-control look-alikes and every special or added token of the judge's own tokenizer
+  inside it (``judges.hygiene``), truncates it, and wraps it in markers derived from a hash of the
+  answer itself, so the answer cannot close its own block and pose as instructions.
 * ``parse_verdict`` reads a score out of what judges really write ("Score: 7/10", "**8**",
   "I'd give it a 6.5", ``{"score": 9}``, a leading ``<think>...</think>``).
 * ``score_probs`` turns next-token probabilities into a distribution over the integer scores
@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import yaml
+
+from judges.hygiene import neutralise, tokenizer_specials
+from sqrl.config import bounded, check_ranges, check_value
 
 log = logging.getLogger("sqrl.judges")
 
@@ -131,25 +134,16 @@ def fill(template: str, **values: str) -> str:
     return _PLACEHOLDER.sub(sub, template)
 
 
-def neutralise(text: str) -> str:
-    """Break anything in an untrusted answer that could pass for a marker or a chat-template token.
-
-    Runs of ``<<<``/``>>>`` (our markers) become guillemets, and ``<|``/``|>`` (ChatML-style special
-    tokens such as ``<|im_end|>``) get a space, so a tokenizer no longer maps them to control tokens.
-    """
-    text = re.sub(r"<{3,}", lambda m: "«" * len(m[0]), text)
-    text = re.sub(r">{3,}", lambda m: "»" * len(m[0]), text)
-    return text.replace("<|", "< |").replace("|>", "| >")
-
-
-def delimit(answer: str, max_chars: int, truncate: Callable[[str], str] | None = None) -> tuple[str, str, str]:
+def delimit(answer: str, max_chars: int, truncate: Callable[[str], str] | None = None,
+            specials: Sequence[str] = ()) -> tuple[str, str, str]:
     """Neutralise and truncate ``answer``; return ``(text, open_marker, close_marker)``.
 
     The markers carry a hash of the (original) answer, which the answer cannot contain itself.
-    ``truncate`` is the backend's token-level cut, applied after the character limit.
+    ``truncate`` is the backend's token-level cut, applied after the character limit; ``specials`` the
+    judge tokenizer's special and added token strings (``hygiene.tokenizer_specials``).
     """
     nonce = hashlib.sha256(answer.encode("utf-8", "replace")).hexdigest()[:12]
-    text = neutralise(answer)
+    text = neutralise(answer, specials)
     if len(text) > max_chars:
         text = text[:max_chars] + f"\n[... {len(text) - max_chars} more characters cut]"
     if truncate is not None:
@@ -157,9 +151,10 @@ def delimit(answer: str, max_chars: int, truncate: Callable[[str], str] | None =
     return text, f"<<<ANSWER {nonce}>>>", f"<<<END OF ANSWER {nonce}>>>"
 
 
-def render_messages(request: JudgeRequest, max_chars: int, truncate: Callable[[str], str] | None = None) -> list[dict]:
+def render_messages(request: JudgeRequest, max_chars: int, truncate: Callable[[str], str] | None = None,
+                    specials: Sequence[str] = ()) -> list[dict]:
     """The chat messages for ``request``: a system message and the user message with the answer block."""
-    text, open_, close = delimit(request.answer, max_chars, truncate)
+    text, open_, close = delimit(request.answer, max_chars, truncate, specials)
     block = fill(request.answer_block, open=open_, close=close, answer=text)
     user = fill(request.user, **dict(request.fields), answer_block=block)
     return [{"role": "system", "content": request.system}, {"role": "user", "content": user}]
@@ -393,6 +388,11 @@ class LocalPrompts:
         kept = self._tok.decode(ids[: self.max_answer_tokens])
         return kept + f"\n[... {len(ids) - self.max_answer_tokens} more tokens cut]"
 
+    def messages(self, request: JudgeRequest) -> list[dict]:
+        """As ``Judge.messages``, with every special and added token of this judge's tokenizer neutralised."""
+        return render_messages(request, self.max_answer_chars, self._truncate_tokens,  # type: ignore[attr-defined]
+                               tokenizer_specials(self._tok))
+
     def prompt_ids(self, request: JudgeRequest, prefix: str) -> list[int]:
         """Token ids of the templated prompt for ``request``, the assistant turn opened with ``prefix``."""
         text = chat_prompt(self._tok, self.messages(request), prefix, self.chat_template_kwargs)  # type: ignore[attr-defined]
@@ -407,16 +407,13 @@ class RetryPolicy:
     """Exponential backoff: attempt ``k`` (from 0) waits ``min(backoff_max_s, backoff_s * 2**k)``
     times a jitter factor in ``[1 - jitter, 1]`` before the next attempt."""
 
-    max_attempts: int = 4
-    backoff_s: float = 0.5
-    backoff_max_s: float = 8.0
-    jitter: float = 0.1
+    max_attempts: int = bounded(4, ge=1)
+    backoff_s: float = bounded(0.5, ge=0)
+    backoff_max_s: float = bounded(8.0, ge=0)
+    jitter: float = bounded(0.1, ge=0, le=1)
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.backoff_s < 0 or self.backoff_max_s < 0 or not 0 <= self.jitter <= 1:
-            raise ValueError("backoff_s and backoff_max_s must be >= 0 and jitter in [0, 1]")
+        check_ranges(self)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         base = min(self.backoff_max_s, self.backoff_s * 2**attempt)
@@ -516,12 +513,27 @@ BACKENDS = {
 }
 
 
+# The numeric settings the judge backends share, and their ranges: checked once, in build_judge.
+PARAM_RANGES: dict[str, dict[str, Any]] = {
+    "max_tokens": {"ge": 1}, "max_new_tokens": {"ge": 1}, "max_input_tokens": {"ge": 1},
+    "max_answer_tokens": {"ge": 1}, "max_answer_chars": {"ge": 1}, "top_logprobs": {"ge": 1},
+    "temperature": {"ge": 0}, "timeout_s": {"gt": 0}, "connect_timeout_s": {"gt": 0}, "concurrency": {"ge": 1},
+    "batch_size": {"ge": 1}, "threads": {"ge": 1}, "min_score_mass": {"ge": 0, "le": 1},
+    "branch_eps": {"ge": 0, "lt": 1}, "max_attempts": {"ge": 1}, "backoff_s": {"ge": 0}, "backoff_max_s": {"ge": 0},
+    "jitter": {"ge": 0, "le": 1}, "gpu_memory_utilization": {"gt": 0, "le": 1},
+}
+
+
 def build_judge(backend: str, **params: Any) -> Judge:
     """Build a judge from flat config: ``build_judge(backend="openai", base_url=..., mode="logit")``.
 
     ``backend`` is a name in ``BACKENDS`` or a dotted ``module:Class`` path; unknown parameters
-    raise ``TypeError`` from the backend's constructor.
+    raise ``TypeError`` from the backend's constructor, and a number out of its range (``PARAM_RANGES``)
+    a ``ValueError`` naming it (``judge.timeout_s must be > 0, got -1``).
     """
+    for name, bounds in PARAM_RANGES.items():
+        if isinstance(params.get(name), (int, float)):
+            check_value(f"judge.{name}", params[name], **bounds)
     target = BACKENDS.get(backend, backend)
     if ":" not in target:
         raise ValueError(f"unknown judge backend {backend!r}; known: {', '.join(BACKENDS)} or 'module:Class'")

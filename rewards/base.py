@@ -31,6 +31,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 RewardFn = Callable[..., Any]
@@ -235,7 +237,9 @@ class ScoredBatch:
     ``total``: the training reward per completion (None: excluded from the GRPO group statistics).
     ``per_reward``: each reward's own (unweighted, unnormalised) values. ``components``: ``"name/dim"`` ->
     values. ``skipped``: per reward, samples it returned None for. ``errors``: per reward, samples lost to an
-    exception or a contract violation. ``total_skipped``: samples whose total is None.
+    exception, a contract violation or a non-finite value. ``total_skipped``: samples whose total is None.
+    ``failures``: per reward that failed on a whole call, its error as ``"TypeError: message"`` (the driver
+    stops a run whose reward keeps failing, ``rewards.max_failed_steps``, and names this error).
     """
 
     total: list
@@ -244,6 +248,7 @@ class ScoredBatch:
     skipped: dict[str, int]
     errors: dict[str, int]
     total_skipped: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 class RewardSet:
@@ -317,9 +322,9 @@ class RewardSet:
             raise ValueError(f"{n} completions but {len(references)} references")
         columns = dict(columns)
         columns["parsed"] = parsed_column(completions, columns)
-        per_reward, components, skipped, errors = {}, {}, {}, {}
+        per_reward, components, skipped, errors, failures = {}, {}, {}, {}, {}
         for e in self.entries:
-            values, comps, n_err = self._run(e, completions, references, columns)
+            values, comps, n_err = self._run(e, completions, references, columns, failures)
             per_reward[e.name] = values
             errors[e.name] = n_err
             skipped[e.name] = sum(v is None for v in values) - n_err
@@ -327,9 +332,9 @@ class RewardSet:
                 components[f"{e.name}/{dim}"] = vals
         total = combine(per_reward, {e.name: e.weight for e in self.entries}, group_keys(references),
                         normalize=self.aggregation == "normalize_then_sum")
-        return ScoredBatch(total, per_reward, components, skipped, errors, sum(t is None for t in total))
+        return ScoredBatch(total, per_reward, components, skipped, errors, sum(t is None for t in total), failures)
 
-    def _run(self, e: RewardEntry, completions, references, columns) -> tuple[list, dict, int]:
+    def _run(self, e: RewardEntry, completions, references, columns, failures: dict) -> tuple[list, dict, int]:
         n = len(completions)
         try:
             values, comps, n_bad = _validate(e.fn(list(completions), list(references), **columns), n)
@@ -338,9 +343,12 @@ class RewardSet:
             self._logged_errors.add(e.name)
             logger.warning("reward %r failed on a batch of %d (values set to None): %s: %s",
                            e.name, n, type(exc).__name__, exc, exc_info=first)
+            failures[e.name] = f"{type(exc).__name__}: {exc}"
             return [None] * n, {}, n
         if n_bad:
             logger.warning("reward %r returned %d non-finite value(s); counted as errors", e.name, n_bad)
+            if n_bad == n:
+                failures[e.name] = f"RewardError: all {n} values were NaN or infinite"
         return values, comps, n_bad
 
 
@@ -390,6 +398,9 @@ def _numbers(seq: Any, n: int, what: str) -> tuple[list, int]:
         if v is None:
             out.append(None)
             continue
+        # float() would take "0.5" and True; a reward that returns them has a bug that must not train quietly
+        if isinstance(v, (str, bytes, bool, np.bool_)):
+            raise RewardError(f"{what}: {v!r} is a {type(v).__name__}; a reward returns numbers or None")
         try:
             f = float(v)
         except (TypeError, ValueError):

@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="YAML, e.g. configs/tiny/calibration.yaml")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
+    p.add_argument("--overwrite", action="store_true", help="remove an existing run in OUT first")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.lr=1e-4")
     p.set_defaults(func=_sft)
 
@@ -31,11 +32,11 @@ def _sft(args) -> int:
     if cfg.ray.num_workers > 0:
         from sft.ray_train import run_sft_on_ray
 
-        run_sft_on_ray(cfg, args.out, resume=args.resume)
+        run_sft_on_ray(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     else:
         from sft.train import run_sft
 
-        run_sft(cfg, args.out, resume=args.resume)
+        run_sft(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     print(f"model written to {args.out}")
     return 0
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqrl.config import bounded, check_ranges
 from sqrl.prompts import PROMPTINGS
 
 ENCODER_MODES = ("trainable", "frozen", "lora")
@@ -30,30 +31,31 @@ class ModelConfig:
 
 @dataclass
 class LoraSettings:
-    rank: int = 64
+    rank: int = bounded(64, ge=1)
     """LoRA rank on every linear layer of the LLM (paper: 64)."""
-    alpha: int | None = None
+    alpha: int | None = bounded(None, ge=1)
     """LoRA alpha; None: equal to ``rank`` (scaling 1)."""
-    dropout: float = 0.05
+    dropout: float = bounded(0.05, ge=0, lt=1)
     encoder_mode: str = "trainable"
     """trainable: audio tower and projector trained in full (the paper's calibration); frozen: tower
     frozen, projector trained; lora: LoRA on the tower too."""
 
     def __post_init__(self):
+        check_ranges(self)
         if self.encoder_mode not in ENCODER_MODES:
             raise ValueError(f"lora.encoder_mode must be one of {', '.join(ENCODER_MODES)}, not {self.encoder_mode!r}")
-        if self.rank < 1:
-            raise ValueError("lora.rank must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("lora.dropout must be in [0, 1)")
 
 
 @dataclass
 class SynthSettings:
     root: str = "data/synth"
     """Folder under which corpora are cached by seed and size."""
-    num: int = 2000
-    seed: int = 0
+    num: int = bounded(2000, ge=1)
+    seed: int = bounded(0, ge=0)
+    """numpy seeds the corpus with it: a non-negative integer."""
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass
@@ -67,12 +69,13 @@ class DataConfig:
     """Rubric YAML (default configs/rubrics/qualispeech.yaml)."""
     prompting: str = "all_dimensions"
     """per_dimension (the paper: one dimension per prompt), all_dimensions (cheaper), long_form (warm-up)."""
-    max_seconds: float = 30.0
+    max_seconds: float = bounded(30.0, gt=0)
     """Clips longer than this are skipped and counted."""
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=1)
     """Use only the first N clips (quick runs)."""
 
     def __post_init__(self):
+        check_ranges(self)
         if self.prompting not in PROMPTINGS:
             raise ValueError(f"data.prompting must be one of {', '.join(PROMPTINGS)}, not {self.prompting!r}")
         if self.train is None and self.synth is None:
@@ -82,50 +85,50 @@ class DataConfig:
 @dataclass
 class DeepSpeedSettings:
     enabled: bool = True
-    stage: int = 2
+    stage: int = bounded(2, ge=0, le=3)
     """ZeRO stage: 2 by default, 3 for 7B backbones."""
     offload_optimizer: bool = False
 
     def __post_init__(self):
-        if self.stage not in (0, 1, 2, 3):
-            raise ValueError("deepspeed.stage must be 0-3")
+        check_ranges(self)
 
 
 @dataclass
 class TrainSettings:
-    epochs: float = 1.0
-    max_steps: int = -1
+    epochs: float = bounded(1.0, gt=0)
+    max_steps: int = bounded(-1, ge=1, also=(-1,))
     """Stop after this many optimizer steps (-1: run ``epochs``)."""
-    batch_size: int = 8
+    batch_size: int = bounded(8, ge=1)
     """Per-device micro-batch."""
-    grad_accum: int = 1
-    lr: float = 1.5e-5
+    grad_accum: int = bounded(1, ge=1)
+    lr: float = bounded(1.5e-5, gt=0)
     lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    logging_steps: int = 10
-    save_steps: int = 200
-    save_total_limit: int = 2
+    warmup_ratio: float = bounded(0.03, ge=0, le=1)
+    weight_decay: float = bounded(0.0, ge=0)
+    max_grad_norm: float = bounded(1.0, ge=0)
+    """0: no clipping."""
+    seed: int = bounded(0, ge=0)
+    logging_steps: int = bounded(10, ge=1)
+    save_steps: int = bounded(200, ge=1)
+    save_total_limit: int = bounded(2, ge=1)
     gradient_checkpointing: bool = False
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("train.batch_size and train.grad_accum must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("train.lr must be > 0")
+        check_ranges(self)
 
 
 @dataclass
 class RaySettings:
-    num_workers: int = 0
+    num_workers: int = bounded(0, ge=0)
     """0: train in this process. N >= 1: a Ray Train TorchTrainer with N workers running the same code."""
     address: str | None = None
     """Ray cluster address (None: start or join a local one)."""
     use_gpu: bool = False
-    cpus_per_worker: int = 1
+    cpus_per_worker: int = bounded(1, ge=1)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass

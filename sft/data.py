@@ -2,8 +2,10 @@
 
 An example is a plain dict ``{"id", "audio", "prompt", "target"}``; the collator loads the audio,
 resamples it and asks the backbone to build chat-formatted inputs with ``labels`` that are -100
-everywhere but the answer tokens. A clip that cannot be read is dropped from its batch, logged and
-counted (``AudioCollator.skipped``); it never stops a run.
+everywhere but the answer tokens. A clip that ``sqrl.audio`` calls unusable (unreadable, shorter than
+the encoder takes, longer than ``data.max_seconds``, NaN samples: the rule ``sqrl data validate``
+applies) is dropped from its batch, logged with its file and counted by kind
+(``AudioCollator.skipped``, logged as ``skipped_clips``); it never stops a run.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def load_examples(manifest: str | Path, rubric: Rubric, prompting: str, limit: i
 
 
 class AudioCollator:
-    """Batch SFT examples into backbone inputs; unreadable clips are skipped and counted.
+    """Batch SFT examples into backbone inputs; unusable clips are skipped and counted.
 
     Picklable (the backbone is looked up by name), so DataLoader workers and Ray Train workers
     can hold it.
@@ -84,7 +86,7 @@ class AudioCollator:
         try:
             return load_audio(example["audio"], sampling_rate=SAMPLING_RATE, max_seconds=self.max_seconds)
         except AudioError as exc:
-            self.skipped[type(exc).__name__] += 1
+            self.skipped[exc.category] += 1
             log.warning("skipping clip %s: %s (skipped so far: %d)", example.get("id"), exc, sum(self.skipped.values()))
             return None
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sqrl.models import ModelMeta, load_model, read_meta, write_meta
+from sqrl.scratch import remove_stale, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def merge(checkpoint: str | Path, out: str | Path, atol: float = 1e-4) -> dict[s
     model, processor, backbone = load_model(checkpoint)
     before = probe_logits(model, processor, backbone)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    remove_stale(out)  # what a killed merge left
+    stage = staging_dir(out)
     try:
         merged = backbone.save_merged(model, processor, stage / "model")
         write_meta(merged, ModelMeta(backbone=backbone.name, kind="full", base=None, stage="merge"))

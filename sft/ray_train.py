@@ -25,16 +25,18 @@ def _worker_loop(config: dict) -> None:
     configure_torch()
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not config["use_gpu"] else "cuda")
     cfg = from_dict(SFTStageConfig, config["cfg"])
-    run_sft(cfg, config["out"], resume=config["resume"])
+    run_sft(cfg, config["out"], resume=config["resume"], claim=False)  # checked once by run_sft_on_ray
 
 
-def run_sft_on_ray(cfg: SFTStageConfig, out: str | Path, resume: bool = False) -> Path:
+def run_sft_on_ray(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Train with ``cfg.ray.num_workers`` Ray Train workers; returns the model directory."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    out = Path(out).resolve()
+    from sqrl.rundir import prepare_out
+
+    out = prepare_out(out, resume=resume, overwrite=overwrite).resolve()
     if not ray.is_initialized():
         local = cfg.ray.address is None and not os.environ.get("RAY_ADDRESS")
         # "local": a new cluster of our own; a bare ray.init() would join any `ray start` cluster it finds

@@ -17,11 +17,13 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from sft.config import SFTStageConfig
 from sft.data import AudioCollator, load_examples, resolve_manifests
 from sqrl.config import save_config
+from sqrl.integrity import verify_manifest, write_manifest
+from sqrl.rundir import prepare_out
 from sqrl.models import ModelMeta, load_model, read_meta, write_meta
 from sqrl.prompts import Rubric
 
@@ -93,6 +95,22 @@ class JsonlLogger(TrainerCallback):
             fh.write(json.dumps(row) + "\n")
 
 
+class ChecksumCheckpoints(TrainerCallback):
+    """Record ``sqrl_sha256.json`` in each checkpoint the trainer saves (sqrl/integrity.py), so that a resume
+    can refuse one changed afterwards. Every rank waits until all have written their part (DeepSpeed
+    partitions, RNG states); rank 0 hashes the folder."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if folder.is_dir():
+                write_manifest(folder)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # no rank runs ahead (and could resume) before the manifest exists
+
+
 def build_model(cfg: SFTStageConfig):
     """(peft model, processor, backbone, base path) for the stage."""
     dtype = resolve_dtype(cfg.model.dtype)
@@ -117,12 +135,23 @@ def trainable_summary(model) -> dict[str, int]:
     return {"parameters": total, "trainable": trainable}
 
 
-def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False) -> Path:
-    """Train one SFT stage into ``out`` and return it. ``resume`` continues from the last checkpoint."""
+def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
+            claim: bool = True) -> Path:
+    """Train one SFT stage into ``out`` and return it. ``resume`` continues from the last checkpoint;
+    a non-empty ``out`` is refused without ``resume`` or ``overwrite`` (sqrl/rundir.py). ``claim=False``:
+    the caller has checked ``out`` (each Ray Train worker; ``run_sft_on_ray`` checks once)."""
     from trl import SFTConfig, SFTTrainer
 
-    out = Path(out)
+    out = prepare_out(out, resume=resume, overwrite=overwrite) if claim else Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    ckpts = out / "checkpoints"
+    last = get_last_checkpoint(str(ckpts)) if resume and ckpts.is_dir() else None
+    if resume and last is None:
+        log.warning("--resume: no checkpoint under %s; starting from scratch", out / "checkpoints")
+    if last is not None:
+        verify_manifest(last)  # DeepSpeed unpickles the engine state: nothing changed since it was written
+    if resume and os.environ.get("RANK", "0") == "0":  # rank 0 alone writes the log
+        _drop_rows_after(out / "metrics.jsonl", int(last.rsplit("-", 1)[1]) if last else 0)
     ds_config = deepspeed_config(cfg)
     ensure_process_group_env(ds_config is not None)
     torch.manual_seed(cfg.train.seed)
@@ -173,12 +202,8 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False) -> Path:
         train_dataset=Dataset.from_list(examples),
         data_collator=collator,
         processing_class=processor,
-        callbacks=[JsonlLogger(out / "metrics.jsonl", collator)],
+        callbacks=[JsonlLogger(out / "metrics.jsonl", collator), ChecksumCheckpoints()],
     )
-    ckpts = out / "checkpoints"
-    last = get_last_checkpoint(str(ckpts)) if resume and ckpts.is_dir() else None
-    if resume and last is None:
-        log.warning("--resume: no checkpoint under %s; starting from scratch", out / "checkpoints")
     trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))
@@ -189,6 +214,25 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False) -> Path:
         if collator.skipped:
             log.warning("skipped clips: %s", dict(collator.skipped))
     return out
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (where a resume continues), so the log holds one run."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and _row_step(line) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _row_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", float("inf")))
+    except (ValueError, AttributeError):
+        return float("inf")  # a torn last line from a kill: dropped
 
 
 def _base_build(backbone, base: str | None, cfg: SFTStageConfig) -> str | None:

@@ -10,7 +10,10 @@ resampled to 16 kHz as ``sqrl eval`` does, and clips are generated greedily in b
 
 A file that cannot be judged (missing, not audio, empty, NaN samples, longer than the limit, or
 audio the model refuses) gets an error of its own: a line on stderr and an ``error`` field in JSON;
-the other files are still judged. The exit status is 0 when at least one file was judged and 1 when
+the other files are still judged. A file that is judged but not as given says so: ``judged_seconds``
+is the audio the model heard (a file longer than the model's window is cut to it) and ``warnings``
+lists what was done to the clip or is odd about it (cut, resampled, mixed to mono, all-zero, silent,
+far too quiet or loud, clipped); both are in JSON, the table and on stderr. The exit status is 0 when at least one file was judged and 1 when
 every file failed. An answer the parser cannot read as scores is not an error: its scores are null,
 its raw text is kept and stderr says so.
 """
@@ -30,6 +33,7 @@ from typing import Any, Sequence
 import yaml
 
 from sqrl.audio import AUDIO_EXTENSIONS, AudioError, find_audio_files, load_audio
+from sqrl.config import arg_range
 from sqrl.dimensions import ARTIFACT_DISPLAY_NAMES, DIMENSIONS
 from sqrl.evaluate import SAMPLING_RATE, Generator, _combine, training_prompts
 from sqrl.prompts import PROMPTINGS, Rubric
@@ -38,6 +42,12 @@ from sqrl.schema import Assessment
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SECONDS = 30.0
+# Levels of the judged audio (RMS in dB re full scale). Speech recorded with care sits around -35 to -15
+# dBFS; outside these bounds a judgement says more about the level than about the speech.
+SILENT_DBFS = -60.0
+QUIET_DBFS = -45.0
+LOUD_DBFS = -6.0
+CLIPPED_FRACTION = 0.01  # share of samples at full scale (|x| >= 0.999) that makes a clip "clipped"
 SHORT_NAMES = {"speed": "speed", "naturalness": "nat.", "noise": "noise", "distortion": "distort.",
                "listening_effort": "effort", "continuity": "cont.", "overall": "overall"}
 
@@ -52,6 +62,8 @@ class Judgement:
     error: str | None = None
     duration: float | None = None  # seconds of audio read (before the model's own window)
     asked: tuple[str, ...] = field(default_factory=lambda: tuple(DIMENSIONS))
+    judged_seconds: float | None = None  # seconds the model heard: ``duration`` cut to the model's window
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -71,6 +83,8 @@ class Judgement:
         return {
             "file": self.file,
             "duration": None if self.duration is None else round(self.duration, 3),
+            "judged_seconds": None if self.judged_seconds is None else round(self.judged_seconds, 3),
+            "warnings": list(self.warnings),
             "scores": {d: answer.scores.get(d) for d in DIMENSIONS},
             "artifacts": [a.to_dict() for a in answer.artifacts],
             "description": answer.description,
@@ -118,18 +132,63 @@ def prompts_for(rubric: Rubric, prompting: str) -> list[tuple[str | None, str]]:
 
 def _read(path: str, max_seconds: float | None) -> tuple[Any, str | None]:
     """(16-kHz mono wave, None) or (None, why it cannot be judged)."""
-    from sqrl.backbones.core import MIN_CLIP_SECONDS
-
     if os.path.isdir(path):
         return None, f"a directory with no {'/'.join(e.lstrip('.') for e in AUDIO_EXTENSIONS)} files"
     try:
         wave = load_audio(path, sampling_rate=SAMPLING_RATE, max_seconds=max_seconds)
-    except AudioError as exc:
+    except AudioError as exc:  # the one usability rule (sqrl.audio), as validate and training apply it
         return None, exc.problem
-    if len(wave) < MIN_CLIP_SECONDS * SAMPLING_RATE:
-        return None, (f"too short for the model: {len(wave) / SAMPLING_RATE:.3f} s "
-                      f"< {MIN_CLIP_SECONDS:g} s")
     return wave, None
+
+
+def model_window_seconds(generator: Any) -> float | None:
+    """Seconds of a clip the model hears: a Qwen2-Audio encoder cuts a clip at its window (30 s); AF3
+    splits a clip into windows up to its processor's ``max_audio_len`` (600 s). None when unknown."""
+    processor = getattr(generator, "processor", None)
+    extractor = getattr(processor, "feature_extractor", None)
+    family = getattr(getattr(generator, "backbone", None), "family", None)
+    if extractor is not None and getattr(family, "truncates_long_audio", False):
+        return extractor.n_samples / extractor.sampling_rate
+    max_len = getattr(processor, "max_audio_len", None)
+    return float(max_len) if max_len else None
+
+
+def inspect_clip(path: str, wave: Any, window_seconds: float | None) -> tuple[Any, float, list[str]]:
+    """``(the wave the model will hear, its seconds, warnings)``: the wave cut to the model's window, and
+    what was done to the clip or is odd about its level (measured on the part that is judged)."""
+    import numpy as np
+
+    from sqrl.audio import audio_info
+
+    warnings = []
+    duration = len(wave) / SAMPLING_RATE
+    if window_seconds is not None and duration > window_seconds:
+        wave = wave[:int(round(window_seconds * SAMPLING_RATE))]
+        warnings.append(f"cut to the model's {window_seconds:g}-s window: only the first {window_seconds:g} s "
+                        f"of {duration:.2f} s were judged")
+    try:
+        info = audio_info(path)
+        if info.sample_rate != SAMPLING_RATE:
+            warnings.append(f"resampled from {info.sample_rate} Hz to {SAMPLING_RATE} Hz")
+        if info.channels > 1:
+            warnings.append(f"mixed {info.channels} channels to mono")
+    except AudioError:  # it was just read; a file replaced meanwhile only loses these two notes
+        pass
+    peak = float(np.max(np.abs(wave))) if len(wave) else 0.0
+    rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if len(wave) else 0.0
+    level = 20 * np.log10(rms) if rms > 0 else -np.inf
+    if peak == 0:
+        warnings.append("all samples are zero (digital silence): the judgement describes no speech")
+    elif level < SILENT_DBFS:
+        warnings.append(f"silent: level {level:.0f} dBFS (speech is usually -35 to -15 dBFS)")
+    elif level < QUIET_DBFS:
+        warnings.append(f"far too quiet: level {level:.0f} dBFS (speech is usually -35 to -15 dBFS)")
+    elif level > LOUD_DBFS:
+        warnings.append(f"far too loud: level {level:.0f} dBFS (speech is usually -35 to -15 dBFS)")
+    clipped = float(np.mean(np.abs(wave) >= 0.999)) if len(wave) else 0.0
+    if clipped >= CLIPPED_FRACTION:
+        warnings.append(f"clipped: {clipped:.1%} of samples at full scale")
+    return wave, len(wave) / SAMPLING_RATE, warnings
 
 
 def _generate(generator: Generator, waves: list, prompts: list[str]) -> list[str | Exception]:
@@ -158,6 +217,7 @@ def judge(generator: Generator, files: Sequence[str], rubric: Rubric, prompting:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     asks = prompts_for(rubric, prompting)
     asked = tuple(d for d, _ in asks if d is not None) or tuple(DIMENSIONS)
+    window = model_window_seconds(generator)
     results = [Judgement(str(f), asked=asked) for f in files]
     # Files are read a batch's worth at a time, so a long file list never sits in memory at once.
     files_per_chunk = max(1, batch_size // len(asks))
@@ -170,8 +230,8 @@ def judge(generator: Generator, files: Sequence[str], rubric: Rubric, prompting:
             if problem is not None:
                 res.error = problem
             else:
-                waves[id(res)] = wave
                 res.duration = len(wave) / SAMPLING_RATE
+                waves[id(res)], res.judged_seconds, res.warnings = inspect_clip(res.file, wave, window)
         requests = [(res, dim, prompt) for res in chunk if res.ok for dim, prompt in asks]
         answers: dict[int, list[tuple[str | None, str]]] = {}
         for b in range(0, len(requests), batch_size):
@@ -228,12 +288,18 @@ def format_table(results: Sequence[Judgement], width: int | None = None) -> str:
             continue
         cells = [f"{'-' if r.assessment.scores.get(d) is None else r.assessment.scores[d]:>{len(h)}}"
                  for d, h in zip(DIMENSIONS, heads)]
-        lines.append("  ".join([f"{cut(r.file):<{name_w}}", *cells]))
+        flag = [f"! {len(r.warnings)} warning{'s' * (len(r.warnings) > 1)}"] if r.warnings else []
+        lines.append("  ".join([f"{cut(r.file):<{name_w}}", *cells, *flag]))
     wrap = textwrap.TextWrapper(width=max(40, width), initial_indent="  ", subsequent_indent="    ")
     for r in results:
         if not r.ok:
             continue
         lines += ["", r.file]
+        if r.judged_seconds is not None:
+            cut_off = r.duration is not None and r.judged_seconds < r.duration - 1e-6
+            lines.append(f"  judged {r.judged_seconds:.2f} s" + (f" of {r.duration:.2f} s" if cut_off else ""))
+        for warning in r.warnings:
+            lines += wrap.wrap(f"warning: {warning}")
         if r.assessment.artifacts:
             for a in sorted(r.assessment.artifacts, key=lambda a: (a.start, a.end)):
                 text = f": {a.text}" if a.text else ""
@@ -259,9 +325,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files (wav/flac/ogg, any rate) or directories")
     p.add_argument("--model", required=True, help="model directory (sqrl sft/merge/grpo output) or backbone name")
     p.add_argument("--json", action="store_true", help="print a JSON list (one object per file) instead of a table")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--max-seconds", type=float, default=None,
+    p.add_argument("--batch-size", type=arg_range(int, ge=1), default=8, help="prompts per generate call (default 8)")
+    p.add_argument("--max-new-tokens", type=arg_range(int, ge=1), default=256)
+    p.add_argument("--max-seconds", type=arg_range(float, gt=0), default=None,
                    help="refuse longer files (default: the model's training limit, else 30)")
     p.add_argument("--prompting", choices=PROMPTINGS, default=None, help="default: as the model was trained")
     p.add_argument("--rubric", default=None, help="rubric YAML (default: as the model was trained)")
@@ -277,7 +343,10 @@ def _run(args) -> int:
     for r in results:
         if not r.ok:
             print(f"sqrl assess: {r.file}: {r.error}", file=sys.stderr)
-        elif r.missing_scores:
+            continue
+        for warning in r.warnings:
+            print(f"sqrl assess: {r.file}: warning: {warning}", file=sys.stderr)
+        if r.missing_scores:
             print(f"sqrl assess: {r.file}: no score could be read for {', '.join(r.missing_scores)} "
                   "(the raw answer is kept)", file=sys.stderr)
     if args.json:

@@ -3,6 +3,12 @@
 ``load_audio`` reads wav/flac/ogg through soundfile, mixes to mono, resamples with soxr and
 checks the samples. Every problem is an ``AudioError`` that names the file and the problem, so
 a bad clip deep inside a training run says which file to look at.
+
+What makes a clip usable is decided here once, and ``sqrl data validate``, the SFT collator,
+``sqrl eval``, the GRPO workers and ``sqrl assess`` all apply it through ``load_audio`` (or, for
+validate, ``header_problem`` and ``check_wave``): the file exists and soundfile reads it, it
+holds at least ``MIN_CLIP_SECONDS`` and at most the caller's ``max_seconds``, and every sample is
+finite. Any rate and channel count is usable (mixed to mono, resampled to 16 kHz on load).
 """
 from __future__ import annotations
 
@@ -17,13 +23,17 @@ import soxr
 
 DEFAULT_SAMPLING_RATE = 16000
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg")
+# Shorter clips give the audio encoder fewer than ~2 positions; Qwen2-Audio then mistakes the batch
+# for its legacy un-expanded format. A tenth of a second is far below any real utterance.
+MIN_CLIP_SECONDS = 0.1
 
 
 class AudioError(ValueError):
-    """A clip that cannot be used: ``path`` and ``problem`` say which and why."""
+    """A clip that cannot be used: ``path`` and ``problem`` say which and why; ``category`` is the
+    kind of problem (what ``sqrl data validate`` counts: ``audio missing``, ``too short``, ...)."""
 
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path, self.problem = str(path), problem
+    def __init__(self, path: str | os.PathLike, problem: str, category: str = "audio unreadable"):
+        self.path, self.problem, self.category = str(path), problem, category
         super().__init__(f"{path}: {problem}")
 
 
@@ -43,12 +53,30 @@ class AudioInfo:
 def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Header facts of ``path``; raises ``AudioError`` if it is missing or not a sound file."""
     if not os.path.isfile(path):
-        raise AudioError(path, "file not found")
+        raise AudioError(path, "file not found", "audio missing")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(path, f"unreadable audio ({exc})") from None
     return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames))
+
+
+def header_problem(info: AudioInfo, max_seconds: float | None = None,
+                   min_seconds: float | None = MIN_CLIP_SECONDS) -> tuple[str, str] | None:
+    """``(category, problem)`` when the header alone makes a clip unusable, else None (see the module doc).
+
+    >>> header_problem(AudioInfo(16000, 1, 800))
+    ('too short', 'too short for the model: 0.050 s < 0.1 s')
+    """
+    if info.sample_rate <= 0 or info.channels <= 0:
+        return "audio unreadable", f"{info.sample_rate} Hz, {info.channels} channels"
+    if info.frames <= 0:
+        return "empty audio", "empty audio (0 samples)"
+    if min_seconds is not None and info.duration < min_seconds:
+        return "too short", f"too short for the model: {info.duration:.3f} s < {min_seconds:g} s"
+    if max_seconds is not None and info.duration > max_seconds:
+        return "too long", f"too long: {info.duration:.2f} s > limit {max_seconds:g} s"
+    return None
 
 
 def to_mono(wave: np.ndarray) -> np.ndarray:
@@ -75,14 +103,14 @@ def check_wave(wave: np.ndarray, path: str | os.PathLike = "<array>", max_second
                sampling_rate: int = DEFAULT_SAMPLING_RATE) -> np.ndarray:
     """Raise ``AudioError`` for an empty clip, NaN or infinite samples, or one over ``max_seconds``."""
     if wave.size == 0:
-        raise AudioError(path, "empty audio (0 samples)")
+        raise AudioError(path, "empty audio (0 samples)", "empty audio")
     bad = ~np.isfinite(wave)
     if bad.any():
         first = int(np.flatnonzero(bad.reshape(-1))[0])
-        raise AudioError(path, f"{int(bad.sum())} NaN or infinite samples (first at sample {first})")
+        raise AudioError(path, f"{int(bad.sum())} NaN or infinite samples (first at sample {first})", "NaN samples")
     seconds = wave.shape[0] / sampling_rate
     if max_seconds is not None and seconds > max_seconds:
-        raise AudioError(path, f"too long: {seconds:.2f} s > limit {max_seconds:g} s")
+        raise AudioError(path, f"too long: {seconds:.2f} s > limit {max_seconds:g} s", "too long")
     return wave
 
 
@@ -92,7 +120,7 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     No mixing, resampling or checks beyond readability (``AudioError`` if missing/unreadable).
     """
     if not os.path.isfile(path):
-        raise AudioError(path, "file not found")
+        raise AudioError(path, "file not found", "audio missing")
     try:
         wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
@@ -101,27 +129,33 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 
 def load_audio(path: str | os.PathLike, sampling_rate: int = DEFAULT_SAMPLING_RATE,
-               max_seconds: float | None = None) -> np.ndarray:
-    """Read ``path`` as a mono float32 wave at ``sampling_rate``.
+               max_seconds: float | None = None, min_seconds: float | None = MIN_CLIP_SECONDS) -> np.ndarray:
+    """Read ``path`` as a mono float32 wave at ``sampling_rate``, if it is usable (module doc).
 
     Stereo is averaged to mono; other rates are resampled with soxr. Raises ``AudioError`` naming
-    the file when it is missing, unreadable, empty, holds NaN/inf samples, or lasts longer than
-    ``max_seconds`` (checked before resampling, so a huge file is refused cheaply).
+    the file when it is missing, unreadable, empty, shorter than ``min_seconds``, longer than
+    ``max_seconds`` (both checked before reading, so a huge file is refused cheaply) or holds
+    NaN/inf samples. ``min_seconds=None`` loads any length (a source to crop, not a clip to judge).
     """
-    info = audio_info(path)
-    if max_seconds is not None and info.duration > max_seconds:
-        raise AudioError(path, f"too long: {info.duration:.2f} s > limit {max_seconds:g} s")
+    problem = header_problem(audio_info(path), max_seconds, min_seconds)
+    if problem is not None:
+        raise AudioError(path, problem[1], problem[0])
     wave, sr = read_audio(path)
     check_wave(wave, path)
-    wave = to_mono(wave).astype(np.float32)
-    return resample(wave, int(sr), sampling_rate)
+    wave = resample(to_mono(wave).astype(np.float32), int(sr), sampling_rate)
+    if min_seconds is not None and len(wave) < round(min_seconds * sampling_rate):  # rounding in the resampler
+        raise AudioError(path, f"too short for the model: {len(wave) / sampling_rate:.3f} s < {min_seconds:g} s",
+                         "too short")
+    return wave
 
 
 def save_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = DEFAULT_SAMPLING_RATE,
-               subtype: str = "PCM_16") -> Path:
+               subtype: str = "PCM_16", overwrite: bool = True) -> Path:
     """Write a mono wave atomically (temp file, then rename); samples are clipped to [-1, 1].
 
-    The format follows the suffix (.wav, .flac, .ogg). Refuses NaN/inf or empty waves.
+    The format follows the suffix (.wav, .flac, .ogg). Refuses NaN/inf or empty waves. With
+    ``overwrite=False`` an existing ``path`` is never replaced: ``FileExistsError`` instead (the name
+    is claimed with an exclusive create before the rename, so two writers cannot both win).
     """
     path = Path(path)
     wave = np.asarray(wave, dtype=np.float32)
@@ -136,6 +170,8 @@ def save_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = D
     os.close(fd)
     try:
         sf.write(tmp, np.clip(wave, -1.0, 1.0), sampling_rate, subtype=subtype, format=fmt)
+        if not overwrite:  # claim the name first (FileExistsError if taken), then fill it by the rename
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from sqrl.audio import AudioError, load_audio, resample
+from sqrl.config import arg_range
 from sqrl.schema import Record, read_manifest
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def synthetic_reference(record: Record) -> tuple[np.ndarray, int] | None:
         return wave, sr
     crop, tempo = meta.get("crop_seconds"), (meta.get("speed") or {}).get("tempo")
     if meta.get("source") == "clean-dir" and crop and tempo and os.path.isfile(str(meta.get("clean_source"))):
-        wave = load_audio(meta["clean_source"], sr)
+        wave = load_audio(meta["clean_source"], sr, min_seconds=None)  # the source synth cropped
         segment = wave[int(round(crop[0] * sr)):int(round(crop[1] * sr))]
         return _gain_to_dbfs(degrade.time_stretch(segment, sr, float(tempo)), CLEAN_RMS_DBFS), sr
     return None
@@ -350,20 +351,25 @@ def write_report(out: Path, result: dict[str, Any], compare: Sequence[dict[str, 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("baselines", help="DistillMOS and PESQ as overall-MOS baselines on a manifest (PCC/SRCC)")
     p.add_argument("--manifest", required=True, help="manifest JSONL with overall scores")
-    p.add_argument("--out", required=True, help="output directory (metrics.json, predictions.jsonl, report.md)")
+    p.add_argument("--out", required=True, help="output directory (metrics.json, predictions.jsonl, report.md); "
+                   "absent or empty, unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="remove an existing result in OUT first")
     p.add_argument("--baselines", default=",".join(BASELINES), help=f"comma-separated subset of {', '.join(BASELINES)}")
     p.add_argument("--clean-dir", default=None,
                    help="clean references for PESQ, a file of the same name as each clip (default: meta.clean_audio, "
                    "or the re-rendered source of a synthetic clip)")
     p.add_argument("--pesq-mode", choices=tuple(PESQ_RATES), default="wb", help="wb: P.862.2 at 16 kHz; nb: 8 kHz")
-    p.add_argument("--limit", type=int, default=None, help="first N clips only")
-    p.add_argument("--batch-size", type=int, default=8, help="DistillMOS clips per forward pass")
+    p.add_argument("--limit", type=arg_range(int, ge=1), default=None, help="first N clips only")
+    p.add_argument("--batch-size", type=arg_range(int, ge=1), default=8, help="DistillMOS clips per forward pass")
     p.add_argument("--compare", action="append", default=[], metavar="METRICS",
                    help="an `sqrl eval` metrics.json (or its folder) whose overall row joins the report; repeatable")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
+    from sqrl.rundir import prepare_out
+
+    prepare_out(args.out, overwrite=args.overwrite, can_resume=False, create=False)
     names = [b.strip() for b in args.baselines.split(",") if b.strip()]
     result = run_baselines(args.manifest, baselines=names, clean_dir=args.clean_dir, pesq_mode=args.pesq_mode,
                            limit=args.limit, batch_size=args.batch_size, progress=sys.stderr.isatty())

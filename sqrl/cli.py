@@ -44,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    result = args.func(args)
+    from sqrl.config import ConfigError
+
+    try:
+        result = args.func(args)
+    except ConfigError as exc:  # a bad key or value names itself; no traceback needed
+        print(f"sqrl {args.command}: config error: {exc}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from sft.config import SynthSettings
-from sqrl.config import load_config, save_config
+from sqrl.config import bounded, check_ranges, load_config, save_config
 from sqrl.pipeline import EvalSettings, StageSettings, _done
+from sqrl.rundir import prepare_out
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class CompareConfig:
 
     corpus: SynthSettings = field(default_factory=SynthSettings)
     """The one corpus every row trains on (train split) and is evaluated on (test split)."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = bounded(default_factory=lambda: [0, 1], ge=0)
     """Training seeds (``train.seed`` of every SFT and GRPO stage); the corpus and base model stay fixed."""
     rows: list[str] = field(default_factory=lambda: [r.name for r in ROWS])
     """Rows to train and evaluate (a subset runs only the stages it needs)."""
@@ -91,10 +92,11 @@ class CompareConfig:
     grpo_overrides: list[str] = field(default_factory=list)
     """Dotted overrides for every GRPO stage, before each stage's own: the shared GRPO budget."""
     eval: EvalSettings = field(default_factory=EvalSettings)
-    reward_window: int = 5
+    reward_window: int = bounded(5, ge=1)
     """Table 3's training reward: mean over the first and the last N logged steps (at most half of them)."""
 
     def __post_init__(self):
+        check_ranges(self)
         unknown = [r for r in self.rows if r not in ROW_BY_NAME]
         if unknown:
             raise ValueError(f"rows: unknown {unknown}; known: {', '.join(ROW_BY_NAME)}")
@@ -102,8 +104,6 @@ class CompareConfig:
             raise ValueError("rows must name at least one row")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be a non-empty list of distinct integers")
-        if self.reward_window < 1:
-            raise ValueError("reward_window must be >= 1")
 
 
 # ------------------------------------------------------------------------------------ aggregation
@@ -497,8 +497,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 class Compare:
     """Plans the stages the chosen rows need, runs them (``Progress``), and collects the results."""
 
-    def __init__(self, cfg: CompareConfig, out: str | Path):
-        self.cfg, self.out = cfg, Path(out)
+    def __init__(self, cfg: CompareConfig, out: str | Path, overwrite: bool = False):
+        self.cfg, self.out, self.overwrite = cfg, Path(out), overwrite
 
     # ---- overrides per stage
     def corpus_overrides(self) -> list[str]:
@@ -650,7 +650,7 @@ class Compare:
         from sft.config import DataConfig
         from sft.data import resolve_manifests
 
-        self.out.mkdir(parents=True, exist_ok=True)
+        prepare_out(self.out, resume=not self.overwrite, overwrite=self.overwrite)  # continues unless --overwrite
         save_config(self.cfg, self.out / "compare.yaml")
         t0 = time.perf_counter()
         train_manifest, test_manifest = resolve_manifests(DataConfig(synth=self.cfg.corpus))
@@ -699,23 +699,25 @@ class Compare:
                 "stages": dict(record)}
 
 
-def run_compare(cfg: CompareConfig, out: str | Path) -> dict[str, Any]:
-    """Train and evaluate every row of ``cfg`` for every seed into ``out``; returns results.json's content."""
-    return Compare(cfg, out).run()
+def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Train and evaluate every row of ``cfg`` for every seed into ``out``; returns results.json's content.
+    ``overwrite``: remove an existing ``out`` first (otherwise its finished stages are reused)."""
+    return Compare(cfg, out, overwrite).run()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="the paper's comparison: every row (untrained, calibration, frozen encoder, "
                        "SFT reasoning, three GRPO rewards) over several seeds, Tables 1 and 3 with mean ± std")
     p.add_argument("--config", default="configs/tiny/compare.yaml")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="run folder; a second call reuses its finished stages")
+    p.add_argument("--overwrite", action="store_true", help="remove an existing OUT first and start over")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. seeds=[0] 'rows=[calibration]'")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     cfg = load_config(CompareConfig, args.config, args.overrides)
-    results = run_compare(cfg, args.out)
+    results = run_compare(cfg, args.out, overwrite=args.overwrite)
     print("\n".join(table1_lines(results)))
     print(f"\nfinished in {results['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.md'}")
     return 0

@@ -7,10 +7,18 @@ Every stage declares its config as dataclasses (one per concern) and loads it wi
 A YAML may name a ``base:`` file (relative to itself) whose values it overrides, so the paper
 configs can share one file per concern. Values are validated by each dataclass's
 ``__post_init__``; a wrong key or type names its dotted path.
+
+Numeric ranges are declared once, on the field: ``epochs: float = bounded(1.0, gt=0)``. The loader
+checks them before building the dataclass and names the dotted key (``train.epochs must be > 0,
+got -1``); a dataclass built in Python checks them in ``__post_init__`` (``check_ranges(self)``).
+Non-finite floats (``.nan``, ``.inf``) are refused everywhere. ``arg_range`` does the same for
+command-line flags.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -23,6 +31,109 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config that does not fit its dataclass; the message names the dotted key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed values of a number: the bounds that are set, plus ``also`` (sentinels such as -1)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    also: tuple = ()
+
+    def describe(self) -> str:
+        low = f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}" if self.gt is not None else None
+        high = f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}" if self.lt is not None else None
+        if low and high:
+            text = (f"in {'[' if self.ge is not None else '('}{self.ge if self.ge is not None else self.gt:g}, "
+                    f"{self.le if self.le is not None else self.lt:g}{']' if self.le is not None else ')'}")
+        else:
+            text = low or high or "a number"
+        return "must be " + text + "".join(f" or {a!r}" for a in self.also)
+
+    def allows(self, value: Any) -> bool:
+        if value in self.also and not isinstance(value, bool):
+            return True
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return not ((self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
+                    or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt))
+
+
+class RangeError(ConfigError):
+    """A number out of its field's range; ``key`` is the field (the loader prefixes its section)."""
+
+    def __init__(self, key: str, requirement: str, value: Any):
+        self.key, self.requirement, self.value = key, requirement, value
+        super().__init__(f"{key} {requirement}, got {value!r}")
+
+
+def bounded(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None, also: tuple = (),
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field holding a number (or ``None``, or a list of numbers) within a range.
+
+    >>> Range(ge=1, also=(-1,)).describe()
+    'must be >= 1 or -1'
+    """
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"range": Range(ge, gt, le, lt, tuple(also))})
+
+
+def _range_problem(rng: Range, key: str, value: Any) -> RangeError | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _range_problem(rng, f"{key}[{i}]", item)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, (int, float)) and not rng.allows(value):
+        return RangeError(key, rng.describe(), value)
+    return None
+
+
+def check_ranges(obj: Any, values: dict[str, Any] | None = None) -> None:
+    """Raise ``RangeError`` for the first field of dataclass ``obj`` (or of ``values``, by field name)
+    outside its ``bounded`` range. Call it first in ``__post_init__``."""
+    fields = dataclasses.fields(obj)
+    for f in fields:
+        rng = f.metadata.get("range")
+        if rng is None or (values is not None and f.name not in values):
+            continue
+        problem = _range_problem(rng, f.name, values[f.name] if values is not None else getattr(obj, f.name))
+        if problem:
+            raise problem
+
+
+def check_value(key: str, value: Any, **bounds: Any) -> None:
+    """``RangeError`` naming ``key`` when ``value`` (a number or list of numbers) is outside ``bounds``
+    (``ge``/``gt``/``le``/``lt``/``also``): the range check for numbers that are not dataclass fields."""
+    problem = _range_problem(Range(**bounds), key, value)
+    if problem:
+        raise problem
+
+
+def arg_range(kind: type, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+              lt: float | None = None) -> typing.Callable[[str], Any]:
+    """An argparse ``type=`` that parses ``kind`` and enforces a range; argparse names the flag:
+    ``argument --batch-size: must be >= 1, got 0``."""
+    rng = Range(ge, gt, le, lt)
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not rng.allows(value):
+            raise argparse.ArgumentTypeError(f"{rng.describe()}, got {value!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -100,13 +211,15 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return dict(value)
     if tp is Any or tp is object:
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
     if tp is float and isinstance(value, str):
         try:
-            return float(value)  # YAML reads "1e-4" (no dot) as a string
+            value = float(value)  # YAML reads "1e-4" (no dot) as a string
         except ValueError:
             pass
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+        return float(value)
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if isinstance(tp, type) and not isinstance(value, tp):
@@ -135,8 +248,12 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     for name, value in data.items():
         path = f"{where}.{name}" if where else name
         kwargs[name] = _convert(hints[name], value, path)
+    prefix = f"{where}." if where else ""
     try:
+        check_ranges(cls, kwargs)  # before __post_init__, whose cross-field checks assume sane numbers
         return cls(**kwargs)
+    except RangeError as exc:
+        raise ConfigError(f"{prefix}{exc.key} {exc.requirement}, got {exc.value!r}") from None
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise

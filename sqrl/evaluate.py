@@ -18,6 +18,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from sqrl.config import arg_range
 from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS
 from sqrl.prompts import PROMPTINGS, Rubric
 from sqrl.response import parse
@@ -317,11 +318,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model on a manifest (PCC, artifacts F1/IoU/similarity, ROUGE-L)")
     p.add_argument("--model", required=True, help="model directory (sqrl sft/merge/grpo output) or backbone name")
     p.add_argument("--data", required=True, help="manifest JSONL")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--out", required=True, help="output directory (absent or empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="remove an existing evaluation in OUT first")
+    p.add_argument("--batch-size", type=arg_range(int, ge=1), default=8)
+    p.add_argument("--max-new-tokens", type=arg_range(int, ge=1), default=256)
     p.add_argument("--prompting", choices=PROMPTINGS, default=None, help="default: as the model was trained")
-    p.add_argument("--limit", type=int, default=None, help="first N clips only")
+    p.add_argument("--limit", type=arg_range(int, ge=1), default=None, help="first N clips only")
     p.add_argument("--no-expected", action="store_true",
                    help="skip the expected-score readout (the probabilities of the score digits)")
     p.add_argument("--rubric", default=None, help="rubric YAML (default configs/rubrics/qualispeech.yaml)")
@@ -329,6 +331,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args) -> int:
+    from sqrl.rundir import prepare_out
+
+    prepare_out(args.out, overwrite=args.overwrite, can_resume=False, create=False)
     metrics = evaluate(args.model, args.data, args.out, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, prompting=args.prompting, limit=args.limit,
                        rubric=args.rubric, expected_scores=not args.no_expected)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import SynthSettings
-from sqrl.config import load_config, save_config
+from sqrl.config import bounded, check_ranges, load_config, save_config
+from sqrl.rundir import prepare_out
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,13 @@ class StageSettings:
 
 @dataclass
 class EvalSettings:
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=1)
     """Evaluate on the first N test clips (None: all)."""
-    batch_size: int = 16
-    max_new_tokens: int = 200
+    batch_size: int = bounded(16, ge=1)
+    max_new_tokens: int = bounded(200, ge=1)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass
@@ -68,7 +72,7 @@ def run_sft_stage(name: str, stage: StageSettings, out: Path, extra: list[str],
         return out
     cfg = load_config(SFTStageConfig, stage.config, [*extra, *stage.overrides, *(after or [])])
     t0 = time.perf_counter()
-    run_sft(cfg, out, resume=(out / "checkpoints").is_dir())
+    run_sft(cfg, out, resume=out.exists())  # a folder that is not done holds this stage's interrupted run
     _stamp(out, name, time.perf_counter() - t0)
     return out
 
@@ -88,13 +92,14 @@ def _stamp(out: Path, name: str, seconds: float) -> None:
     (out / "stage_time.json").write_text(json.dumps({"stage": name, "seconds": round(seconds, 1)}))
 
 
-def run_pipeline(cfg: PipelineConfig, out: str | Path) -> dict[str, Any]:
-    """Run every enabled stage into ``out`` and return the final table (metrics per stage)."""
+def run_pipeline(cfg: PipelineConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Run every enabled stage into ``out`` and return the final table (metrics per stage). A second call
+    continues: complete stages are skipped, an interrupted one resumes; ``overwrite`` starts over (the old
+    ``out`` is removed first, sqrl/rundir.py)."""
     from sft.data import resolve_manifests
     from sft.config import DataConfig
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(out, resume=not overwrite, overwrite=overwrite)
     save_config(cfg, out / "pipeline.yaml")
     t0 = time.perf_counter()
     _, test_manifest = resolve_manifests(DataConfig(synth=cfg.corpus))
@@ -133,10 +138,9 @@ def run_grpo_config(name: str, stage: StageSettings, init: Path, out: Path, extr
     grpo_cfg = load_config(GRPOConfig, stage.config,
                            [*extra, f"model.init={init}", *stage.overrides, *(after or [])])
     t0 = time.perf_counter()
-    # an interrupted run left checkpoints, or logged steps before its first one (the driver refuses to
-    # write into a run directory without resume; with no checkpoint it starts from step 0)
-    resume = (out / "checkpoints").exists() or (out / "metrics.jsonl").exists()
-    run_grpo(grpo_cfg, out, resume=resume)
+    # a folder that is not done holds this stage's interrupted run (the driver refuses a non-empty run
+    # directory without resume; with no checkpoint it starts from step 0)
+    run_grpo(grpo_cfg, out, resume=out.exists())
     _stamp(out, name, time.perf_counter() - t0)
     return out
 
@@ -201,14 +205,15 @@ def write_report(out: Path, table: dict[str, Any]) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="the whole method: corpus, calibration, warm-up, GRPO, eval, report")
     p.add_argument("--config", default="configs/tiny/pipeline.yaml")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="run folder; a second call continues the run in it")
+    p.add_argument("--overwrite", action="store_true", help="remove an existing run in OUT first and start over")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. grpo.enabled=false")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     cfg = load_config(PipelineConfig, args.config, args.overrides)
-    table = run_pipeline(cfg, args.out)
+    table = run_pipeline(cfg, args.out, overwrite=args.overwrite)
     print("\n".join(table_lines(table)))
     print(f"\nfinished in {table['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.md'}")
     return 0

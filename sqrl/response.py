@@ -22,6 +22,17 @@ intervals as ``1.2-1.5s``, ``1.2 s to 1.5 s``, ``from 0-1.7s``, several per line
 "not noticeable" for an absent artifact. A missing or out-of-range value becomes ``None``;
 ``parse`` never raises. A non-integer score (``3.5``) is ``None`` too: rewarding a hedge would
 teach the policy to hedge.
+
+The score rule (rewards read ``parse``, so a lenient parser is a reward hack): a score is read only
+where an integer 1-5 stands in score position, i.e. right after the dimension's name with nothing
+between but punctuation and a few filler words (``score``, ``rating``, ``is``, ...), and it is on the
+stated scale: no scale, ``/5``, ``of 5`` or ``out of 5``. Everything else is ``None``:
+placeholders whose only digit is the scale's (``?/5``, ``N/A (out of 5)``, ``unknown/5``,
+``cannot tell, out of 5``), numbers that run on (``1e309/5``, ``3rd``, ``4,5``), and every other
+scale (``2/10``, ``7 out of 10``, ``80%``). Other scales are not rescaled: a mapping from 0-10 or
+percent to 1-5 is a guess (is ``2/10`` a 1 or a 2?) that the policy could learn to game, and an answer
+off the trained format should earn no accuracy and no format reward, so that the format stays the one
+the rewards and ``sqrl eval`` read. ``sqrl eval`` counts such answers as unparsed.
 """
 from __future__ import annotations
 
@@ -147,10 +158,20 @@ _INTERVAL = re.compile(
     rf"(?<![\d.])({_NUM})\s*(?:{_SECONDS})?\s*(?:-|–|—|to|and|until)\s*({_NUM})(?![\d.])\s*(?:{_SECONDS})?",
     re.I,
 )
+# What may stand between a dimension's name and its score: punctuation, spaces and a few filler words
+# ("Noise: 4", "Distortion - 2/5", "naturalness score: 3", "LISTENING EFFORT (5/5)", "MOS = 1"). Nothing
+# else: a placeholder ("?", "N/A", "unknown", "cannot tell") is not a filler, so "Noise: ?/5" has no number
+# in score position and cannot borrow the scale's 5 as its score. "of" and "out of" are not fillers either:
+# a number after them is a scale ("of 5"), never a score. One token per repetition, and the alternatives
+# cannot overlap, so the match stays linear.
+_GAP_WORDS = r"score|scores|rating|rated|rate|level|grade|value|is|was|a|at|as"
+_GAP = rf"(?:[\s:=(\[|–—-]|(?:{_GAP_WORDS})\b){{0,24}}?"
 _SCORE_LINE = re.compile(
-    rf"^(?P<name>{_alias_pattern(_DIM_ALIASES)})\b[^\n\d]{{0,24}}?"
+    rf"^(?P<name>{_alias_pattern(_DIM_ALIASES)})\b{_GAP}"
     rf"(?P<value>-?{_NUM})(?![\d.]*\s*(?:{_SECONDS}|-\s*\d|–|to\s+\d))"
-    rf"\s*(?P<scale>/\s*5|out\s+of\s+5|of\s+5)?",
+    rf"(?:\s*(?:/|\bout\s+of\b|\bof\b)\s*(?P<scale>-?{_NUM}|five\b|ten\b|hundred\b))?"
+    # a score ends where a number ends: "1e309", "3rd", "4,5", "80%", "4/5.5", "3/5/10" are not scores
+    rf"(?P<tail>(?:[.,]\d|[^\W_]|_|\s*%|\s*/\s*\d)?)",
     re.I,
 )
 _KIND_LINE = re.compile(rf"^(?P<name>{_alias_pattern(_KIND_ALIASES)})\b\s*(?P<rest>.*)$", re.I | re.S)
@@ -172,17 +193,24 @@ def _clean_line(line: str) -> str:
     return line.strip()
 
 
-def _parse_score(line: str) -> tuple[str, int | None] | None:
+def _score_match(line: str) -> tuple[str, int | None, re.Match] | None:
+    """``(dimension, value, match)`` for a score line, else ``None``; ``value`` is ``None`` unless an integer
+    on the 1-5 scale stands in score position, on the stated scale (none, or ``/5``, ``out of 5``)."""
     match = _SCORE_LINE.match(line)
     if not match:
         return None
     dim = _canonical(match["name"], _DIM_ALIASES)
-    raw = match["value"]
     value: int | None = None
-    if re.fullmatch(r"-?\d+", raw):
-        number = int(raw)
+    on_scale = match["scale"] is None or match["scale"].lower() in (str(SCORE_MAX), "five")
+    if on_scale and not match["tail"] and re.fullmatch(r"\d", match["value"]):
+        number = int(match["value"])
         value = number if SCORE_MIN <= number <= SCORE_MAX else None
-    return dim, value
+    return dim, value, match
+
+
+def _parse_score(line: str) -> tuple[str, int | None] | None:
+    found = _score_match(line)
+    return None if found is None else found[:2]
 
 
 _LINE_LEAD = re.compile(r"^\s*(?:#+\s*|[-*•+]\s+|\d+[.)]\s+)?")
@@ -214,12 +242,10 @@ def score_spans(text: object) -> dict[str, tuple[int, int]]:
             section = ("description" if h.startswith(("desc", "long", "summ", "overall desc", "expl"))
                        else "artifacts" if h.startswith(("artifact", "audio art", "detected")) else "scores")
         elif section not in ("description", "artifacts"):
-            m = _SCORE_LINE.match(body)
-            if m and re.fullmatch(r"\d", m["value"]):
-                dim = _canonical(m["name"], _DIM_ALIASES)
-                if dim not in spans and SCORE_MIN <= int(m["value"]) <= SCORE_MAX:
-                    start = offset + lead + m.start("value")
-                    spans[dim] = (start, start + 1)
+            found = _score_match(body)
+            if found is not None and found[1] is not None and found[0] not in spans:
+                start = offset + lead + found[2].start("value")
+                spans[found[0]] = (start, start + 1)
         offset += len(raw)
     return spans
 

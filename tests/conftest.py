@@ -56,3 +56,25 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"SQRL_REQUIRE_VLLM=1: a vllm test may not skip ({reason})"
+
+
+# ---------------------------------------------------------------------- tampered checkpoints
+class _PlantedCallable:
+    """Unpickling this object opens (creates) ``marker`` for writing: a stand-in for any planted code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def plant_pickle():
+    """``plant(path, marker)``: overwrite ``path`` with a torch file whose unpickling creates ``marker``
+    (as DeepSpeed's ``torch.load(weights_only=False)`` of a tampered engine state would run it)."""
+
+    def plant(path, marker):
+        torch.save({"module": _PlantedCallable(marker)}, path)
+
+    return plant

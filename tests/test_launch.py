@@ -150,3 +150,32 @@ def test_ray_start_arguments_carry_gpus_cpus_resources_and_drop_an_inherited_thr
     env["SQRL_WORKER_THREADS"] = "4"
     out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout
     assert "OMP=4" in out
+
+
+def _head_args(stubs, *args, **env_extra):
+    env, log = stubs
+    env = {k: v for k, v in env.items() if k not in ("RAY_DASHBOARD_HOST", "RAY_AUTH_MODE")}
+    env.update(RAY_NODE_IP="10.0.0.7", **env_extra)
+    done = subprocess.run(["bash", str(LAUNCH / "ray_head.sh"), *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    (call,) = log.read_text().splitlines()
+    log.unlink()
+    ray_args = re.findall(r"\[(.*?)\](?= \[|$)", call)
+    hosts = [ray_args[i + 1] for i, a in enumerate(ray_args) if a == "--dashboard-host"]
+    hosts += [a.split("=", 1)[1] for a in ray_args if a.startswith("--dashboard-host=")]
+    return hosts, done.stderr
+
+
+def test_the_head_binds_the_dashboard_and_job_api_to_its_own_address_by_default(stubs):
+    hosts, err = _head_args(stubs)
+    assert hosts == ["10.0.0.7"] and "warning" not in err
+
+
+def test_the_dashboard_opens_on_every_interface_only_when_asked_and_warns_without_token_auth(stubs):
+    hosts, err = _head_args(stubs, RAY_DASHBOARD_HOST="0.0.0.0")
+    assert hosts == ["0.0.0.0"] and "RAY_AUTH_MODE=token" in err
+    hosts, err = _head_args(stubs, "--dashboard-host", "0.0.0.0", RAY_AUTH_MODE="token")
+    assert hosts == ["0.0.0.0"] and "warning" not in err  # the argument is passed once, not beside the default
+    hosts, err = _head_args(stubs, "--dashboard-host=127.0.0.1")
+    assert hosts == ["127.0.0.1"] and "warning" not in err

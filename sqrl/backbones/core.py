@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,15 +32,14 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import BatchFeature
 
+from sqrl.audio import MIN_CLIP_SECONDS  # the loaders skip shorter clips; _check_wave guards direct callers
 from sqrl.backbones.families import SAMPLING_RATE, Family, TinySpec
 from sqrl.backbones.tiny import ensure_tiny
+from sqrl.scratch import remove_stale, staging_dir
 
 log = logging.getLogger(__name__)
 
 ENCODER_MODES = ("trainable", "frozen", "lora")
-# Shorter clips give the encoder fewer than ~2 positions; Qwen2-Audio then mistakes the batch for
-# its legacy un-expanded format. A tenth of a second is far below any real utterance.
-MIN_CLIP_SECONDS = 0.1
 IGNORE_INDEX = -100
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -298,7 +296,8 @@ class Backbone:
             raise FileExistsError(f"{out} exists; choose a new directory for the merged model")
         out.parent.mkdir(parents=True, exist_ok=True)
         merged = peft_model.merge_and_unload()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        remove_stale(out)  # what a killed merge left (GBs for a 7B model)
+        tmp = staging_dir(out)
         try:
             merged.save_pretrained(tmp)
             processor.save_pretrained(tmp)

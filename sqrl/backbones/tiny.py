@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast, WhisperFeatu
 
 from sqrl.backbones.families import SAMPLING_RATE, Family, TinySpec, TEXT_CHAT_TEMPLATE
 from sqrl.backbones.tokenizer import AUDIO_TOKENS, IM_END, PAD_TOKEN, corpus_digest, train_bpe
+from sqrl.scratch import remove_stale, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,8 @@ def ensure_tiny(name: str, family: Family, spec: TinySpec, root: str | os.PathLi
     if final.exists():
         raise RuntimeError(f"{final} exists but has no {BUILD_MARKER}: not a finished sqrl build; remove it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    remove_stale(final)  # a build killed half-way; a concurrent one is left alone
+    tmp = staging_dir(final)
     try:
         log.info("building tiny backbone %s into %s", name, final)
         build_tiny(family, spec, tmp)

@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from sqrl.config import arg_range
+
 log = logging.getLogger(__name__)
 
 
@@ -74,14 +76,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic degraded-speech corpus with rule-based labels")
     p.add_argument("--out", type=Path, required=True, help="output folder (must be absent or empty)")
-    p.add_argument("--num", type=int, required=True, help="number of clips")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num", type=arg_range(int, ge=1), required=True, help="number of clips")
+    p.add_argument("--seed", type=arg_range(int, ge=0), default=0)
     p.add_argument("--clean-dir", type=Path, default=None,
                    help="clean recordings (wav/flac/ogg, any rate, mono or stereo) instead of eSpeak; "
                         "sub-folders are speakers")
-    p.add_argument("--sample-rate", type=int, default=16000)
-    p.add_argument("--test-fraction", type=float, default=0.15, help="share of clips in test.jsonl")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (1: no pool)")
+    p.add_argument("--sample-rate", type=arg_range(int, ge=16000), default=16000)
+    p.add_argument("--test-fraction", type=arg_range(float, ge=0, lt=1), default=0.15, help="share of clips in test.jsonl")
+    p.add_argument("--workers", type=arg_range(int, ge=1), default=2, help="worker processes (1: no pool)")
     p.add_argument("--no-pesq", action="store_true", help="skip the PESQ label-sanity measurement")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=_synth)
@@ -96,8 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("manifest", type=Path)
     p.add_argument("--fix", type=Path, default=None, metavar="OUT",
                    help="write the usable lines to OUT, resampling audio to --sample-rate mono")
-    p.add_argument("--max-seconds", type=float, default=30.0, help="longest clip allowed")
-    p.add_argument("--sample-rate", type=int, default=16000, help="expected sample rate")
+    p.add_argument("--max-seconds", type=arg_range(float, gt=0), default=30.0, help="longest clip allowed")
+    p.add_argument("--sample-rate", type=arg_range(int, ge=1), default=16000, help="expected sample rate")
     p.set_defaults(func=_validate)
     return data
 

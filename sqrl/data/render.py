@@ -65,7 +65,7 @@ def clean_speech(job: dict, rng: np.random.Generator) -> tuple[np.ndarray, dict]
         meta = {"voice": utt.voice, "speaker": utt.voice, "text": utt.text,
                 "clean_source": f"espeak-ng:{utt.voice}", "tts": dict(job["utterance"])}
     else:
-        wave = load_audio(job["path"], sr)
+        wave = load_audio(job["path"], sr, min_seconds=None)  # a source to crop, any length
         tempo = job["speed"]["tempo"]
         # Crop so that the stretched speech lasts about as long as a synthesised sentence.
         want = int(rng.uniform(*labels.SPEECH_SECONDS) * tempo * sr)

@@ -15,9 +15,7 @@ import logging
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,14 @@ import numpy as np
 from tqdm import tqdm
 
 from sqrl.audio import AudioError, audio_info, find_audio_files, resample, save_audio
+from sqrl.config import bounded, check_ranges
 from sqrl.data import labels
 from sqrl.data.render import render_clip
 from sqrl.data.sentences import make_sentence, sentence_id
 from sqrl.data.tts import TTSError, all_voices
+from sqrl.runtime import die_with_parent, sigterm_as_exit
 from sqrl.schema import record_from_dict, write_manifest
+from sqrl.scratch import remove_stale, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +46,19 @@ class SynthConfig:
     """What ``sqrl data synth`` makes. ``workers`` 1 renders in this process (no pool)."""
 
     out: Path
-    num: int
-    seed: int = 0
-    sample_rate: int = 16000
-    test_fraction: float = 0.15
+    num: int = bounded(ge=1)
+    seed: int = bounded(0, ge=0)
+    sample_rate: int = bounded(16000, ge=MIN_SAMPLE_RATE)
+    """Band-limiting needs the band: 16 kHz or more."""
+    test_fraction: float = bounded(0.15, ge=0, lt=1)
     clean_dir: Path | None = None
-    workers: int = 2
+    workers: int = bounded(2, ge=1)
     pesq: bool = True
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        if self.num < 1:
-            raise ValueError(f"num must be >= 1, got {self.num}")
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
-        if self.sample_rate < MIN_SAMPLE_RATE:
-            raise ValueError(f"sample_rate must be >= {MIN_SAMPLE_RATE} (band-limiting needs the band), "
-                             f"got {self.sample_rate}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        check_ranges(self)
 
 
 @dataclass
@@ -230,8 +224,10 @@ def _render_all(jobs: list[dict], out_dir: Path, workers: int) -> list[dict]:
     # spawn, not fork: a forked child would inherit the parent's threads and locks half-taken.
     ctx = multiprocessing.get_context("spawn")
     chunk = max(1, min(8, len(jobs) // (4 * workers)))  # small corpora still spread over all workers
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        return list(tqdm(pool.map(_work, args, chunksize=chunk), **bar))
+    # The workers die with this process, even by kill -9 (die_with_parent); leaving the block any
+    # other way (an error, Ctrl-C, SIGTERM under sigterm_as_exit) terminates them.
+    with ctx.Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        return list(tqdm(pool.imap(_work, args, chunksize=chunk), **bar))
 
 
 def _write_corpus(cfg: SynthConfig, tmp: Path) -> SynthSummary:
@@ -262,18 +258,26 @@ def _write_corpus(cfg: SynthConfig, tmp: Path) -> SynthSummary:
 
 
 def synthesize_corpus(cfg: SynthConfig) -> SynthSummary:
-    """Write the corpus to ``cfg.out`` atomically: it is built in a temporary sibling folder and
+    """Write the corpus to ``cfg.out`` atomically: it is built in a staging sibling folder and
     renamed into place, so a crash never leaves a half-written corpus behind. An existing
-    non-empty ``out`` is an error unless ``cfg.overwrite``."""
+    non-empty ``out`` is an error unless ``cfg.overwrite`` (then only sqrl output is removed, once the new
+    corpus is whole). SIGTERM or Ctrl-C stop the workers and remove the staging folder; after ``kill -9``
+    the workers end with this process and the next build removes the folder
+    (``sqrl.scratch.remove_stale``: only folders whose owner is gone)."""
+    from sqrl.rundir import check_removable, is_taken, prepare_out, remove_run
+
     out = cfg.out
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (use --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    if not cfg.overwrite:
+        prepare_out(out, can_resume=False, create=False)  # a non-empty out is refused (sqrl/rundir.py)
+    elif is_taken(out):
+        check_removable(out)
+    remove_stale(out)
+    tmp = staging_dir(out)
     try:
-        summary = _write_corpus(cfg, tmp)
+        with sigterm_as_exit():
+            summary = _write_corpus(cfg, tmp)
         if out.exists():
-            shutil.rmtree(out)
+            remove_run(out)
         os.rename(tmp, out)
     finally:
         if tmp.exists():
@@ -301,12 +305,13 @@ def ensure_corpus(root: str | os.PathLike, num: int, seed: int, sample_rate: int
         return target
     if target.exists() and any(target.iterdir()):
         raise RuntimeError(f"{target} exists but is not a complete corpus (no stats.json); remove it")
-    Path(root).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+    remove_stale(target)
+    tmp = staging_dir(target)
     try:
         cfg = SynthConfig(out=target, num=num, seed=seed, sample_rate=sample_rate, workers=workers, pesq=pesq)
         log.info("building synthetic corpus %s", target)
-        _write_corpus(cfg, tmp)
+        with sigterm_as_exit():
+            _write_corpus(cfg, tmp)
         try:
             os.rename(tmp, target)
         except OSError:  # another process won the race (target now exists and is not empty)

@@ -1,13 +1,15 @@
 """Check a manifest and its audio before training on it, and optionally write a clean copy.
 
 Errors (the line cannot be used): invalid JSON or fields, labels out of range or missing, a
-duplicate id, audio missing, unreadable, empty, holding NaN/inf samples or over the length
-limit, artifacts that end after the clip. Warnings (usable after a fix): a sample rate other
+duplicate id, audio that ``sqrl.audio`` calls unusable (missing, unreadable, empty, shorter than
+the model's minimum, over the length limit, NaN/inf samples: the rule every loader applies),
+artifacts that end after the clip. Warnings (usable after a fix): a sample rate other
 than the target or more than one channel (``--fix`` resamples to 16 kHz mono), no description.
 ``--fix`` writes the lines without errors and reports every line it drops, with the reason.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sqrl.audio import AudioError, audio_info, read_audio, resample, save_audio, to_mono
+from sqrl.audio import AudioError, audio_info, check_wave, header_problem, read_audio, resample, save_audio, to_mono
 from sqrl.dimensions import DIMENSIONS
 from sqrl.schema import ManifestError, Record, record_from_dict, write_manifest
 
@@ -94,28 +96,19 @@ def _check_labels(rec: Record, lineno: int) -> list[Issue]:
 
 
 def _check_audio(checked: CheckedLine, max_seconds: float, sampling_rate: int) -> None:
+    # The usability rule is sqrl.audio's (the one every loader applies); only the warnings are ours.
     rec, add = checked.record, checked.issues.append
     try:
         info = audio_info(rec.audio)
-    except AudioError as exc:
-        add(Issue(checked.line, rec.id, "audio missing" if "not found" in exc.problem else "audio unreadable",
-                  exc.problem + f" ({rec.audio})"))
-        return
-    checked.sample_rate, checked.channels = info.sample_rate, info.channels
-    if info.frames == 0:
-        add(Issue(checked.line, rec.id, "empty audio", f"0 samples ({rec.audio})"))
-        return
-    if info.duration > max_seconds:
-        add(Issue(checked.line, rec.id, "too long", f"{info.duration:.2f} s > {max_seconds:g} s"))
-        return
-    try:
+        problem = header_problem(info, max_seconds)
+        if problem is not None:
+            raise AudioError(rec.audio, *reversed(problem))
+        checked.sample_rate, checked.channels = info.sample_rate, info.channels
         wave, _ = read_audio(rec.audio)
+        check_wave(wave, rec.audio)
     except AudioError as exc:
-        add(Issue(checked.line, rec.id, "audio unreadable", exc.problem))
+        add(Issue(checked.line, rec.id, exc.category, f"{exc.problem} ({rec.audio})"))
         return
-    bad = int((~np.isfinite(wave)).sum())
-    if bad:
-        add(Issue(checked.line, rec.id, "NaN samples", f"{bad} NaN or infinite samples"))
     if info.sample_rate != sampling_rate:
         add(Issue(checked.line, rec.id, "wrong sample rate", f"{info.sample_rate} Hz, not {sampling_rate} Hz "
                   "(--fix resamples)", error=False))
@@ -167,10 +160,36 @@ def validate_manifest(path: str | os.PathLike, max_seconds: float = 30.0, sampli
     return report
 
 
+def fixed_audio_name(clip_id: str) -> str:
+    """A file name for ``clip_id`` that no other id shares: the id made safe for a file system (ids may
+    hold '/', as QualiSpeech's do) and cut to a sane length, plus a short hash of the raw id, so that
+    ``spk/1`` and ``spk_1`` (or ``A`` and ``a`` on a case-insensitive disk) get different files.
+
+    >>> fixed_audio_name("spk/1") != fixed_audio_name("spk_1")
+    True
+    """
+    safe = re.sub(r"[^\w.-]", "_", clip_id)[:80].lstrip(".") or "clip"
+    return f"{safe}-{hashlib.sha256(clip_id.encode('utf-8')).hexdigest()[:10]}"
+
+
+def _save_new(audio_dir: Path, clip_id: str, wave: np.ndarray, sampling_rate: int) -> Path:
+    """Save under a name nobody holds yet: an existing file (an earlier ``--fix`` into the same folder,
+    or anything else) is never overwritten; the next free ``-2``, ``-3``... name is taken instead."""
+    stem = fixed_audio_name(clip_id)
+    for n in range(1, 10_000):
+        path = audio_dir / (f"{stem}.wav" if n == 1 else f"{stem}-{n}.wav")
+        try:
+            return save_audio(path, wave, sampling_rate, overwrite=False)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{audio_dir}: no free file name for clip {clip_id!r}")
+
+
 def fix_manifest(report: ValidationReport, out: str | os.PathLike, sampling_rate: int = 16000
                  ) -> tuple[int, list[str]]:
     """Write the usable lines of ``report`` to ``out``; audio at another rate or with several
-    channels is resampled to mono ``sampling_rate`` into ``<out stem>_audio/``. Returns the number
+    channels is resampled to mono ``sampling_rate`` into ``<out stem>_audio/`` (one new file per clip,
+    named by ``fixed_audio_name``; no existing file is overwritten). Returns the number
     of records written and one message per dropped line (nothing is dropped without one)."""
     out = Path(out)
     audio_dir = out.parent / f"{out.stem}_audio"
@@ -185,8 +204,7 @@ def fix_manifest(report: ValidationReport, out: str | os.PathLike, sampling_rate
             wave, sr = read_audio(rec.audio)
             fixed = resample(to_mono(wave), sr, sampling_rate)
             rec.meta = {**rec.meta, "fixed_from": rec.audio}
-            name = re.sub(r"[^\w.-]", "_", rec.id)  # ids may hold '/' (QualiSpeech file names)
-            rec.audio = str(save_audio(audio_dir / f"{name}.wav", fixed, sampling_rate).resolve())
+            rec.audio = str(_save_new(audio_dir, rec.id, fixed, sampling_rate).resolve())
         kept.append(rec)
     write_manifest(out, kept)
     return len(kept), dropped

@@ -39,3 +39,8 @@ def crash_once(completions, references, marker: str = "", **columns):
         Path(marker).write_text("crashed")
         os.kill(os.getpid(), 9)
     return [0.0] * len(completions)
+
+
+def always_fails(completions, references, **columns):
+    """A custom reward with a bug: raises on every call."""
+    return [len(c) + "chars" for c in completions]  # TypeError: int + str

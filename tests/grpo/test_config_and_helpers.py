@@ -197,3 +197,22 @@ def test_run_logger_writes_jsonl_and_drops_rows_after_the_resumed_step(tmp_path)
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
     png = plot_reward_curve(tmp_path / "metrics.jsonl", tmp_path / "plots" / "reward_curve.png")
     assert png.stat().st_size > 0
+
+
+def test_rollouts_drop_a_clip_too_short_for_the_encoder_and_name_its_file(tmp_path):
+    # Such a clip once reached the backbone and stopped the run ("800 samples is shorter than 0.1 s").
+    import soundfile as sf
+
+    from grpo.messages import ClipRequest
+    from grpo.model_io import load_waves, readable_requests
+
+    sf.write(tmp_path / "ok.wav", np.full(16_000, 0.1, np.float32), 16_000)
+    sf.write(tmp_path / "short.wav", np.full(800, 0.1, np.float32), 16_000)
+    (tmp_path / "text.wav").write_text("not audio")
+    requests = [ClipRequest(name, str(tmp_path / f"{name}.wav"), "Rate.") for name in ("ok", "short", "text")]
+    ok, waves, batch = readable_requests(requests, max_seconds=30.0)
+    assert [r.clip_id for r in ok] == ["ok"] and list(waves) == [str(tmp_path / "ok.wav")]
+    assert set(batch.failed) == {"short", "text"}  # the driver counts these as data/unreadable_clips
+    assert batch.failed["short"].startswith(f"{tmp_path / 'short.wav'}: too short for the model")
+    # the policy and reward workers load through the same rule
+    assert set(load_waves([r.audio for r in requests])[1]) == {str(tmp_path / "short.wav"), str(tmp_path / "text.wav")}

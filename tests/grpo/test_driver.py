@@ -5,6 +5,7 @@ give the groups something to rank.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -136,6 +137,73 @@ def test_an_existing_run_is_not_overwritten_without_resume(main_run, tiny_init, 
     run_dir, _, _ = main_run
     with pytest.raises(FileExistsError, match="--resume"):
         Driver(make_config(tiny_init, corpus), run_dir).start()
+
+
+def test_a_reward_that_always_raises_stops_the_run_naming_its_error(cluster, tiny_init, corpus, tmp_path):
+    from grpo.reward_watch import RewardFailedError
+
+    cfg = make_config(tiny_init, corpus, "train.steps=6", "rewards.max_failed_steps=2", "logging.tensorboard=false",
+                      f"rewards.entries=[{{name: {TEST_REWARDS}.always_fails}}, {{name: accuracy, weight: 0}}]")
+    with pytest.raises(RewardFailedError, match=r"reward 'always_fails' failed on the whole batch in 2 consecutive "
+                                                r"steps \(1-2; rewards.max_failed_steps=2\): TypeError: unsupported"):
+        Driver(cfg, tmp_path / "run").run()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1]  # step 2 stopped before its update and its log line
+    assert rows[0]["rewards/always_fails/errors"] == 2 * G and rows[0]["rewards/total/skipped"] == 2 * G
+    from sqrl.models import META_FILE
+
+    assert not (tmp_path / "run" / META_FILE).exists()  # no "trained" policy is written
+
+
+def test_overwrite_removes_the_old_run_first_and_excludes_resume(main_run, tiny_init, corpus, tmp_path):
+    import shutil
+
+    run_dir, _, _ = main_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    with pytest.raises(ValueError, match="one of them"):
+        Driver(make_config(tiny_init, corpus), copy, resume=True, overwrite=True).start()
+    Driver(make_config(tiny_init, corpus), copy, overwrite=True)._check_run_dir()
+    assert not copy.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_each_checkpoint_is_written_with_a_manifest_of_its_files(main_run):
+    from sqrl.integrity import MANIFEST, verify_manifest
+
+    run_dir, _, _ = main_run
+    for ckpt in (run_dir / "checkpoints").glob("step-*"):
+        listed = json.loads((ckpt / MANIFEST).read_text())["files"]
+        assert any(name.endswith("mp_rank_00_model_states.pt") for name in listed)
+        assert "trainer_state.json" in listed and "rng.safetensors" in listed
+        assert verify_manifest(ckpt) == len(listed)
+
+
+@pytest.mark.parametrize("tamper", ["plant a pickle", "flip one byte"])
+def test_resume_refuses_a_tampered_checkpoint_before_any_worker_loads_it(main_run, tiny_init, corpus, tmp_path,
+                                                                         tamper, plant_pickle):
+    import shutil
+
+    from grpo.checkpoint import latest
+    from sqrl.integrity import IntegrityError
+
+    run_dir, _, _ = main_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (states,) = latest(copy).glob("policy/engine/*/mp_rank_00_model_states.pt")
+    marker = tmp_path / "ran"
+    if tamper == "plant a pickle":
+        plant_pickle(states, marker)
+    else:
+        data = bytearray(states.read_bytes())
+        data[len(data) // 2] ^= 1
+        states.write_bytes(bytes(data))
+    driver = Driver(make_config(tiny_init, corpus), copy, resume=True)
+    try:
+        with pytest.raises(IntegrityError, match=str(states)):
+            driver.start()
+        assert driver.policy == [] and not marker.exists()
+    finally:
+        driver.close()
 
 
 def test_resume_after_kill_9_reproduces_the_uninterrupted_run(cluster, tiny_init, corpus, tmp_path):

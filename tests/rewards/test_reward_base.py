@@ -4,6 +4,7 @@ import pickle
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 import rewards
@@ -132,6 +133,29 @@ def test_a_reward_that_breaks_the_contract_counts_as_an_error(bad):
     rs = RewardSet([rewards.RewardEntry("bad", lambda c, r, **k: bad), rewards.RewardEntry("one", constant)])
     b = rs.score(["x", "y"], [ref("c1"), ref("c2")])
     assert b.errors["bad"] == 2 and b.per_reward["bad"] == [None, None]
+
+
+@pytest.mark.parametrize("value, kind", [("0.5", "str"), (True, "bool"), (b"1", "bytes"), (np.bool_(False), "bool")])
+def test_strings_and_bools_are_errors_not_numbers(value, kind):
+    # float() takes "0.5" and True; a reward that returns them is broken and must not train quietly
+    rs = RewardSet([rewards.RewardEntry("custom", lambda c, r, **k: [1.0, value]), rewards.RewardEntry("one", constant)])
+    b = rs.score(["x", "y"], [ref("c1"), ref("c2")])
+    assert b.errors["custom"] == 2 and b.per_reward["custom"] == [None, None]
+    assert b.failures["custom"].startswith("RewardError: values: ") and f"is a {kind}" in b.failures["custom"]
+    assert b.failures.keys() == {"custom"}
+
+
+def test_numpy_and_int_values_are_numbers():
+    rs = RewardSet([rewards.RewardEntry("np", lambda c, r, **k: [np.float32(0.5), 1])])
+    b = rs.score(["x", "y"], [ref("c1"), ref("c2")])
+    assert b.per_reward["np"] == [0.5, 1.0] and b.errors["np"] == 0 and b.failures == {}
+
+
+def test_a_failing_reward_names_its_exception_in_failures():
+    rs = RewardSet([rewards.RewardEntry("judge", failing), rewards.RewardEntry("nan", lambda c, r, **k: [np.nan] * 2)])
+    b = rs.score(["x", "y"], [ref("c1"), ref("c1")])
+    assert b.failures["judge"] == "RuntimeError: judge server down"
+    assert b.failures["nan"] == "RewardError: all 2 values were NaN or infinite" and b.errors["nan"] == 2
 
 
 def test_non_finite_values_become_none_and_are_counted_as_errors():

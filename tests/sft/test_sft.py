@@ -1,7 +1,10 @@
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from sft.config import SFTStageConfig
@@ -39,19 +42,24 @@ def test_the_collator_masks_everything_but_the_answer(tiny_manifest, sqrl_cache)
         assert example["prompt"] not in text
 
 
-def test_the_collator_skips_and_counts_an_unreadable_clip(tiny_manifest, tmp_path, sqrl_cache):
+def test_the_collator_skips_and_counts_an_unreadable_clip(tiny_manifest, tmp_path, sqrl_cache, caplog):
     backbone = get_backbone("tiny-qwen2-audio", window_s=5)
     _, processor = backbone.load()
     examples = load_examples(tiny_manifest, Rubric("configs/rubrics/compact.yaml"), "all_dimensions")[:2]
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"not audio at all")
     examples.append({**examples[0], "id": "broken", "audio": str(broken)})
+    short = tmp_path / "short.wav"  # readable, but shorter than the audio encoder takes
+    sf.write(short, np.full(800, 0.1, np.float32), 16_000)
+    examples.append({**examples[0], "id": "short", "audio": str(short)})
     collator = AudioCollator(backbone.name, processor, options={"window_s": 5})
-    batch = collator(examples)
+    with caplog.at_level(logging.WARNING, logger="sft.data"):
+        batch = collator(examples)
     assert batch["input_ids"].shape[0] == 2
-    assert sum(collator.skipped.values()) == 1
+    assert collator.skipped == {"audio unreadable": 1, "too short": 1}
+    assert f"{short}: too short for the model" in caplog.text
     with pytest.raises(RuntimeError, match="every clip"):
-        collator([examples[-1]])
+        collator(examples[-2:])
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +105,81 @@ def test_resume_continues_from_the_saved_step(tiny_manifest, calibrated, tmp_pat
     uninterrupted = dict(_losses(calibrated))
     for step in range(7, 13):
         assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-4)
+
+
+def test_every_checkpoint_carries_a_manifest_of_its_files(calibrated):
+    from sqrl.integrity import MANIFEST, verify_manifest
+
+    ckpts = sorted((calibrated / "checkpoints").glob("checkpoint-*"))
+    assert ckpts
+    for ckpt in ckpts:
+        listed = json.loads((ckpt / MANIFEST).read_text())["files"]
+        assert any(name.endswith("mp_rank_00_model_states.pt") for name in listed)  # DeepSpeed's pickled state
+        assert "adapter_model.safetensors" in listed and "trainer_state.json" in listed
+        assert verify_manifest(ckpt) == len(listed)
+
+
+@pytest.mark.parametrize("tamper", ["flip one byte", "plant a pickle", "remove the manifest"])
+def test_resume_refuses_a_tampered_checkpoint_before_loading_it(tiny_manifest, calibrated, tmp_path, tamper,
+                                                                plant_pickle):
+    import shutil
+
+    from sqrl.integrity import MANIFEST, IntegrityError
+
+    run = tmp_path / "run"
+    shutil.copytree(calibrated, run)
+    ckpt = max((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    (states,) = ckpt.glob("global_step*/mp_rank_00_model_states.pt")
+    marker = tmp_path / "ran"
+    if tamper == "flip one byte":
+        target = ckpt / "adapter_model.safetensors"
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 1
+        target.write_bytes(bytes(data))
+    elif tamper == "plant a pickle":
+        target = states
+        plant_pickle(states, marker)
+    else:
+        target = ckpt / MANIFEST
+        target.unlink()
+    with pytest.raises(IntegrityError, match=str(target)):
+        run_sft(_cfg(tiny_manifest, **{"train.max_steps": 14, "train.save_steps": 6}), run, resume=True)
+    assert not marker.exists()
+
+
+def test_a_new_run_onto_an_existing_one_is_refused_and_overwrite_starts_clean(tiny_manifest, calibrated, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(calibrated, run)  # checkpoint-6 and checkpoint-12, 12 logged steps
+    with pytest.raises(FileExistsError, match="--resume .* --overwrite"):
+        run_sft(_cfg(tiny_manifest, **{"train.max_steps": 2, "train.save_steps": 1}), run)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-6"]
+    run_sft(_cfg(tiny_manifest, **{"train.max_steps": 2, "train.save_steps": 1}), run, overwrite=True)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert [step for step, _ in _losses(run)] == [1, 2]
+
+
+def test_resume_keeps_one_run_in_the_log(tiny_manifest, calibrated, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(calibrated, run)
+    shutil.rmtree(run / "checkpoints" / "checkpoint-12")  # killed after logging step 12, before its checkpoint
+    run_sft(_cfg(tiny_manifest, **{"train.max_steps": 12, "train.save_steps": 6}), run, resume=True)
+    assert [step for step, _ in _losses(run)] == list(range(1, 13))  # steps 7-12 once, from the resumed run
+
+
+def test_the_pipeline_continues_a_stage_interrupted_before_its_first_checkpoint(tiny_manifest, tmp_path):
+    from sqrl.pipeline import StageSettings, run_sft_stage
+
+    out = tmp_path / "calibration"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')
+    run_sft_stage("calibration", StageSettings(str(CONFIG), tiny_overrides(tiny_manifest, **{"train.max_steps": 2})),
+                  out, [])
+    losses = _losses(out)
+    assert [step for step, _ in losses] == [1, 2] and 9.0 not in [loss for _, loss in losses]
 
 
 def test_merge_keeps_the_logits(calibrated, tmp_path):

@@ -22,7 +22,8 @@ from sqrl.prompts import Rubric
 
 REPO = Path(__file__).resolve().parents[2]
 SR = 16_000
-KEYS = {"file", "duration", "scores", "artifacts", "description", "missing_scores", "text", "error"}
+KEYS = {"file", "duration", "judged_seconds", "warnings", "scores", "artifacts", "description", "missing_scores",
+        "text", "error"}
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,47 @@ def test_json_has_one_object_per_file_and_bad_files_get_their_own_error(model_di
         assert message in by[name]["error"], by[name]["error"]
         assert by[name]["text"] is None and all(v is None for v in by[name]["scores"].values())
         assert f"{clips / name}: {by[name]['error']}" in err  # and on stderr, naming the file
+
+
+@pytest.fixture(scope="module")
+def odd_clips(tmp_path_factory):
+    """Clips that are judged, but not as given or not as speech: longer than the tiny model's 5-s window
+    (and within its 8-s limit), all zeros, far too quiet, clipped, and 44.1-kHz stereo."""
+    root = tmp_path_factory.mktemp("odd_clips")
+    sf.write(root / "long.wav", _speech(7.0, 2), SR)
+    sf.write(root / "zeros.wav", np.zeros(SR, dtype=np.float32), SR)
+    sf.write(root / "quiet.wav", _speech(1.0, 3) * 1e-3, SR, subtype="FLOAT")
+    sf.write(root / "clipped.wav", np.clip(_speech(1.0, 4) * 8, -1, 1), SR)
+    up = soxr.resample(_speech(1.5, 5), SR, 44_100)
+    sf.write(root / "stereo44k.flac", np.stack([up, up], axis=1), 44_100)
+    return root
+
+
+def test_json_and_table_say_what_was_judged_and_warn_about_odd_clips(model_dir, clips, odd_clips, capsys):
+    names = ["long.wav", "zeros.wav", "quiet.wav", "clipped.wav", "stereo44k.flac"]
+    files = [clips / "a.wav", *[odd_clips / n for n in names]]
+    code, out, err = _run_cli(capsys, *files, "--model", model_dir, "--json", "--max-new-tokens", 4)
+    assert code == 0
+    by = {Path(r["file"]).name: r for r in json.loads(out)}
+    assert all(r["error"] is None for r in by.values())
+    assert by["a.wav"]["warnings"] == [] and by["a.wav"]["judged_seconds"] == by["a.wav"]["duration"] == 2.0
+    # a 7-s file and a model whose encoder hears 5 s: only 5 s were judged, and it says so
+    assert (by["long.wav"]["duration"], by["long.wav"]["judged_seconds"]) == (7.0, 5.0)
+    assert by["long.wav"]["warnings"] == ["cut to the model's 5-s window: only the first 5 s of 7.00 s were judged"]
+    assert by["zeros.wav"]["warnings"] == ["all samples are zero (digital silence): the judgement describes no speech"]
+    assert [w.split(":")[0] for w in by["quiet.wav"]["warnings"]] == ["silent"]
+    assert [w.split(":")[0] for w in by["clipped.wav"]["warnings"]] == ["far too loud", "clipped"]
+    assert by["stereo44k.flac"]["warnings"] == ["resampled from 44100 Hz to 16000 Hz", "mixed 2 channels to mono"]
+    for name in names:
+        for warning in by[name]["warnings"]:
+            assert f"{odd_clips / name}: warning: {warning}" in err
+
+    code, table, _ = _run_cli(capsys, clips / "a.wav", odd_clips / "long.wav", "--model", model_dir,
+                              "--max-new-tokens", 4)
+    lines = table.splitlines()
+    assert len(lines[1].split()) == 8 and lines[2].endswith("! 1 warning")
+    assert "  judged 2.00 s" in lines and "  judged 5.00 s of 7.00 s" in lines
+    assert "  warning: cut to the model's 5-s window: only the first 5 s of 7.00 s were judged" in lines
 
 
 def test_an_untrained_model_is_judged_but_its_unreadable_answer_says_so(model_dir, clips, capsys):
@@ -215,3 +257,13 @@ def test_format_table_survives_long_names_and_no_results():
     assert "Noise 0.10-0.90 s: hiss" in text and "Description: Noisy." in text
     assert "no score read for speed" in text
     assert format_table([]).splitlines() == [format_table([]).splitlines()[0]]
+
+
+@pytest.mark.parametrize("gain, warning", [(1.0, None), (1e-2, "far too quiet"), (1e-3, "silent"), (0.0, "all samples")])
+def test_the_level_of_the_judged_part_is_checked(gain, warning):
+    from sqrl.assess import inspect_clip
+
+    wave, seconds, warnings = inspect_clip("not-a-file.wav", _speech(2.0) * gain, window_seconds=30.0)
+    assert seconds == 2.0 and len(wave) == 2 * SR
+    assert [w for w in warnings if not w.startswith(warning or "\0")] == []
+    assert len(warnings) == (warning is not None)

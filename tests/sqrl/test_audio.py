@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sqrl.audio import (AudioError, audio_info, find_audio_files, load_audio, read_audio, resample, save_audio,
-                        to_mono)
+from sqrl.audio import (MIN_CLIP_SECONDS, AudioError, audio_info, find_audio_files, header_problem, load_audio,
+                        read_audio, resample, save_audio, to_mono)
 
 
 def _sine(sr, seconds=0.5, hz=440.0, amp=0.5):
@@ -111,3 +111,33 @@ def test_find_audio_files_is_recursive_sorted_and_ignores_other_files(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in find_audio_files(tmp_path)] == ["a/1.wav", "b/2.flac", "c.OGG"]
     with pytest.raises(FileNotFoundError):
         find_audio_files(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("sr,frames,usable", [(16000, 800, False), (16000, 1599, False), (16000, 1600, True),
+                                               (44100, 4409, False), (44100, 4410, True), (8000, 799, False)])
+def test_one_rule_sets_the_shortest_usable_clip_at_any_rate(tmp_path, sr, frames, usable):
+    path = tmp_path / "a.wav"
+    sf.write(path, _sine(sr, seconds=frames / sr), sr)
+    assert (header_problem(audio_info(path)) is None) == usable
+    if usable:
+        assert len(load_audio(path)) >= MIN_CLIP_SECONDS * 16000  # what the backbone's own check asks
+    else:
+        with pytest.raises(AudioError, match=f"{path}: too short for the model") as info:
+            load_audio(path)
+        assert info.value.category == "too short"
+        assert len(load_audio(path, min_seconds=None)) > 0  # a source to crop may be any length
+
+
+def test_every_unusable_clip_has_its_category(tmp_path):
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    sf.write(tmp_path / "long.wav", np.zeros(16000 * 3, np.float32), 16000)
+    nan = _sine(16000)
+    nan[3] = np.inf
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    (tmp_path / "text.wav").write_text("not audio")
+    expected = {"empty.wav": "empty audio", "long.wav": "too long", "nan.wav": "NaN samples",
+                "text.wav": "audio unreadable", "gone.wav": "audio missing"}
+    for name, category in expected.items():
+        with pytest.raises(AudioError) as info:
+            load_audio(tmp_path / name, max_seconds=2.0)
+        assert info.value.category == category and str(tmp_path / name) in str(info.value)

@@ -19,12 +19,15 @@ def _manifest(root, n=4, broken=True):
     if broken:
         (root / "bad.wav").write_bytes(b"garbage")
         rows.append({"id": "bad", "audio": "bad.wav", "scores": {d: 3 for d in DIMENSIONS}})
+        # readable, but shorter than the audio encoder takes: skipped like the unreadable one
+        sf.write(root / "short.wav", np.full(800, 0.1, np.float32), 16_000)
+        rows.append({"id": "short", "audio": "short.wav", "scores": {d: 3 for d in DIMENSIONS}})
     path = root / "test.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-def test_eval_writes_every_file_and_counts_unreadable_clips_against_the_model(tmp_path, monkeypatch):
+def test_eval_writes_every_file_and_counts_unreadable_clips_against_the_model(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("SQRL_CACHE", str(tmp_path / "cache"))
     from sqrl.backbones import get_backbone
 
@@ -37,9 +40,10 @@ def test_eval_writes_every_file_and_counts_unreadable_clips_against_the_model(tm
     saved = json.loads((out / "metrics.json").read_text())
     assert {"pcc", "srcc", "mae", "parse_rate", "artifacts", "long_form", "n", "expected"} <= set(saved)
     assert set(saved["expected"]) == {"pcc", "srcc", "mae"}
-    assert saved["n"] == 5 and saved["unreadable_clips"] == 1
+    assert saved["n"] == 6 and saved["unreadable_clips"] == 2
+    assert f"{tmp_path / 'short.wav'}: too short for the model" in caplog.text  # the log names the file
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 5 and rows[-1]["parsed"] is None and rows[-1]["text"] == ""
+    assert len(rows) == 6 and all(r["parsed"] is None and r["text"] == "" for r in rows[-2:])
     # an untrained model writes no parseable scores: the parse rate says so
     assert metrics["parse_rate"] < 0.5
 

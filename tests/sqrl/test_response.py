@@ -49,7 +49,7 @@ def test_parse_reads_scores_written_many_ways():
     1. LISTENING EFFORT (5/5)
     - Continuity:   2
     - MOS: 1
-    - Speed of 5
+    - Speed = 5
     """
     a = parse(text)
     assert a.scores == {
@@ -61,6 +61,41 @@ def test_parse_reads_scores_written_many_ways():
 def test_parse_gives_none_for_missing_out_of_range_and_fractional_scores():
     a = parse("Noise: 7/5\nDistortion: 0\nOverall quality: 3.5\nContinuity: excellent")
     assert all(v is None for v in a.scores.values())
+
+
+PLACEHOLDERS = ["?/5", "N/A (out of 5)", "unknown/5", "cannot tell, out of 5", "1e309/5", "/5", "of 5",
+                "out of 5", "-/5", "x/5", "TBD / 5", "(?/5)", "n.a. out of 5", "none (5 = best)", "- out of 5"]
+OTHER_SCALES = ["2/10", "7 out of 10", "80%", "3 out of ten", "4 / 5.0", "3/5/10", "0.8", "4,5", "3rd", "04/5"]
+
+
+def test_a_placeholder_on_the_scale_is_not_a_score():
+    # reward hack: "?/5" on every line used to parse as 5 everywhere (accuracy 3 of 7, format reward 1.0)
+    for placeholder in PLACEHOLDERS:
+        text = "\n".join(f"- {name}: {placeholder}" for name in ["Noise", "Distortion", "Overall quality"])
+        assert all(v is None for v in parse(text).scores.values()), placeholder
+
+
+def test_other_scales_are_none_not_rescaled():
+    for value in OTHER_SCALES:
+        assert parse(f"Noise: {value}").scores["noise"] is None, value
+
+
+def test_scores_on_the_stated_scale_still_parse_with_trailing_words():
+    for text, want in [("Noise: 4/5.", 4), ("Noise: 4 / 5, a faint hiss", 4), ("Noise: 4 (slight hiss)", 4),
+                       ("Noise: 4 out of five", 4), ("Noise level is 2", 2), ("Noise rating: 3 of 5", 3),
+                       ("Noise: -3/5", None), ("Noise: 3.", 3)]:
+        assert parse(text).scores["noise"] == want, text
+
+
+def test_a_placeholder_earns_no_format_or_accuracy_reward():
+    from rewards.builtin import Accuracy, Format
+
+    text = "\n".join(["Scores:"] + [f"- {name}: ?/5" for name in
+                                     ["Speed", "Naturalness", "Noise", "Distortion", "Listening effort",
+                                      "Continuity", "Overall quality"]])
+    ref = Record(scores=dict(zip(DIMENSIONS, [5, 5, 5, 3, 2, 1, 4])), audio="a.wav")
+    assert Format()([text], [ref]).values == [0.0]
+    assert Accuracy()([text], [ref]).values == [0.0]
 
 
 def test_parse_keeps_the_first_value_when_a_dimension_repeats():
@@ -152,3 +187,28 @@ def test_parse_is_fast_on_very_long_input():
     t0 = time.perf_counter()
     parse(text)
     assert time.perf_counter() - t0 < 2.0
+
+
+_NAMES = st.sampled_from(["Noise", "Distortion", "Overall quality", "MOS", "Listening effort", "Speed",
+                          "naturalness score", "CONTINUITY"])
+# anything but the digits 1-5; the scale's "5" is then placed only where a scale goes
+_NO_SCORE_DIGITS = st.text(
+    alphabet=st.characters(blacklist_characters="12345", blacklist_categories=("Cs",)), max_size=30)
+_SCALE = st.sampled_from(["/5", " / 5", " out of 5", " of 5", "(out of 5)", "/ 5)", " out of five"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_NAMES, _NO_SCORE_DIGITS, _SCALE, _NO_SCORE_DIGITS), min_size=1, max_size=8))
+def test_no_text_without_a_digit_1_to_5_in_score_position_yields_a_score(lines):
+    text = "\n".join(f"- {name}: {before}{scale}{after}" for name, before, scale, after in lines)
+    assert all(v is None for v in parse(text).scores.values()), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(_NAMES, st.one_of(st.integers(-10**6, 10**6).filter(lambda n: not 1 <= n <= 5).map(str),
+                         st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False).map(repr),
+                         st.integers(1, 5).map(lambda n: f"{n}e{n}"),
+                         st.integers(1, 5).map(lambda n: f"{n}%")),
+       st.sampled_from(["", "/5", " out of 5", "/10", " out of 100"]))
+def test_a_number_off_the_1_to_5_scale_is_never_a_score(name, number, scale):
+    assert all(v is None for v in parse(f"{name}: {number}{scale}").scores.values())

@@ -2,6 +2,12 @@
 sentences, output is deterministic, manifests round-trip, the cache is atomic."""
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +24,7 @@ from sqrl.dimensions import DIMENSIONS
 from sqrl.schema import read_manifest
 
 SR = 16000
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +223,80 @@ def test_clean_dir_with_one_speaker_cannot_hold_out_a_test_speaker(tmp_path):
     sf.write(tmp_path / "clean" / "only.wav", np.zeros(16000, dtype=np.float32) + 0.1, 16000)
     with pytest.raises(ValueError, match="one speaker only"):
         synthesize_corpus(SynthConfig(out=tmp_path / "o", num=4, clean_dir=tmp_path / "clean", workers=1))
+
+
+# ------------------------------------------------------------------ interrupted runs leave nothing behind
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (pool workers, Ray-free here, and the resource tracker)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = (int(fields[1]), fields[0])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, (ppid, _) in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_and_interrupt(out: Path, sig: signal.Signals, num: int) -> tuple[list[Path], set[int]]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "sqrl", "data", "synth", "--out", str(out), "--num", str(num), "--workers", "2",
+           "--no-pesq"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:  # mid-run: clips written, more to come
+            staging = list(out.parent.glob(f".{out.name}.tmp-*"))
+            if staging and len(list(staging[0].rglob("*.wav"))) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "synth finished before it could be interrupted"
+        children = _descendants(proc.pid)
+        assert len(children) >= 3  # two pool workers and the resource tracker
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_running(p) for p in children):
+        time.sleep(0.1)
+    survivors = {p for p in children if _running(p)}
+    for pid in survivors:  # a failing run must not leave them to the next test
+        os.kill(pid, signal.SIGKILL)
+    return staging, survivors
+
+
+def test_kill_9_leaves_no_process_and_the_next_run_removes_its_folder_and_makes_the_same_corpus(tmp_path):
+    out = tmp_path / "corpus"
+    staging, survivors = _start_and_interrupt(out, signal.SIGKILL, num=48)
+    assert survivors == set()
+    assert staging[0].is_dir() and not out.exists()  # kill -9 gives no chance to clean up: the next run does
+    synthesize_corpus(SynthConfig(out=out, num=48, seed=0, workers=2, pesq=False))
+    assert not staging[0].exists() and [p.name for p in tmp_path.iterdir()] == ["corpus"]
+    clean = tmp_path.parent / f"{tmp_path.name}-clean"
+    synthesize_corpus(SynthConfig(out=clean, num=48, seed=0, workers=1, pesq=False))
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (out / name).read_bytes() == (clean / name).read_bytes()
+    wavs = sorted(p.relative_to(clean) for p in clean.rglob("*.wav"))
+    assert wavs and wavs == sorted(p.relative_to(out) for p in out.rglob("*.wav"))
+    assert all((out / w).read_bytes() == (clean / w).read_bytes() for w in wavs)
+    shutil.rmtree(clean)
+
+
+def test_sigterm_stops_the_workers_and_removes_the_staging_folder_at_once(tmp_path):
+    out = tmp_path / "corpus"
+    staging, survivors = _start_and_interrupt(out, signal.SIGTERM, num=48)
+    assert survivors == set()
+    assert not staging[0].exists() and list(tmp_path.iterdir()) == []
