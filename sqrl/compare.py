@@ -665,7 +665,7 @@ class Compare:
         return results
 
     def collect(self, manifest: Path, record: Mapping[str, Any]) -> dict[str, Any]:
-        from grpo.logging import read_metrics
+        from grpo.tracking import read_metrics
 
         cfg = self.cfg
         rows: dict[str, Any] = {}
