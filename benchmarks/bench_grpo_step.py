@@ -87,7 +87,7 @@ def load_variant(name: str, overrides: list[str]):
 
 def bench_step(name: str, args: argparse.Namespace, init: Path, manifest: Path, out: Path) -> dict:
     from grpo.driver import Driver
-    from grpo.logging import read_metrics
+    from grpo.tracking import read_metrics
 
     cfg = load_variant(name, [f"model.init={init}", "model.bootstrap=null", f"data.train={manifest}", "data.synth=null",
                               f"train.steps={args.steps}", "train.save_every=0", "train.check_sync_every=0",
@@ -104,7 +104,7 @@ def bench_step(name: str, args: argparse.Namespace, init: Path, manifest: Path, 
 
 def bench_metrics(path: Path) -> dict:
     """``step_summary`` of an existing run's metrics.jsonl, with the run's config where it is saved."""
-    from grpo.logging import read_metrics
+    from grpo.tracking import read_metrics
 
     rows = read_metrics(path)
     out: dict = {"run": str(path.parent), "mode": "run"}

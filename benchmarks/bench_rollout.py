@@ -53,7 +53,7 @@ def random_update(backbone, model_path: str, rank: int):
     import torch
     from peft import get_peft_model_state_dict
 
-    from grpo.rollout_worker import WeightUpdate
+    from grpo.messages import WeightUpdate
 
     model, _ = backbone.load(model_path)
     policy = backbone.apply_lora(model, rank=rank, dropout=0.0, encoder_mode="trainable")
@@ -70,8 +70,8 @@ def run_backend(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from grpo.batch import ClipRequest
-    from grpo.rollout_worker import HFRolloutWorker, SamplingParams
+    from grpo.messages import ClipRequest, SamplingParams
+    from grpo.rollout_hf import HFRolloutWorker
     from sqrl.backbones import get_backbone
 
     backbone = get_backbone(args.backbone)

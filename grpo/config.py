@@ -69,8 +69,10 @@ class GRPODataConfig(DataConfig):
 
     def __post_init__(self):
         check_ranges(self)
-        if self.balance not in ("none", "labels"):
-            raise ValueError(f"data.balance must be none or labels, not {self.balance!r}")
+        from grpo.sampling import BALANCES
+
+        if self.balance not in BALANCES:
+            raise ValueError(f"data.balance must be one of {', '.join(BALANCES)}, not {self.balance!r}")
         super().__post_init__()
 
 

@@ -1,14 +1,16 @@
 """The single-controller GRPO loop on Ray (paper section 3.2).
 
-One process (this driver) holds the data cursor and calls the workers; each role is its own file:
-``rollout_worker.py`` samples G completions per clip, ``reward_worker.py`` scores them,
-``algorithm.py`` turns rewards into advantages, ``policy_worker.py`` updates the policy in a
-DeepSpeed ZeRO engine, and the new adapter (and trained encoder) goes back to the rollout workers.
+One process (this driver) holds the data cursor and calls the workers. Each role is its own file with a
+builder from the config: ``rollout_worker.py`` (backends ``rollout_hf.py``, ``rollout_vllm.py``) samples G
+completions per clip, ``reward_worker.py`` scores them, ``algorithm.py`` turns rewards into advantages,
+``policy_worker.py`` updates the policy in a DeepSpeed ZeRO engine, and the new adapter (and trained
+encoder) goes back to the rollout workers. What travels between the roles is in ``messages.py``; the
+clips come from ``sampling.py``, the step's batch type from ``batch.py``, the metrics go to ``tracking.py``.
 A step reads as ``Driver.step``::
 
-    batch = data.take(B); rollouts = generate(batch); scores = score(rollouts)
-    [resample flat groups]; adv = compute_advantages(scores); stats = update(rollouts, adv)
-    sync_weights(); log(); maybe_checkpoint()
+    clips = data.take(B); groups = generate(clips); batch = score(groups); [resample flat groups]
+    adv = compute_advantages(batch); stats = update(train_samples(batch, adv)); sync_weights()
+    log(); maybe_checkpoint()
 
 Worker calls are plain ``ray.get([w.method.remote(x) for w, x in ...])`` over lists; audio travels as
 paths and weights as one object ref shared by every rollout worker.
@@ -18,160 +20,36 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from collections import Counter
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from grpo import checkpoint
-from grpo.algorithm import LossConfig, flat_groups, group_advantages
-from grpo.batch import ClipRequest, Completion, TrainSample
+from grpo.algorithm import flat_groups, group_advantages
+from grpo.batch import Group, ScoredGroups, train_samples
 from grpo.config import GRPOConfig
-from grpo.logging import RunLogger, plot_reward_curve
+from grpo.messages import ClipRequest, Completion, TrainSample
 from grpo.placement import actor_nodes, create_placement, plan_placement, worker_counts
-from grpo.policy_worker import PolicyWorker, plan_update
+from grpo.policy_worker import build_policy_workers, plan_update, update_stats
 from grpo.reward_watch import RewardWatch
-from grpo.reward_worker import RewardWorker, merge_scored, split_groups
-from grpo.rollout_worker import SamplingParams, rollout_worker_class
+from grpo.reward_worker import build_reward_workers, get_with_retry, split_groups
+from grpo.rollout_worker import build_rollout_workers, build_sampling, sampling_seed
+from grpo.sampling import ClipStream, training_records
+from grpo.tracking import RunLogger, Timer, plot_reward_curve, step_metrics
 from grpo.worker_env import collect_secrets, secret_names, worker_env
-from rewards import RewardSet, ScoredBatch, summarize
+from rewards import RewardSet
 from rewards.base import add_import_path
 from sqrl.config import save_config
 from sqrl.models import META_FILE, ModelMeta, read_meta, write_meta
 from sqrl.prompts import Rubric
 from sqrl.rundir import prepare_out
-from sqrl.schema import Record, read_manifest
+from sqrl.schema import Record
 
 log = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------------------- data
-BALANCES = ("none", "labels")
-
-
-def label_balance_weights(records: Sequence[Record], cap: float = 10.0, rounds: int = 30) -> np.ndarray:
-    """Sampling probabilities that flatten every dimension's label distribution at once.
-
-    Raking (iterative proportional fitting): for each dimension in turn, scale the weights of the clips
-    with each label so the labels share the mass equally; repeat ``rounds`` times. No clip may weigh
-    more than ``cap`` times the uniform weight, which keeps the effective number of clips large: the
-    dimensions are correlated (a noisy clip is also a low-MOS clip), and uncapped raking on the tiny
-    corpus put all the mass on 24 clips. With cap 10 it keeps ~275 of 1,700 effective clips and the largest class of
-    noise falls from 60% to 41% (overall's from 26% to 21%). Clips without a label for a dimension
-    are left alone in that dimension's round.
-    """
-    n = len(records)
-    w = np.full(n, 1.0 / n)
-    dims = sorted({d for r in records for d, v in (r.scores or {}).items() if v is not None})
-    labels = {d: np.array([(r.scores or {}).get(d) for r in records], dtype=object) for d in dims}
-    for _ in range(rounds):
-        for d in dims:
-            lab = labels[d]
-            present = [v for v in set(lab.tolist()) if v is not None]
-            known = lab != None  # noqa: E711 (elementwise on an object array)
-            share = w[known].sum() / len(present)
-            for v in present:
-                m = lab == v
-                w[m] *= share / w[m].sum()
-            w = _capped(w / w.sum(), cap / n)
-    return w
-
-
-def _capped(w: np.ndarray, limit: float) -> np.ndarray:
-    """``w`` (summing to 1) with no entry above ``limit``: the excess goes to the others in proportion."""
-    w = w.copy()
-    if limit * len(w) <= 1:
-        return np.full(len(w), 1.0 / len(w))
-    while (w > limit + 1e-15).any():
-        over = w >= limit
-        w[over] = limit
-        free = 1.0 - limit * over.sum()
-        w[~over] *= free / w[~over].sum()
-    return w
-
-
-class ClipStream:
-    """Clips in a fresh seeded order per epoch; its state is (epoch, position).
-
-    ``balance="none"``: a permutation (every clip once per epoch). ``balance="labels"``: an epoch of
-    ``len(records)`` draws with replacement under ``label_balance_weights``, so rare scores come up
-    about as often as common ones. On a
-    corpus where 60% of clips are "no noise" (5/5), exact-match rewards otherwise pay a policy that
-    always answers 5, and GRPO collapses onto it (tiny accsem run: noise/distortion/naturalness
-    predictions became constant, mean PCC 0.37 -> 0.27).
-    """
-
-    def __init__(self, records: Sequence[Record], seed: int, balance: str = "none"):
-        if not records:
-            raise ValueError("no training clips")
-        if balance not in BALANCES:
-            raise ValueError(f"data.balance must be one of {', '.join(BALANCES)}, not {balance!r}")
-        self.records, self.seed, self.balance = list(records), seed, balance
-        self.weights = label_balance_weights(self.records) if balance == "labels" else None
-        self.epoch, self.pos = 0, 0
-        self._order = self._permutation()
-
-    def _permutation(self) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        if self.weights is None:
-            return rng.permutation(len(self.records))
-        return rng.choice(len(self.records), size=len(self.records), replace=True, p=self.weights)
-
-    def take(self, k: int) -> list[Record]:
-        out = []
-        for _ in range(k):
-            if self.pos == len(self.records):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._permutation()
-            out.append(self.records[self._order[self.pos]])
-            self.pos += 1
-        return out
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state(self, state: dict[str, int]) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-        self._order = self._permutation()
-
-
-@dataclass
-class Group:
-    """One clip and its G completions."""
-
-    record: Record
-    completions: list[Completion]
-
-
-def sampling_seed(seed: int, step: int, attempt: int, worker: int) -> int:
-    """The rollout seed of one call: a function of the run seed and the call, never of history."""
-    return int(np.random.SeedSequence([seed, step, attempt, worker]).generate_state(1)[0])
-
-
-PHASES = ("generate", "score", "update", "sync")
-"""A step's phases; each is timed in the driver (``time/<phase>``, wall time around the Ray calls) and in
-its workers (``time/<phase>_worker``, the slowest worker's own seconds per call, summed over the phase's calls)."""
-
-
-class Timer:
-    def __init__(self):
-        self.seconds: Counter[str] = Counter()
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] += time.perf_counter() - t0
-
-
-# ------------------------------------------------------------------------------------------- driver
 class Driver:
     """Runs ``cfg`` into ``run_dir``: metrics.jsonl, tensorboard/, checkpoints/, plots/ and, at the end,
     the policy as an sqrl model directory (an adapter over ``model.init``) that ``sqrl eval`` loads."""
@@ -200,19 +78,21 @@ class Driver:
         return self.run_dir
 
     def step(self, step: int) -> dict[str, Any]:
-        timer = Timer()
+        """generate -> score -> [resample flat groups] -> advantages -> update -> sync; then log and checkpoint."""
+        algo, timer = self.cfg.algorithm, Timer()
         self._step_resampled, self._worker = 0, Counter()
         with timer("step"):
-            batch = self.data.take(self.cfg.train.batch_size)
+            clips = self.data.take(self.cfg.train.batch_size)
             with timer("generate"):
-                groups = self.generate(batch, step)
+                groups = self.generate(clips, step)
             with timer("score"):
-                scores = self.score(groups)
-            self.reward_watch.observe(scores, step)  # a reward failing every call stops the run
-            if self.cfg.algorithm.zero_variance == "resample":
-                groups, scores = self.resample_flat_groups(groups, scores, step, timer)
-            adv, flat = self.compute_advantages(scores)
-            samples = self.select_samples(groups, adv, flat)
+                batch = self.score(groups)
+            self.reward_watch.observe(batch.scores, step)  # a reward failing every call stops the run
+            if algo.zero_variance == "resample":
+                batch = self.resample_flat_groups(batch, step, timer)
+            adv, flat = self.compute_advantages(batch)
+            samples = train_samples(batch.groups, adv, flat, skip_flat=algo.zero_variance == "skip",
+                                    mask_truncated=algo.mask_truncated)
             with timer("update"):
                 stats = self.update(samples)
             updated = bool(stats)
@@ -220,25 +100,26 @@ class Driver:
                 self.sync_weights(step, updated=updated)
             if self.cfg.train.check_sync_every and step % self.cfg.train.check_sync_every == 0:
                 with timer("check_sync"):
-                    stats["sync/max_abs_logprob_diff"] = self.check_sync(groups[0].completions[:2])
-        metrics = self.metrics(groups, scores, flat, stats, updated, timer)
+                    stats["sync/max_abs_logprob_diff"] = self.check_sync(batch.groups[0].completions[:2])
+        metrics = step_metrics(batch, flat, stats, updated=updated, seconds=timer.seconds, worker_seconds=self._worker,
+                               counters=self.counters, resampled=self._step_resampled, epoch=self.data.epoch,
+                               skip_flat=algo.zero_variance == "skip")
         self.logger.log(step, metrics)
         self.maybe_checkpoint(step)
         return metrics
 
     # ---------------------------------------------------------------- roles
-    def generate(self, batch: Sequence[Record], step: int, attempt: int = 0) -> list[Group]:
+    def generate(self, clips: Sequence[Record], step: int, attempt: int = 0) -> list[Group]:
         """G completions for each clip, the clips split over the rollout workers; unreadable clips dropped."""
-        prompt = self.prompt
-        parts = split_groups(len(batch), len(self.rollout))
-        results = self.ray.get([w.generate.remote([ClipRequest(r.id, r.audio, prompt) for r in batch[p.start:p.stop]],
+        parts = split_groups(len(clips), len(self.rollout))
+        results = self.ray.get([w.generate.remote([ClipRequest(r.id, r.audio, self.prompt) for r in clips[p.start:p.stop]],
                                                   self.G, self.sampling, sampling_seed(self.cfg.train.seed, step, attempt, i))
                                 for i, (w, p) in enumerate(zip(self.rollout, parts))])
         self._worker["generate"] += max(r.seconds for r in results)
         groups = []
         for res, part in zip(results, parts):  # by position: a batch may hold a clip twice (an epoch boundary)
             completions = iter(res.completions)
-            for record in batch[part.start:part.stop]:
+            for record in clips[part.start:part.stop]:
                 if record.id in res.failed:
                     self.counters["unreadable_clips"] += 1
                     log.warning("clip %s dropped from step %d: %s", record.id, step, res.failed[record.id])
@@ -248,111 +129,44 @@ class Driver:
             raise RuntimeError(f"step {step}: no clip of the batch could be read")
         return groups
 
-    def score(self, groups: Sequence[Group]) -> ScoredBatch:
+    def score(self, groups: Sequence[Group]) -> ScoredGroups:
         """Rewards for every completion; whole groups per reward worker; a dead worker's part is retried."""
-        parts = split_groups(len(groups), len(self.reward))
+        parts = [[groups[i] for i in p] for p in split_groups(len(groups), len(self.reward))]
 
-        def call(worker: int, part: range):
-            gs = [groups[i] for i in part]
-            cs = [c for g in gs for c in g.completions]
-            refs = [g.record for g in gs for _ in g.completions]
+        def call(worker: int, part: list[Group]):
+            cs = [c for g in part for c in g.completions]
+            refs = [g.record for g in part for _ in g.completions]
             return lambda: self.reward[worker].score.remote([c.text for c in cs], refs, [c.prompt for c in cs],
                                                           [c.audio for c in cs])
 
-        results = self.get_with_retry([call(i, p) for i, p in enumerate(parts)])
+        results = get_with_retry([call(i, p) for i, p in enumerate(parts)], self.cfg.rewards, self.counters, ray=self.ray)
         self._worker["score"] += max(r.seconds for r in results)  # a retried call: its last attempt only
-        merged = merge_scored(results)
-        self.counters["reward_errors"] += sum(merged.errors.values())
-        return merged
+        batch = ScoredGroups.concat([ScoredGroups(p, r) for p, r in zip(parts, results)])
+        self.counters["reward_errors"] += sum(batch.scores.errors.values())
+        return batch
 
-    def get_with_retry(self, calls: Sequence[Any]) -> list[Any]:
-        """``ray.get`` of every call; a call whose reward worker died (Ray restarts it) is sent again,
-        up to ``rewards.max_retries`` times each, and counted in ``reward_worker_restarts``.
-
-        One death counts once: after a failure, a resent call that finds the worker still restarting
-        (``ActorUnavailableError``) is sent again after a back-off (0.5 s doubling to 5 s) without counting a
-        new restart or using a retry, for up to ``rewards.restart_wait_s`` seconds. A further
-        ``ActorDiedError`` (the restarted worker died too) counts as another restart."""
-        from ray.exceptions import ActorUnavailableError, RayActorError
-
-        refs = [c() for c in calls]
-        results: list[Any] = [None] * len(calls)
-        tries = [0] * len(calls)
-        waiting_since: list[float | None] = [None] * len(calls)  # set while a call waits for its worker
-        resent = [0] * len(calls)  # resends to a worker still restarting, for the back-off
-        pending = list(range(len(calls)))
-        while pending:
-            self.ray.wait([refs[i] for i in pending], num_returns=len(pending))
-            resend, wait_then_resend, backoff = [], [], 0.0
-            for i in pending:
-                try:
-                    results[i] = self.ray.get(refs[i])
-                except RayActorError as exc:
-                    now = time.monotonic()
-                    if waiting_since[i] is not None and isinstance(exc, ActorUnavailableError):
-                        waited = now - waiting_since[i]
-                        if waited > self.cfg.rewards.restart_wait_s:
-                            raise RuntimeError(f"reward worker {i} was unavailable for {waited:.0f} s after dying "
-                                               f"(rewards.restart_wait_s={self.cfg.rewards.restart_wait_s})") from exc
-                        backoff = max(backoff, min(0.5 * 2 ** resent[i], 5.0))
-                        resent[i] += 1
-                        log.info("reward worker %d is still restarting (%.1f s); resending its batch", i, waited)
-                        wait_then_resend.append(i)
-                    else:
-                        tries[i] += 1
-                        self.counters["reward_worker_restarts"] += 1
-                        if tries[i] > self.cfg.rewards.max_retries:
-                            raise RuntimeError(f"reward worker {i} died {tries[i]} times on one batch (or Ray "
-                                               f"gave up restarting it: rewards.max_restarts)") from exc
-                        log.warning("reward worker %d died (%s); retrying its batch (%d/%d)", i,
-                                    type(exc).__name__, tries[i], self.cfg.rewards.max_retries)
-                        waiting_since[i], resent[i] = now, 0
-                        resend.append(i)
-            for i in resend:  # a death: sent again at once (Ray holds it until the worker is up, or refuses)
-                refs[i] = calls[i]()
-            if backoff:
-                time.sleep(backoff)
-            for i in wait_then_resend:
-                refs[i] = calls[i]()
-            pending = resend + wait_then_resend
-        return results
-
-    def resample_flat_groups(self, groups: list[Group], scores: ScoredBatch, step: int,
-                             timer: Timer) -> tuple[list[Group], ScoredBatch]:
+    def resample_flat_groups(self, batch: ScoredGroups, step: int, timer: Timer) -> ScoredGroups:
         """Replace groups whose rewards are all equal with fresh clips, up to ``max_resample`` rounds."""
-        slices = [slice_scored(scores, i * self.G, (i + 1) * self.G) for i in range(len(groups))]
+        singles = [batch.slice(i, i + 1) for i in range(len(batch))]
         for attempt in range(1, self.cfg.algorithm.max_resample + 1):
-            flat = [i for i, f in enumerate(flat_groups(_totals(scores), self.G).tolist()) if f]
+            flat = [i for i, f in enumerate(flat_groups(batch.totals(), self.G).tolist()) if f]
             if not flat:
                 break
             with timer("generate"):
-                fresh = self.generate(self.data.take(len(flat)), step, attempt)
+                fresh_groups = self.generate(self.data.take(len(flat)), step, attempt)
             with timer("score"):
-                fresh_scores = self.score(fresh)
-            for j, (i, g) in enumerate(zip(flat, fresh)):
-                groups[i], slices[i] = g, slice_scored(fresh_scores, j * self.G, (j + 1) * self.G)
+                fresh = self.score(fresh_groups)
+            for j, i in enumerate(flat[:len(fresh)]):
+                singles[i] = fresh.slice(j, j + 1)
             self.counters["resampled_groups"] += len(fresh)
             self._step_resampled += len(fresh)
-            scores = merge_scored(slices)
-        return groups, scores
+            batch = ScoredGroups.concat(singles)
+        return batch
 
-    def compute_advantages(self, scores: ScoredBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_advantages(self, batch: ScoredGroups) -> tuple[torch.Tensor, torch.Tensor]:
         """(advantage per completion, flat-group flag per group)."""
-        totals = _totals(scores)
+        totals = batch.totals()
         return group_advantages(totals, self.G, self.cfg.algorithm.scale_rewards), flat_groups(totals, self.G)
-
-    def select_samples(self, groups: Sequence[Group], adv: torch.Tensor, flat: torch.Tensor) -> list[TrainSample]:
-        """The completions the policy trains on: ``skip`` drops flat groups, ``mask_truncated`` cut-off answers."""
-        algo = self.cfg.algorithm
-        samples = []
-        for gi, g in enumerate(groups):
-            if algo.zero_variance == "skip" and bool(flat[gi]):
-                continue
-            for ci, c in enumerate(g.completions):
-                if algo.mask_truncated and c.truncated:
-                    continue
-                samples.append(TrainSample(c.audio, c.prompt, c.token_ids, float(adv[gi * self.G + ci])))
-        return samples
 
     def update(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         """One policy update (per ``num_iterations``) over the samples, data parallel; {} if none."""
@@ -362,18 +176,7 @@ class Driver:
             return {}
         parts = self.ray.get([w.update.remote(shard, norm) for w, shard in zip(self.policy, shards)])
         self._worker["update"] += max(p["seconds"] for p in parts)
-        sums = {k: sum(p[k] for p in parts) for k in parts[0]}
-        tokens = max(sums.pop("tokens"), 1.0)
-        iters = self.cfg.algorithm.num_iterations
-        stats = {"loss": sums["loss"] / len(parts), "grad_norm": parts[0]["grad_norm"],
-                 "update/trained_sequences": float(norm.num_sequences), "update/trained_tokens": float(norm.num_tokens),
-                 "time/update_prepare": max(p["prepare_s"] for p in parts)}
-        for key in ("clip_low", "clip_high", "clip_region"):
-            stats[f"clip_ratio/{key[5:]}_mean"] = sums[key] / tokens
-        if "kl" in sums:
-            stats["kl"] = sums["kl"] / tokens
-        stats["update/iterations"] = float(iters)
-        return stats
+        return update_stats(parts, norm, self.cfg.algorithm.num_iterations)
 
     def sync_weights(self, version: int, updated: bool = True) -> None:
         """The policy's adapter (and trained encoder) to every rollout worker, as one shared object ref."""
@@ -389,32 +192,7 @@ class Driver:
         b = self.ray.get([w.logprobs.remote(list(completions)) for w in self.policy])[0]
         return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
 
-    # ---------------------------------------------------------------- logging and checkpoints
-    def metrics(self, groups: Sequence[Group], scores: ScoredBatch, flat: torch.Tensor, stats: dict[str, float],
-                updated: bool, timer: Timer) -> dict[str, Any]:
-        lengths = [len(c.token_ids) for g in groups for c in g.completions]
-        t = timer.seconds
-        out: dict[str, Any] = dict(summarize(scores))
-        out.update(stats)
-        out.update({
-            "zero_variance/fraction": float(flat.float().mean()),
-            "zero_variance/resampled": float(self._step_resampled),
-            "zero_variance/skipped_groups": float(flat.sum()) if self.cfg.algorithm.zero_variance == "skip" else 0.0,
-            "completion/mean_length": float(np.mean(lengths)),
-            "completion/max_length": float(max(lengths)),
-            "completion/truncated_fraction": float(np.mean([c.truncated for g in groups for c in g.completions])),
-            "update/skipped": 0.0 if updated else 1.0,
-            "tokens_per_s/generate": sum(lengths) / max(t["generate"], 1e-9),
-            "reward_worker_restarts": float(self.counters["reward_worker_restarts"]),
-            "data/unreadable_clips": float(self.counters["unreadable_clips"]),
-            "data/epoch": float(self.data.epoch),
-        })
-        if updated:
-            out["tokens_per_s/update"] = stats["update/trained_tokens"] / max(t["update"], 1e-9)
-        out.update({f"time/{k}": v for k, v in t.items()})
-        out.update(overhead_metrics(t, self._worker))
-        return out
-
+    # ---------------------------------------------------------------- checkpoints
     def maybe_checkpoint(self, step: int) -> None:
         every = self.cfg.train.save_every
         if not ((every and step % every == 0) or step == self.cfg.train.steps):
@@ -434,10 +212,9 @@ class Driver:
         self._check_run_dir()
         self.init = start_model(cfg.model.init)
         self.backbone = read_meta(self.init).backbone
-        self.data = ClipStream(self._records(), cfg.train.seed, cfg.data.balance)
+        self.data = ClipStream(training_records(cfg.data), cfg.train.seed, cfg.data.balance)
         self.prompt = self._prompt()
-        self.sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k,
-                                       cfg.rollout.max_new_tokens, cfg.rollout.return_logprobs)
+        self.sampling = build_sampling(cfg)
         self._step_resampled, self._worker = 0, Counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = checkpoint.latest(self.run_dir) if self.resume else None
@@ -457,17 +234,6 @@ class Driver:
     def _check_run_dir(self) -> None:
         """A non-empty run_dir only with --resume, or --overwrite (which removes it first): sqrl/rundir.py."""
         prepare_out(self.run_dir, resume=self.resume, overwrite=self.overwrite, create=False)
-
-    def _records(self) -> list[Record]:
-        data = self.cfg.data
-        if data.train:
-            manifest = Path(data.train)
-        else:
-            from sqrl.data.synth import ensure_corpus
-
-            manifest = ensure_corpus(data.synth.root, data.synth.num, data.synth.seed) / "train.jsonl"
-        records = read_manifest(manifest)
-        return records[:data.limit] if data.limit else records
 
     def _prompt(self) -> str:
         rubric = Rubric(self.cfg.data.rubric)
@@ -491,39 +257,16 @@ class Driver:
         secret_vars = secret_names(cfg.rewards.entries, cfg.rewards.secret_env)
         env = {role: {"env_vars": worker_env(role, torch_threads=cl.torch_threads, exclude=secret_vars)}
                for role in ("policy", "rollout", "reward")}
-        lora = cfg.lora
-        W = cfg.policy.num_workers
-        loss = LossConfig(cfg.algorithm.loss_type, cfg.algorithm.beta, cfg.algorithm.epsilon,
-                            cfg.algorithm.epsilon_high if cfg.algorithm.epsilon_high is not None else cfg.algorithm.epsilon,
-                            cfg.rollout.max_new_tokens)
-        plan = plan_placement(cl, worker_counts(cfg))
-        self.placement = create_placement(plan, cl.placement_timeout_s)
+        self.placement = create_placement(plan_placement(cl, worker_counts(cfg)), cl.placement_timeout_s)
         place = self.placement.options
-        policy_cls = ray.remote(PolicyWorker)
-        self.policy = [policy_cls.options(runtime_env=env["policy"], **place("policy", r)).remote(
-            str(self.init), self.backbone, lora_rank=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            encoder_mode=lora.encoder_mode, dtype=cfg.model.dtype, loss=loss, lr=cfg.policy.lr,
-            weight_decay=cfg.policy.weight_decay, adam_betas=cfg.policy.adam_betas,
-            max_grad_norm=cfg.policy.max_grad_norm, zero_stage=cfg.policy.zero_stage,
-            offload_optimizer=cfg.policy.offload_optimizer, gradient_checkpointing=cfg.model.gradient_checkpointing,
-            num_iterations=cfg.algorithm.num_iterations, max_seconds=cfg.data.max_seconds, seed=cfg.train.seed,
-            rank=r, world_size=W) for r in range(W)]
-        rollout_cls = ray.remote(rollout_worker_class(cfg.rollout.backend))
-        self.rollout = [rollout_cls.options(runtime_env=env["rollout"], **place("rollout", i)).remote(
-            str(self.init), self.backbone, lora.rank, lora.alpha, lora.encoder_mode, dtype=cfg.model.dtype,
-            max_seconds=cfg.data.max_seconds, **cfg.rollout.options) for i in range(cfg.rollout.num_workers)]
-        # Reward workers hold no state: Ray restarts a dead one (on another node if its node is gone; its
-        # placement-group bundle is rescheduled there) and ``get_with_retry`` sends its batch again.
-        reward_cls = ray.remote(RewardWorker)
-        self.reward = [reward_cls.options(runtime_env=env["reward"], max_restarts=cfg.rewards.max_restarts,
-                                          max_task_retries=0, **place("reward", i)).remote(
-            cfg.rewards.entries, cfg.rewards.aggregation, cfg.rewards.pass_audio, cfg.data.max_seconds,
-            secrets=collect_secrets(secret_vars), python_path=self.python_path)
-            for i in range(cfg.rewards.num_workers)]
+        self.policy = build_policy_workers(cfg, str(self.init), self.backbone, place, env["policy"])
+        self.rollout = build_rollout_workers(cfg, str(self.init), self.backbone, place, env["rollout"])
+        self.reward = build_reward_workers(cfg, place, env["reward"], secrets=collect_secrets(secret_vars),
+                                           python_path=self.python_path)
         master = ray.get(self.policy[0].rendezvous.remote())
         info = ray.get([w.setup.remote(*master) for w in self.policy] + [r.version.remote() for r in self.rollout]
                        + [r.pid.remote() for r in self.reward])[0]
-        log.info("policy: %s; %d policy, %d rollout (%s), %d reward workers", info, W, len(self.rollout),
+        log.info("policy: %s; %d policy, %d rollout (%s), %d reward workers", info, len(self.policy), len(self.rollout),
                  cfg.rollout.backend, len(self.reward))
         self.worker_nodes = {role: actor_nodes(actors) for role, actors in
                              (("policy", self.policy), ("rollout", self.rollout), ("reward", self.reward))}
@@ -564,39 +307,6 @@ class Driver:
         if self._owns_ray:
             self.ray.shutdown()
             self._owns_ray = False
-
-
-def overhead_metrics(seconds: Counter[str], worker: Counter[str]) -> dict[str, float]:
-    """``time/<phase>_worker`` and the step's orchestration overhead from the driver's timer ``seconds``
-    and the workers' own ``worker`` seconds per phase.
-
-    The phases run one after another (score waits for generate, and so on), so the workers' compute on the
-    step's critical path is the sum of the phases' worker seconds; ``time/overhead`` is the rest of the
-    step: Ray calls, (de)serialisation, waiting for a busy core, a dead reward worker's lost attempt, and the
-    driver's own work between the calls (advantages, sample selection, merging scores). The sync check
-    (``train.check_sync_every``) is a diagnostic and is left out of both. ``time/overhead_fraction`` is
-    overhead over that step time."""
-    out = {f"time/{p}_worker": float(worker[p]) for p in PHASES}
-    step = seconds["step"] - seconds["check_sync"]
-    overhead = step - sum(worker[p] for p in PHASES)
-    out["time/overhead"] = overhead
-    out["time/overhead_fraction"] = overhead / step if step > 0 else 0.0
-    return out
-
-
-def _totals(scores: ScoredBatch) -> torch.Tensor:
-    return torch.tensor([float("nan") if t is None else float(t) for t in scores.total])
-
-
-def slice_scored(sb: ScoredBatch, start: int, stop: int) -> ScoredBatch:
-    """The rows ``start:stop`` of a scored batch. Its ``skipped`` counts every ``None`` of a reward
-    there, errors included (``errors`` is per batch and cannot be split; the driver counts them)."""
-    per_reward = {k: v[start:stop] for k, v in sb.per_reward.items()}
-    total = sb.total[start:stop]
-    return ScoredBatch(total=total, per_reward=per_reward,
-                       components={k: v[start:stop] for k, v in sb.components.items()},
-                       skipped={k: sum(x is None for x in v) for k, v in per_reward.items()},
-                       errors={k: 0 for k in per_reward}, total_skipped=sum(t is None for t in total))
 
 
 def reward_python_path(folders: Sequence[str]) -> list[str]:

@@ -24,15 +24,16 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from grpo.algorithm import LossConfig, Normalizer, masked_sums, per_token_objective, reduce_loss
-from grpo.batch import Completion, TrainSample, completion_inputs, load_waves, per_row
-from grpo.rollout_worker import WeightUpdate
-from sqrl.backbones.config import resolve_dtype
-from sqrl.logprobs import completion_logprobs
+from grpo.messages import Completion, TrainSample, WeightUpdate
+from grpo.model_io import completion_inputs, completion_logprobs, load_waves, per_row, resolve_dtype
+
+if TYPE_CHECKING:
+    from grpo.config import GRPOConfig
 
 log = logging.getLogger(__name__)
 
@@ -294,3 +295,38 @@ class PolicyWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def build_policy_workers(cfg: GRPOConfig, init: str, backbone: str, place: Callable[[str, int], dict],
+                         runtime_env: dict[str, Any]) -> list[Any]:
+    """``policy.num_workers`` Ray actors, one data-parallel rank each; ``place(role, index)`` gives each its
+    placement options. Call ``setup`` on all of them (after one ``rendezvous``) before training."""
+    import ray
+
+    algo, lora, W = cfg.algorithm, cfg.lora, cfg.policy.num_workers
+    loss = LossConfig(algo.loss_type, algo.beta, algo.epsilon,
+                        algo.epsilon_high if algo.epsilon_high is not None else algo.epsilon, cfg.rollout.max_new_tokens)
+    cls = ray.remote(PolicyWorker)
+    return [cls.options(runtime_env=runtime_env, **place("policy", r)).remote(
+        init, backbone, lora_rank=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        encoder_mode=lora.encoder_mode, dtype=cfg.model.dtype, loss=loss, lr=cfg.policy.lr,
+        weight_decay=cfg.policy.weight_decay, adam_betas=cfg.policy.adam_betas, max_grad_norm=cfg.policy.max_grad_norm,
+        zero_stage=cfg.policy.zero_stage, offload_optimizer=cfg.policy.offload_optimizer,
+        gradient_checkpointing=cfg.model.gradient_checkpointing, num_iterations=algo.num_iterations,
+        max_seconds=cfg.data.max_seconds, seed=cfg.train.seed, rank=r, world_size=W) for r in range(W)]
+
+
+def update_stats(parts: Sequence[dict[str, float]], norm: Normalizer, num_iterations: int) -> dict[str, float]:
+    """The step's update metrics from every rank's ``update`` result: the loss averaged over ranks, the
+    clip ratios and KL per trained token, the (global) grad norm of rank 0."""
+    sums = {k: sum(p[k] for p in parts) for k in parts[0]}
+    tokens = max(sums.pop("tokens"), 1.0)
+    stats = {"loss": sums["loss"] / len(parts), "grad_norm": parts[0]["grad_norm"],
+             "update/trained_sequences": float(norm.num_sequences), "update/trained_tokens": float(norm.num_tokens),
+             "time/update_prepare": max(p["prepare_s"] for p in parts)}
+    for key in ("clip_low", "clip_high", "clip_region"):
+        stats[f"clip_ratio/{key[5:]}_mean"] = sums[key] / tokens
+    if "kl" in sums:
+        stats["kl"] = sums["kl"] / tokens
+    stats["update/iterations"] = float(num_iterations)
+    return stats

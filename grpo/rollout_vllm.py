@@ -42,8 +42,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from grpo.batch import SAMPLING_RATE, Completion, RolloutBatch, ClipRequest, load_waves, readable_requests
-from grpo.rollout_worker import RolloutWorker, SamplingParams, WeightUpdate, suppressed_token_ids
+from grpo.messages import ClipRequest, Completion, RolloutBatch, SamplingParams, WeightUpdate
+from grpo.model_io import SAMPLING_RATE, load_waves, readable_requests
+from grpo.rollout_worker import RolloutWorker, suppressed_token_ids
 
 log = logging.getLogger(__name__)
 

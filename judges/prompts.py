@@ -114,13 +114,13 @@ class PromptSpec:
 
 
 def resolve_config(name: str | Path) -> Path:
-    """A judge YAML by path, or by bare name under ``configs/judges/`` (``"dimwise"``)."""
+    """A judge YAML by path, or by bare name under ``configs/judges/`` (``"dimwise"``, ``"qwen2.5-coder-1.5b"``)."""
     path = Path(name)
     if path.exists():
         return path
-    candidate = CONFIG_DIR / (path.name if path.suffix else f"{path.name}.yaml")
-    if candidate.exists():
-        return candidate
+    for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
     raise FileNotFoundError(f"judge config {str(name)!r} not found (also looked in {CONFIG_DIR})")
 
 

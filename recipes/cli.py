@@ -11,6 +11,7 @@ import sys
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = (
     "sqrl.data.cli",
+    "sqrl.backbones.cli",
     "sft.cli",
     "sqrl.evaluate",
     "sqrl.assess",

@@ -108,7 +108,7 @@ class Compare:
         return results
 
     def collect(self, manifest: Path, record: Mapping[str, Any]) -> dict[str, Any]:
-        from grpo.logging import read_metrics
+        from grpo.tracking import read_metrics
 
         cfg, plan = self.cfg, self.plan
         out: dict[str, Any] = {}

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Sequence
 from judges.base import Judge, judge_from_config, load_judge_config
 from judges.prompts import JudgeRequest, PromptSpec, load_prompts
 from judges.verdicts import Verdict
+from judges.onepass import LinesRequest, check_scale, score_lines
 from rewards.base import LazyReward, RewardOutput, parsed_column, register
 from rewards.builtin import select_dimensions
 from sqrl.dimensions import ARTIFACT_DIMENSION, ARTIFACT_KINDS, DISPLAY_NAMES
@@ -100,7 +101,9 @@ class LLMJudgeDimwise(_JudgeReward):
     components, ``None`` if any judgement of the sample failed.
 
     ``dimensions``: which to judge (default all seven); ``description``: also show the answer's
-    long description beside each dimension's fragment.
+    long description beside each dimension's fragment. ``onepass``: one request per completion with the
+    whole reference and answer and one verdict line per dimension (prompt set ``dimwise_onepass``, scale
+    0-9; transformers backend only), about the cost of one judgement instead of one per dimension.
 
     >>> from judges.base import Judge
     >>> from judges.verdicts import Verdict
@@ -113,9 +116,15 @@ class LLMJudgeDimwise(_JudgeReward):
     ([1.6], {'noise': [0.8], 'overall': [0.8]})
     """
 
-    def __init__(self, judge: str | dict | Judge = "smollm2", prompts: str | PromptSpec = "dimwise",
-                 dimensions: Iterable[str] | None = None, description: bool = False) -> None:
-        super().__init__(judge, prompts)
+    def __init__(self, judge: str | dict | Judge = "smollm2", prompts: str | PromptSpec | None = None,
+                 dimensions: Iterable[str] | None = None, description: bool = False, onepass: bool = False) -> None:
+        super().__init__(judge, prompts or ("dimwise_onepass" if onepass else "dimwise"))
+        self.onepass = bool(onepass)
+        if self.onepass:
+            check_scale(self.prompts.scale)
+            if self.judge_config is not None and self.judge_config.get("backend") != "transformers":
+                raise ValueError("llm_judge_dimwise: onepass needs a transformers judge (it reads the key/value "
+                                 f"cache between verdict lines); got backend {self.judge_config.get('backend')!r}")
         self.dimensions = select_dimensions(dimensions, "llm_judge_dimwise")
         self.description = bool(description)
         meanings = self.prompts.extra.get("meanings") or {}
@@ -126,6 +135,8 @@ class LLMJudgeDimwise(_JudgeReward):
 
     def __call__(self, completions: Sequence[str], references: Sequence[Any], **columns: Any) -> RewardOutput:
         parsed = parsed_column(completions, columns)
+        if self.onepass:
+            return self._onepass(parsed, completions, references)
         n = len(parsed)
         comps: dict[str, list] = {d: [None] * n for d in self.dimensions}
         slots, requests = [], []
@@ -147,6 +158,44 @@ class LLMJudgeDimwise(_JudgeReward):
         values = [None if failed[i] or not judged[i] else sum(comps[d][i] for d in self.dimensions if comps[d][i] is not None)
                   for i in range(n)]
         self._unscorable(sum(failed))
+        return RewardOutput(values, comps)
+
+
+    def _onepass(self, parsed: list, completions: Sequence[Any], references: Sequence[Any]) -> RewardOutput:
+        """One request per completion: the whole reference and answer for the dimensions the reference
+        scores, and one verdict line per dimension (``judges/onepass.py``)."""
+        n = len(parsed)
+        comps: dict[str, list] = {d: [None] * n for d in self.dimensions}
+        slots, requests = [], []
+        for i, (p, c, r) in enumerate(zip(parsed, completions, references)):
+            dims = [d for d in self.dimensions if r.scores.get(d) is not None]
+            if not dims:
+                continue
+            kinds = [k for d in dims for k in kinds_for(d)]
+            reference = render(r, dimensions=dims, artifacts=kinds or False, description=False)
+            found = any(p.scores.get(d) is not None for d in dims) or any(p.artifacts_of(k) for k in kinds)
+            answer = render(p, dimensions=dims, artifacts=kinds or False, description=self.description) if found else (
+                c if isinstance(c, str) else "")
+            labels = tuple(DISPLAY_NAMES[d] for d in dims)
+            request = self.prompts.request(answer, reference=reference, dimensions=", ".join(labels),
+                                           meanings="\n".join(f"{DISPLAY_NAMES[d]}: {self.meanings[d]}" for d in dims))
+            requests.append(LinesRequest(request, labels))
+            slots.append((dims, i))
+        self.stats["judgements"] += sum(len(dims) for dims, _ in slots)
+        results = score_lines(self.model, requests) if requests else []
+        values: list[float | None] = [None] * n
+        for (dims, i), verdicts in zip(slots, results):
+            for d, v in zip(dims, verdicts):
+                comps[d][i] = v.normalized(self.prompts.scale)
+            if any(v.score is None for v in verdicts):
+                self.stats["judge_failures"] += sum(v.score is None for v in verdicts)
+            else:
+                values[i] = sum(comps[d][i] for d in dims)
+        failed = sum(any(v.score is None for v in verdicts) for verdicts in results)
+        if failed:
+            log.warning("llm_judge_dimwise (onepass): %d of %d completions had a failed verdict line; judge counters: %s",
+                        failed, len(results), self.model.stats.as_dict())
+        self._unscorable(failed)
         return RewardOutput(values, comps)
 
 

@@ -77,10 +77,16 @@ class TrainConfig:
     save_steps: int = bounded(200, ge=1)
     save_total_limit: int = bounded(2, ge=1)
     gradient_checkpointing: bool = False
+    bf16_autocast: bool = False
+    """Mixed precision with fp32 weights: matmuls in bf16 under autocast (docs/small.md). Needs deepspeed off
+    (its bf16 mode casts the weights)."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self):
         check_ranges(self)
+        if self.bf16_autocast and self.deepspeed.enabled:
+            raise ValueError("train.bf16_autocast needs train.deepspeed.enabled: false "
+                             "(DeepSpeed's bf16 mode casts the weights to bf16)")
 
 
 @dataclass

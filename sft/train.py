@@ -181,7 +181,7 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
         save_steps=cfg.train.save_steps,
         save_total_limit=cfg.train.save_total_limit,
         report_to=["tensorboard"],
-        bf16=resolve_dtype(cfg.model.dtype) == torch.bfloat16,
+        bf16=resolve_dtype(cfg.model.dtype) == torch.bfloat16 or cfg.train.bf16_autocast,
         gradient_checkpointing=cfg.train.gradient_checkpointing,
         deepspeed=ds_config,
         remove_unused_columns=False,
@@ -234,6 +234,6 @@ def _base_build(backbone, base: str | None, cfg: SFTStageConfig) -> str | None:
     """The tiny build's cache key when the adapter sits on the default tiny build (None otherwise)."""
     if cfg.model.init:
         return read_meta(cfg.model.init).base_build
-    if base is None and backbone.tiny is not None:
+    if base is None and backbone.spec is not None:
         return backbone.build_dir().name
     return None

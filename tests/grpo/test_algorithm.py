@@ -18,7 +18,7 @@ from grpo.algorithm import (
     per_token_objective,
     reduce_loss,
 )
-from grpo.batch import TrainSample
+from grpo.messages import TrainSample
 from grpo.policy_worker import plan_update
 
 trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from grpo import checkpoint
-from grpo.batch import Completion
+from grpo.batch import Group, ScoredGroups, train_samples
 from grpo.config import GRPOConfig
-from grpo.driver import ClipStream, Driver, Group, label_balance_weights, sampling_seed, slice_scored
-from grpo.logging import RunLogger, plot_reward_curve, read_metrics
-from grpo.reward_worker import merge_scored, split_groups
+from grpo.messages import Completion
+from grpo.reward_worker import split_groups
+from grpo.rollout_worker import sampling_seed
+from grpo.sampling import ClipStream, label_balance_weights
+from grpo.tracking import RunLogger, plot_reward_curve, read_metrics
 from rewards import RewardSet, ScoredBatch
 from sqrl.config import ConfigError, load_config
 from sqrl.schema import Record
@@ -132,32 +134,39 @@ def _groups(n: int, G: int, truncated_every: int = 0) -> list[Group]:
 
 @pytest.mark.parametrize("mode, mask_truncated, expected", [
     ("keep", False, 8), ("resample", False, 8), ("skip", False, 4), ("skip", True, 2), ("keep", True, 4)])
-def test_sample_selection_follows_zero_variance_and_truncation_settings(tmp_path, mode, mask_truncated, expected):
+def test_sample_selection_follows_zero_variance_and_truncation_settings(mode, mask_truncated, expected):
     cfg = load_config(GRPOConfig, None, [f"algorithm.zero_variance={mode}", f"algorithm.mask_truncated={mask_truncated}",
                                          "rollout.group_size=4"])
-    driver = Driver(cfg, tmp_path)
+    algo = cfg.algorithm
     adv = torch.arange(8, dtype=torch.float32)
-    samples = driver.select_samples(_groups(2, 4, truncated_every=2), adv, torch.tensor([True, False]))
+    samples = train_samples(_groups(2, 4, truncated_every=2), adv, torch.tensor([True, False]),
+                            skip_flat=algo.zero_variance == "skip", mask_truncated=algo.mask_truncated)
     assert len(samples) == expected
     if mode == "skip":
         assert all(s.advantage >= 4 for s in samples)  # only the second (non-flat) group trains
 
 
-def test_scored_batches_split_and_merge_back():
+def test_scored_groups_slice_by_group_and_concat_back():
     rs = RewardSet.from_config([{"name": "format", "dimensions": ["noise", "overall"]}])
     texts = ["Noise: 3/5", "Overall quality: 2/5", "nothing", "Noise: 1/5\nOverall quality: 5/5"]
     refs = [Record(id=f"c{i // 2}") for i in range(4)]
-    whole = rs.score(texts, refs)
-    parts = [slice_scored(whole, 0, 2), slice_scored(whole, 2, 4)]
-    merged = merge_scored(parts)
-    assert merged.total == whole.total and merged.components == whole.components
+    whole = ScoredGroups(_groups(2, 2), rs.score(texts, refs))
+    first, second = whole.slice(0, 1), whole.slice(1, 2)
+    assert [g.record.id for g in second.groups] == ["c1"] and second.scores.total == whole.scores.total[2:]
+    assert second.scores.skipped == {"format": sum(v is None for v in whole.scores.per_reward["format"][2:])}
+    merged = ScoredGroups.concat([first, second])
+    assert merged.scores.total == whole.scores.total and merged.scores.components == whole.scores.components
+    assert merged.groups == whole.groups
+    totals = merged.totals()
+    assert [None if t != t else t for t in totals.tolist()] == whole.scores.total  # None as NaN
     assert split_groups(5, 2) == [range(0, 3), range(3, 5)] and split_groups(1, 3) == [range(0, 1)]
 
 
-def test_merge_fills_a_reward_missing_from_one_worker_with_none():
+def test_concat_fills_a_reward_missing_from_one_worker_with_none():
     a = ScoredBatch([1.0], {"r": [1.0]}, {"r/x": [1.0]}, {"r": 0}, {"r": 0})
     b = ScoredBatch([None], {"r": [None]}, {}, {"r": 0}, {"r": 1}, total_skipped=1)
-    m = merge_scored([a, b])
+    g1, g2 = _groups(2, 1)
+    m = ScoredGroups.concat([ScoredGroups([g1], a), ScoredGroups([g2], b)]).scores
     assert m.components == {"r/x": [1.0, None]} and m.errors == {"r": 1} and m.total_skipped == 1
 
 
@@ -194,7 +203,8 @@ def test_rollouts_drop_a_clip_too_short_for_the_encoder_and_name_its_file(tmp_pa
     # Such a clip once reached the backbone and stopped the run ("800 samples is shorter than 0.1 s").
     import soundfile as sf
 
-    from grpo.batch import ClipRequest, load_waves, readable_requests
+    from grpo.messages import ClipRequest
+    from grpo.model_io import load_waves, readable_requests
 
     sf.write(tmp_path / "ok.wav", np.full(16_000, 0.1, np.float32), 16_000)
     sf.write(tmp_path / "short.wav", np.full(800, 0.1, np.float32), 16_000)

@@ -17,7 +17,7 @@ import pytest
 
 from grpo.config import GRPOConfig
 from grpo.driver import Driver
-from grpo.logging import read_metrics
+from grpo.tracking import read_metrics
 from sqrl.config import apply_overrides, from_dict, save_config
 
 ray = pytest.importorskip("ray")

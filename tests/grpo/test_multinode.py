@@ -19,7 +19,7 @@ import pytest
 
 from grpo.config import ClusterConfig, GRPOConfig, PoolConfig
 from grpo.driver import Driver
-from grpo.logging import read_metrics
+from grpo.tracking import read_metrics
 from grpo.placement import actor_nodes, create_placement, plan_placement
 from sqrl.config import from_dict
 

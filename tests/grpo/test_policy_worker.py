@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from grpo.algorithm import LossConfig
-from grpo.batch import ClipRequest, TrainSample
+from grpo.messages import ClipRequest, SamplingParams, TrainSample
 from grpo.policy_worker import PolicyWorker, free_address, plan_update
-from grpo.rollout_worker import HFRolloutWorker, SamplingParams
+from grpo.rollout_hf import HFRolloutWorker
 from sqrl.prompts import Rubric
 from sqrl.schema import read_manifest
 
@@ -104,8 +104,7 @@ def test_weight_update_carries_the_adapter_and_the_trained_encoder(policy):
 
 
 def test_reference_is_the_merged_base_even_though_the_encoder_copy_trains(policy, completions, tiny_init):
-    from grpo.batch import completion_inputs, load_waves, per_row
-    from sqrl.logprobs import completion_logprobs
+    from grpo.model_io import completion_inputs, completion_logprobs, load_waves, per_row
     from sqrl.backbones import get_backbone
 
     train_once(policy, completions)  # at least one update (this test may run alone)

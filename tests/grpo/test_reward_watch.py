@@ -6,7 +6,7 @@ import pytest
 
 from grpo.config import GRPOConfig
 from grpo.reward_watch import RewardFailedError, RewardWatch
-from grpo.reward_worker import merge_scored
+from grpo.batch import Group, ScoredGroups
 from rewards import RewardEntry, RewardSet
 from sqrl.config import ConfigError, load_config
 from sqrl.schema import Record
@@ -43,6 +43,12 @@ def test_a_step_where_the_reward_scored_resets_the_count():
     for step, text in enumerate(["fail", "ok", "fail", "ok", "fail"], 1):
         watch.observe(score(sometimes, text), step=step)
     assert watch.failed_steps == {"custom": 1, "one": 0}
+
+
+def merge_scored(parts):
+    """Two workers' results joined as the driver joins them (``ScoredGroups.concat``); one clip per part."""
+    groups = [Group(Record(id=f"c{i}"), [None] * len(p.total)) for i, p in enumerate(parts)]
+    return ScoredGroups.concat([ScoredGroups([g], p) for g, p in zip(groups, parts)]).scores
 
 
 def test_a_failure_on_one_worker_only_is_not_a_whole_batch_failure():

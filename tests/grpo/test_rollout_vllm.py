@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from grpo.batch import ClipRequest, completion_inputs, load_waves, per_row
-from sqrl.logprobs import completion_logprobs
+from grpo.messages import ClipRequest, SamplingParams, WeightUpdate
+from grpo.model_io import completion_inputs, completion_logprobs, load_waves, per_row
 from grpo.rollout_vllm import merge_update, needs_export, vllm_name, linear_tensors
-from grpo.rollout_worker import SamplingParams, WeightUpdate, rollout_worker_class
+from grpo.rollout_worker import rollout_worker_class
 from sqrl.backbones import get_backbone
 
 G = 4

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from grpo.config import BootstrapConfig, GRPOConfig, ModelConfig
-from grpo.logging import read_metrics
+from grpo.tracking import read_metrics
 from sqrl.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -163,8 +163,9 @@ def test_every_judge_yaml_loads_as_a_prompt_set_or_a_judge_config():
             assert load_judge_config(f)["backend"] in BACKENDS
         else:
             spec = load_prompts(f)
-            assert spec.scale == (0, 10)
-            render_messages(spec.request("x", **{k: "v" for k in ("dimension", "meaning", "reference", "criterion", "rubric")}), 100)
+            assert spec.scale == ((0, 9) if f.stem == "dimwise_onepass" else (0, 10))  # one-pass: one digit per line
+            fields = ("dimension", "meaning", "reference", "criterion", "rubric", "dimensions", "meanings")
+            render_messages(spec.request("x", **{k: "v" for k in fields}), 100)
 
 
 def test_the_unified_prompt_set_carries_the_sq_llm_criteria_and_weights():

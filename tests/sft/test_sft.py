@@ -198,3 +198,12 @@ def test_warmup_continues_the_calibration_adapter(tiny_manifest, calibrated, tmp
     out = run_sft(cfg, tmp_path / "warm")
     meta = read_meta(out)
     assert meta.stage == "warmup" and meta.options == {"window_s": 5}
+
+
+def test_bf16_autocast_needs_deepspeed_off_and_keeps_fp32_weights():
+    from sft.config import TrainConfig
+
+    with pytest.raises(ValueError, match="bf16_autocast needs train.deepspeed.enabled: false"):
+        TrainConfig(bf16_autocast=True)
+    cfg = load_config(SFTStageConfig, Path(__file__).parents[2] / "configs/small/calibration.yaml")
+    assert cfg.train.bf16_autocast and not cfg.train.deepspeed.enabled and cfg.model.dtype == "auto"

