@@ -77,7 +77,7 @@ def test_a_shared_pool_tolerates_a_role_that_asks_for_nothing_but_not_an_empty_b
     ({"placement": "split", "policy": {"cpus": 1}, "rollout": {"cpus": 1}}, "cluster.reward: a worker in its own"),
     ({"placement": "colocate", "policy": {"cpus": 1, "strategy": "PACK"}}, "applies to an own pool"),
     ({"policy_cpus": 2, "policy": {"cpus": 4}}, "disagree"),
-    ({"reward": {"gpus": -1}}, "numbers >= 0"),
+    ({"reward": {"gpus": -1}}, r"cluster\.reward\.gpus must be >= 0, got -1"),
     ({"reward": {"resources": {"judge_node": "x"}}}, "numbers >= 0"),
     ({"placement_timeout_s": 0}, "placement_timeout_s"),
 ])

@@ -154,9 +154,9 @@ def test_a_new_run_onto_an_existing_one_is_refused_and_overwrite_starts_clean(ti
     shutil.copytree(calibrated, run)  # checkpoint-6 and checkpoint-12, 12 logged steps
     with pytest.raises(FileExistsError, match="--resume .* --overwrite"):
         run_sft(_cfg(tiny_manifest, **{"train.max_steps": 2, "train.save_steps": 1}), run)
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-6"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-6"]
     run_sft(_cfg(tiny_manifest, **{"train.max_steps": 2, "train.save_steps": 1}), run, overwrite=True)
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     assert [step for step, _ in _losses(run)] == [1, 2]
 
 
