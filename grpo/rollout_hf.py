@@ -10,6 +10,7 @@ import torch
 from grpo.messages import ClipRequest, Completion, RolloutBatch, SamplingParams, WeightUpdate
 from grpo.model_io import completion_inputs, completion_logprobs, load_waves, per_row, readable_requests, resolve_dtype
 from grpo.rollout_worker import RolloutWorker, suppressed_token_ids
+from sqrl.logprobs import token_logprobs
 
 
 class HFRolloutWorker(RolloutWorker):
@@ -51,8 +52,8 @@ class HFRolloutWorker(RolloutWorker):
         new = out.sequences[:, inputs["input_ids"].shape[1]:].cpu()
         logps = None
         if sampling.return_logprobs:
-            logits = torch.stack(out.logits, dim=1).float()  # (B*n, steps, V), before any warping
-            logps = logits.log_softmax(-1).gather(-1, new[:, :logits.shape[1], None].to(logits.device))[..., 0].cpu()
+            logits = torch.stack(out.logits, dim=1)  # (B*n, steps, V), before any warping
+            logps = token_logprobs(logits, new[:, :logits.shape[1]].to(logits.device)).cpu()
         for row, ids in enumerate(new.tolist()):
             req = ok[row // n]
             cut = next((i + 1 for i, t in enumerate(ids) if t in self.stop_ids), None)
