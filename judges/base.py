@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import yaml
 
@@ -33,6 +33,19 @@ log = logging.getLogger("sqrl.judges")
 
 MODES = ("generate", "logit")
 
+
+
+def unique_requests(requests: Iterable[Hashable], stats: JudgeStats) -> tuple[list, dict]:
+    """``(requests as a list, each distinct request -> its index among the distinct ones)``; counts both in
+    ``stats`` (``requests``, ``unique``). Identical requests (the same answer from several completions of a
+    group) are judged once."""
+    requests = list(requests)
+    unique: dict = {}
+    for r in requests:
+        unique.setdefault(r, len(unique))
+    stats.add("requests", len(requests))
+    stats.add("unique", len(unique))
+    return requests, unique
 
 class JudgeStats:
     """Thread-safe counters: requests, unique requests, scored, failed and failures by kind."""
@@ -125,12 +138,7 @@ class Judge(ABC):
 
     def score(self, requests: Sequence[JudgeRequest]) -> list[Verdict]:
         """One ``Verdict`` per request, in order. Identical requests are judged once."""
-        requests = list(requests)
-        unique: dict[JudgeRequest, int] = {}
-        for req in requests:
-            unique.setdefault(req, len(unique))
-        self.stats.add("requests", len(requests))
-        self.stats.add("unique", len(unique))
+        requests, unique = unique_requests(requests, self.stats)
         if not unique:
             return []
         verdicts = self._judge(list(unique))

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from judges.base import Judge
+from judges.base import Judge, unique_requests
 from judges.prompts import JudgeRequest
 from judges.verdicts import Verdict, expected_verdict
 
@@ -73,12 +73,7 @@ def score_lines(judge: Judge, requests: Sequence[LinesRequest]) -> list[list[Ver
     if not isinstance(judge, TransformersJudge):
         raise TypeError(f"one-pass judging needs the transformers backend, got {type(judge).__name__}; "
                         "use llm_judge_dimwise without onepass for the openai and vllm backends")
-    requests = list(requests)
-    unique: dict[LinesRequest, int] = {}
-    for r in requests:
-        unique.setdefault(r, len(unique))
-    judge.stats.add("requests", len(requests))
-    judge.stats.add("unique", len(unique))
+    requests, unique = unique_requests(requests, judge.stats)
     if not unique:
         return []
     judge.load()
