@@ -58,6 +58,9 @@ def _env() -> dict[str, str]:
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SQRL_CACHE", "RAY_AUTH_MODE", "DS_ACCELERATOR")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    # DeepSpeed's CPU communication op is compiled per interpreter path; sharing the user's cache with the
+    # checkout's venv made each rebuild it in turn (~80 s each, and the other's build waits on its lock)
+    env["TORCH_EXTENSIONS_DIR"] = str(Path.home() / ".cache" / "sqrl-install-test" / "torch_extensions")
     return env
 
 
