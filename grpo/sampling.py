@@ -21,10 +21,10 @@ def label_balance_weights(records: Sequence[Record], cap: float = 10.0, rounds: 
     Raking (iterative proportional fitting): for each dimension in turn, scale the weights of the clips
     with each label so the labels share the mass equally; repeat ``rounds`` times. No clip may weigh
     more than ``cap`` times the uniform weight, which keeps the effective number of clips large: the
-    dimensions are correlated (a noisy clip is also a low-MOS clip), and uncapped raking on the tiny
-    corpus put all the mass on 24 clips. With cap 10 it keeps ~275 of 1,700 effective clips and the largest class of
-    noise falls from 60% to 41% (overall's from 26% to 21%). Clips without a label for a dimension
-    are left alone in that dimension's round.
+    dimensions are correlated (a noisy clip is also a low-MOS clip), so uncapped raking can put all the
+    mass on a handful of clips that happen to be rare in every dimension. The cap trades flatness for
+    coverage (measured effect on the synthetic corpus: docs/grpo.md, "Label-balanced sampling"). Clips
+    without a label for a dimension are left alone in that dimension's round.
     """
     n = len(records)
     w = np.full(n, 1.0 / n)
@@ -61,10 +61,9 @@ class ClipStream:
 
     ``balance="none"``: a permutation (every clip once per epoch). ``balance="labels"``: an epoch of
     ``len(records)`` draws with replacement under ``label_balance_weights``, so rare scores come up
-    about as often as common ones. On a
-    corpus where 60% of clips are "no noise" (5/5), exact-match rewards otherwise pay a policy that
-    always answers 5, and GRPO collapses onto it (tiny accsem run: noise/distortion/naturalness
-    predictions became constant, mean PCC 0.37 -> 0.27).
+    about as often as common ones. On a skewed corpus (most clips "no noise", 5/5) exact-match rewards
+    otherwise pay a policy that always answers the majority score, and GRPO collapses onto it
+    (docs/grpo.md, "Label-balanced sampling", has the run that showed it).
     """
 
     def __init__(self, records: Sequence[Record], seed: int, balance: str = "none"):
