@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqrl.audio import SAMPLING_RATE
 from sqrl.config import arg_range
+from sqrl.data.sources import DEFAULT_MIN_SNR_DB
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ def _synth(args: argparse.Namespace) -> int:
     try:
         cfg = SynthConfig(out=args.out, num=args.num, seed=args.seed, sample_rate=args.sample_rate,
                           test_fraction=args.test_fraction, clean_dir=args.clean_dir, workers=args.workers,
+                          min_source_snr_db=args.min_source_snr_db,
                           pesq=not args.no_pesq, overwrite=args.overwrite)
         summary = synthesize_corpus(cfg)
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
@@ -82,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--clean-dir", type=Path, default=None,
                    help="clean recordings (wav/flac/ogg, any rate, mono or stereo) instead of eSpeak; "
                         "sub-folders are speakers")
+    p.add_argument("--min-source-snr-db", type=float, default=DEFAULT_MIN_SNR_DB,
+                   help="with --clean-dir: skip recordings whose estimated SNR is lower (they are not clean "
+                        "enough to be labelled 'no noise'; default %(default)s)")
     p.add_argument("--sample-rate", type=arg_range(int, ge=16000), default=SAMPLING_RATE)
     p.add_argument("--test-fraction", type=arg_range(float, ge=0, lt=1), default=0.15, help="share of clips in test.jsonl")
     p.add_argument("--workers", type=arg_range(int, ge=1), default=2, help="worker processes (1: no pool)")

@@ -13,6 +13,7 @@ import numpy as np
 
 from sqrl.audio import load_audio, resample
 from sqrl.data import degrade, labels
+from sqrl.data.sources import remove_dc
 from sqrl.data.tts import Utterance, synthesize
 from sqrl.schema import Artifact, Record
 
@@ -65,14 +66,17 @@ def clean_speech(job: dict, rng: np.random.Generator) -> tuple[np.ndarray, dict]
         meta = {"voice": utt.voice, "speaker": utt.voice, "text": utt.text,
                 "clean_source": f"espeak-ng:{utt.voice}", "tts": dict(job["utterance"])}
     else:
-        wave = load_audio(job["path"], sr, min_seconds=None)  # a source to crop, any length
+        wave = remove_dc(load_audio(job["path"], sr, min_seconds=None))  # a source to crop, any length
         tempo = job["speed"]["tempo"]
-        # Crop so that the stretched speech lasts about as long as a synthesised sentence.
+        # Crop so that the stretched speech lasts about as long as a synthesised sentence, inside the
+        # speech region the scan found (sources.py): room tone around the speech is not clean speech.
         want = int(rng.uniform(*labels.SPEECH_SECONDS) * tempo * sr)
-        offset = int(rng.integers(0, len(wave) - want + 1)) if len(wave) > want else 0
-        segment = wave[offset:offset + want]
+        lo, hi = (int(t * sr) for t in job.get("speech", (0.0, len(wave) / sr)))
+        lo, hi = max(0, min(lo, len(wave))), max(0, min(hi, len(wave)))
+        offset = lo + int(rng.integers(0, hi - lo - want + 1)) if hi - lo > want else lo
+        segment = wave[offset:min(offset + want, hi)]
         wave = degrade.time_stretch(segment, sr, tempo)
-        meta = {"speaker": job["speaker"], "clean_source": job["path"],
+        meta = {"speaker": job["speaker"], "clean_source": job["path"], "source_snr_db": job.get("source_snr_db"),
                 "crop_seconds": [round(offset / sr, 3), round((offset + len(segment)) / sr, 3)]}
     if degrade.rms(wave) < 1e-6:
         raise ValueError("the clean source is silent")

@@ -27,6 +27,7 @@ from sqrl.config import bounded, check_ranges
 from sqrl.data import labels
 from sqrl.data.render import render_clip
 from sqrl.data.sentences import make_sentence, sentence_id
+from sqrl.data.sources import DEFAULT_MIN_SNR_DB, SourceCheck, inspect_source
 from sqrl.data.tts import TTSError, all_voices
 from sqrl.fsutil import atomic_dir
 from sqrl.runtime import die_with_parent, sigterm_as_exit
@@ -51,6 +52,8 @@ class SynthConfig:
     """Band-limiting needs the band: 16 kHz or more."""
     test_fraction: float = bounded(0.15, ge=0, lt=1)
     clean_dir: Path | None = None
+    min_source_snr_db: float = DEFAULT_MIN_SNR_DB
+    """A clean-dir recording noisier than this (estimated) is skipped, not used as clean speech."""
     workers: int = bounded(2, ge=1)
     pesq: bool = True
     overwrite: bool = False
@@ -118,26 +121,26 @@ def _tts_jobs(cfg: SynthConfig, rng: np.random.Generator) -> list[dict]:
     return jobs
 
 
-def scan_clean_dir(clean_dir: Path) -> tuple[dict[str, list[str]], list[str]]:
-    """Readable recordings under ``clean_dir`` grouped by speaker, and the skipped ones (with why).
+def scan_clean_dir(clean_dir: Path, min_snr_db: float = DEFAULT_MIN_SNR_DB
+                   ) -> tuple[dict[str, list[str]], list[str], dict[str, SourceCheck]]:
+    """Usable recordings under ``clean_dir`` grouped by speaker, the skipped ones (with why), and each
+    usable one's check (speech region, SNR; ``sqrl.data.sources``).
 
     The speaker is the first sub-folder (``spk1/a.wav``, LibriSpeech-style trees); a file directly
     in ``clean_dir`` is its own speaker.
     """
     by_speaker: dict[str, list[str]] = {}
-    skipped = []
-    for path in find_audio_files(clean_dir):
+    skipped, checks = [], {}
+    for path in tqdm(find_audio_files(clean_dir), desc="checking sources", unit="file", mininterval=2.0):
         try:
-            info = audio_info(path)
-            if info.frames == 0:
-                raise AudioError(path, "empty audio (0 samples)")
+            checks[str(path)] = inspect_source(path, min_snr_db)
         except AudioError as exc:
             skipped.append(str(exc))
             continue
         rel = path.relative_to(clean_dir)
         speaker = rel.parts[0] if len(rel.parts) > 1 else path.stem
         by_speaker.setdefault(speaker, []).append(str(path))
-    return by_speaker, skipped
+    return by_speaker, skipped, checks
 
 
 def _file_id(path: str, root: Path) -> str:
@@ -146,9 +149,10 @@ def _file_id(path: str, root: Path) -> str:
 
 
 def _clean_dir_jobs(cfg: SynthConfig, rng: np.random.Generator) -> tuple[list[dict], list[str]]:
-    by_speaker, skipped = scan_clean_dir(cfg.clean_dir)
+    by_speaker, skipped, checks = scan_clean_dir(cfg.clean_dir, cfg.min_source_snr_db)
     if not by_speaker:
-        raise ValueError(f"{cfg.clean_dir}: no readable wav/flac/ogg recordings")
+        reasons = "; ".join(skipped[:5]) + (f"; ... ({len(skipped)} in all)" if len(skipped) > 5 else "")
+        raise ValueError(f"{cfg.clean_dir}: no usable wav/flac/ogg recordings" + (f" ({reasons})" if skipped else ""))
     n_train, n_test = split_sizes(cfg.num, cfg.test_fraction)
     if n_test and len(by_speaker) < 2:
         raise ValueError(f"{cfg.clean_dir}: one speaker only; a held-out test split needs two or more "
@@ -166,6 +170,7 @@ def _clean_dir_jobs(cfg: SynthConfig, rng: np.random.Generator) -> tuple[list[di
         level = labels.sample_speed_level(rng)
         tempo = labels.sample_tempo(level, rng) if level != 3 else 1.0
         jobs.append({"index": index, "split": split, "source": "clean-dir", "path": path,
+                     "speech": list(checks[path].speech), "source_snr_db": checks[path].snr_db,
                      "speaker": speaker_of[path], "sentence_id": _file_id(path, cfg.clean_dir),
                      "speed": {"level": level, "tempo": round(tempo, 4)}})
     return jobs, skipped
@@ -250,6 +255,7 @@ def _write_corpus(cfg: SynthConfig, tmp: Path) -> SynthSummary:
     stats["skipped"] = skipped
     stats["config"] = {"num": cfg.num, "seed": cfg.seed, "sample_rate": cfg.sample_rate,
                        "test_fraction": cfg.test_fraction, "clean_dir": str(cfg.clean_dir) if cfg.clean_dir else None,
+                       **({"min_source_snr_db": cfg.min_source_snr_db} if cfg.clean_dir else {}),
                        "generator": GENERATOR}
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     write_readme(tmp, stats, records)

@@ -220,7 +220,8 @@ def test_clean_dir_recordings_of_any_rate_and_layout_are_used_and_bad_ones_count
 
 def test_clean_dir_with_one_speaker_cannot_hold_out_a_test_speaker(tmp_path):
     (tmp_path / "clean").mkdir()
-    sf.write(tmp_path / "clean" / "only.wav", np.zeros(16000, dtype=np.float32) + 0.1, 16000)
+    wave, sr = synthesize(Utterance("The painter opened the kitchen window in the morning."))
+    sf.write(tmp_path / "clean" / "only.wav", wave, sr)
     with pytest.raises(ValueError, match="one speaker only"):
         synthesize_corpus(SynthConfig(out=tmp_path / "o", num=4, clean_dir=tmp_path / "clean", workers=1))
 
