@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # and the default suite also checks the judges' "vllm is not installed" path. See docs/vllm.md.
 VLLM_VENV := .venv-vllm
 
-.PHONY: setup setup-vllm demo test test-default test-vllm test-slow clean
+.PHONY: setup setup-vllm demo small test test-default test-vllm test-slow clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/sqrl pipeline --config configs/tiny/pipeline.yaml --out runs/demo
+
+# The whole method on the small pretrained backbone (Whisper tiny.en + SmolLM2-135M), sized for 2 cores.
+small: setup
+	$(BIN)/sqrl pipeline --config configs/small/pipeline.yaml --out runs/small
 
 # Both steps run even if the first fails; the target fails if either does.
 test:
