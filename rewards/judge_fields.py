@@ -57,3 +57,20 @@ def render_fields(assessment: Any, dimensions: Iterable[str], artifacts: bool = 
             found = [a for a in assessment.artifacts if a.kind == kind]
             lines += [render_artifact(a) for a in found] or [f"- {ARTIFACT_DISPLAY_NAMES[kind]}: none"]
     return "\n".join(lines)
+
+
+def render_comparison(reference: Any, answer: Any, dimensions: Iterable[str]) -> str:
+    """Per dimension the reference's and the answer's score side by side, for prompts with a ``{comparison}``
+    placeholder. Only parsed integer scores go in, never text, so it may stand outside the fenced answer.
+
+    >>> from sqrl.schema import Assessment
+    >>> print(render_comparison(Assessment(scores={"noise": 2, "overall": 4}), Assessment(scores={"noise": 5}),
+    ...                         ["noise", "overall"]))
+    - Noise: reference 2/5, model 5/5
+    - Overall quality: reference 4/5, model missing
+    """
+    def score(value: Any) -> str:
+        return "missing" if value is None else f"{int(value)}/5"
+
+    return "\n".join(f"- {DISPLAY_NAMES[d]}: reference {score(reference.scores.get(d))}, model {score(answer.scores.get(d))}"
+                     for d in dimensions)

@@ -34,7 +34,7 @@ from judges.verdicts import Verdict
 from judges.onepass import LinesRequest, check_scale, score_lines
 from rewards.base import LazyReward, RewardOutput, parsed_column, register
 from rewards.builtin import select_dimensions
-from rewards.judge_fields import check_judge_input, render_fields
+from rewards.judge_fields import check_judge_input, render_comparison, render_fields
 from sqrl.dimensions import ARTIFACT_DIMENSION, ARTIFACT_KINDS, DISPLAY_NAMES
 from sqrl.response import render
 
@@ -138,6 +138,9 @@ class LLMJudgeDimwise(_JudgeReward):
             if self.judge_config is not None and self.judge_config.get("backend") != "transformers":
                 raise ValueError("llm_judge_dimwise: onepass needs a transformers judge (it reads the key/value "
                                  f"cache between verdict lines); got backend {self.judge_config.get('backend')!r}")
+        if "{comparison}" in self.prompts.user and not (self.onepass and self.judge_input == "fields"):
+            raise ValueError(f"llm_judge_dimwise: prompt set {self.prompts.source} shows the parsed scores side by side "
+                             "({comparison}); it needs onepass: true and judge_input: fields")
         self.dimensions = select_dimensions(dimensions, "llm_judge_dimwise")
         self.description = bool(description)
         meanings = self.prompts.extra.get("meanings") or {}
@@ -188,15 +191,17 @@ class LLMJudgeDimwise(_JudgeReward):
             if not dims:
                 continue
             kinds = [k for d in dims for k in kinds_for(d)]
+            comparison = ""
             if self.judge_input == "fields":
                 reference, answer = render_fields(r, dims), render_fields(p, dims)
+                comparison = render_comparison(r, p, dims)
             else:
                 reference = render(r, dimensions=dims, artifacts=kinds or False, description=False)
                 found = any(p.scores.get(d) is not None for d in dims) or any(p.artifacts_of(k) for k in kinds)
                 answer = render(p, dimensions=dims, artifacts=kinds or False, description=self.description) if found else (
                     c if isinstance(c, str) else "")
             labels = tuple(DISPLAY_NAMES[d] for d in dims)
-            request = self.prompts.request(answer, reference=reference, dimensions=", ".join(labels),
+            request = self.prompts.request(answer, reference=reference, dimensions=", ".join(labels), comparison=comparison,
                                            meanings="\n".join(f"{DISPLAY_NAMES[d]}: {self.meanings[d]}" for d in dims))
             requests.append(LinesRequest(request, labels))
             slots.append((dims, i))
