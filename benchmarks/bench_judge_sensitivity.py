@@ -22,6 +22,16 @@ and the mean change. The issue-16 bar: ref above off24 on >= 90% of clips in eve
 
     .venv/bin/python benchmarks/bench_judge_sensitivity.py --clips 32 --judges smollm2 qwen2.5-coder-0.5b \\
         --manifest data/synth/synth-v1-n2000-s0-sr16000/train.jsonl --out sensitivity.json
+
+``--onepass-prompts`` / ``--dimwise-prompts`` / ``--unified-prompts`` pick the prompt sets and ``--judge-input``
+what of a completion the judge reads (``text`` or ``fields``, rewards/judge_fields.py). The JSON keeps every
+clip's components (``per_clip``), so a long run can be cut into shards that each hold the CPU for a few minutes
+and merged afterwards; the shards draw the same clips and answers as the whole run::
+
+    for s in 0:8 8:16 16:24 24:32; do .venv/bin/python benchmarks/bench_judge_sensitivity.py --clips 32 \\
+        --shard $s --judges qwen2.5-coder-1.5b --variants onepass --onepass-prompts dimwise_onepass_compare \\
+        --judge-input fields --out shard-${s/:/-}.json; done
+    .venv/bin/python benchmarks/bench_judge_sensitivity.py --merge shard-*.json --out sensitivity.json
 """
 from __future__ import annotations
 
@@ -147,18 +157,24 @@ def run_judge(name: str, clips, answers, dims: list[str], kinds: list[str], unif
 
 
 def merge(paths: list[str]) -> dict:
-    """One result from shard runs of the same clips: per-clip components concatenated, summaries recomputed."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
-    parts.sort(key=lambda p: p.get("shard", [0])[0])
-    out = {k: v for k, v in parts[0].items() if k not in ("judges", "shard", "load_average_1m_after")}
-    out.update(clips=sum(p["clips"] for p in parts), shards=[p.get("shard") for p in parts],
-               load_average_1m=[[p["load_average_1m_before"], p.get("load_average_1m_after")] for p in parts], judges={})
-    for name in parts[0]["judges"]:
+    """One result from shard runs of the same clips (any judges, one file per judge and shard): per judge and
+    variant the per-clip components concatenated in clip order and the summaries recomputed."""
+    parts = sorted((json.loads(Path(p).read_text()) for p in paths), key=lambda p: p.get("shard", [0])[0])
+    out = {k: v for k, v in parts[0].items() if k not in ("judges", "shard", "clips", "load_average_1m_before",
+                                                           "load_average_1m_after")}
+    out.update(shards={}, load_average_1m={}, judges={})
+    for name in dict.fromkeys(n for p in parts for n in p["judges"]):
+        mine = [p for p in parts if name in p["judges"]]
+        bounds = [p.get("shard") or [0, p["clips"]] for p in mine]
+        if bounds[0][0] != 0 or any(a[1] != b[0] for a, b in zip(bounds, bounds[1:])):
+            raise SystemExit(f"--merge: the shards of {name} do not follow each other from clip 0: {bounds}")
+        out["shards"][name] = [p.get("shard") for p in mine]
+        out["load_average_1m"][name] = [[p["load_average_1m_before"], p.get("load_average_1m_after")] for p in mine]
         out["judges"][name] = {}
-        for kind, first in parts[0]["judges"][name].items():
+        for kind, first in mine[0]["judges"][name].items():
             if not isinstance(first, dict):
                 continue
-            entries = [p["judges"][name][kind] for p in parts]
+            entries = [p["judges"][name][kind] for p in mine]
             per_clip = {d: {k: sum((e["per_clip"][d][k] for e in entries), []) for k in first["per_clip"][d]}
                         for d in first["per_clip"]}
             seconds = sum(e["seconds"] for e in entries)
