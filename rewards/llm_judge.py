@@ -116,6 +116,10 @@ class LLMJudgeDimwise(_JudgeReward):
     long description beside each dimension's fragment. ``onepass``: one request per completion with the
     whole reference and answer and one verdict line per dimension (prompt set ``dimwise_onepass``, scale
     0-9; transformers backend only), about the cost of one judgement instead of one per dimension.
+    ``judge_input``: ``text`` (default) or ``fields``, only the parsed fields reach the judge
+    (``rewards/judge_fields.py``). A prompt set with ``verdict: distance`` (``dimwise_onepass_compare``, the CPU
+    judge that passes the sensitivity bar: docs/judges.md) has the judge write the distance to the reference;
+    the component is ``1 - distance / top of the scale``.
 
     >>> from judges.base import Judge
     >>> from judges.verdicts import Verdict
