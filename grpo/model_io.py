@@ -13,7 +13,7 @@ from sqrl.audio import SAMPLING_RATE
 from sqrl.backbones.config import resolve_dtype
 from sqrl.logprobs import completion_logprobs
 
-__all__ = ["SAMPLING_RATE", "completion_inputs", "completion_logprobs", "load_waves", "per_row",
+__all__ = ["SAMPLING_RATE", "cast_adapter", "completion_inputs", "completion_logprobs", "load_waves", "per_row",
            "readable_requests", "resolve_dtype"]
 
 
@@ -47,6 +47,19 @@ def completion_inputs(backbone: Any, processor: Any, waves: Sequence[np.ndarray]
     batch.pop("labels")
     return batch, mask
 
+
+def cast_adapter(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Bring the adapter's parameters to the model's dtype.
+
+    peft keeps LoRA matrices in fp32 beside a bf16/fp16 base (``autocast_adapter_dtype``). DeepSpeed
+    wants one dtype for what it trains: ZeRO-2 casts the whole module to bf16 itself, ZeRO-3 refuses
+    mixed dtypes; the fp32 copy it updates (the master weights) lives in its optimizer either way. The
+    rollout workers do the same, so the policy and the engine compute the adapter in one dtype.
+    Parameters ZeRO-3 has already partitioned (``ds_id``) were loaded in ``dtype``.
+    """
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype and not hasattr(param, "ds_id"):
+            param.data = param.data.to(dtype)
 
 
 def per_row(values: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:

@@ -30,7 +30,7 @@ import torch
 
 from grpo.algorithm import LossConfig, Normalizer, masked_sums, per_token_objective, reduce_loss
 from grpo.messages import Completion, TrainSample, WeightUpdate
-from grpo.model_io import completion_inputs, completion_logprobs, load_waves, per_row, resolve_dtype
+from grpo.model_io import cast_adapter, completion_inputs, completion_logprobs, load_waves, per_row, resolve_dtype
 
 if TYPE_CHECKING:
     from grpo.config import GRPOConfig
@@ -73,6 +73,31 @@ def free_address() -> tuple[str, int]:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return ip, sock.getsockname()[1]
+
+
+def rebuild_rotary_buffers(model: torch.nn.Module) -> int:
+    """Recompute the rotary tables (``inv_freq``) that a ZeRO-3 load created in the model's dtype.
+
+    ``deepspeed.zero.Init`` (what ``from_pretrained`` runs under ZeRO-3) creates every tensor in the
+    training dtype, so in bf16 the rotary frequencies, fp32 buffers in a normal load, come out bf16:
+    the policy's log-probs then differ from the rollout's (1.6e-2 on the tiny model) before any
+    update. The buffers are not in the checkpoint; a fresh module outside ``zero.Init`` gives them
+    in fp32. Returns the number of modules fixed.
+    """
+    fixed = 0
+    for module in model.modules():
+        inv_freq = getattr(module, "inv_freq", None)
+        if not isinstance(inv_freq, torch.Tensor) or inv_freq.dtype == torch.float32 or not hasattr(module, "config"):
+            continue
+        fresh = type(module)(module.config)
+        for name, buf in fresh.named_buffers(recurse=False):
+            module._buffers[name] = buf.to(inv_freq.device)
+        fixed += 1
+    return fixed
+
+
+def _numel(param: torch.Tensor) -> int:
+    return getattr(param, "ds_numel", param.numel())  # ZeRO-3: the full size, not this rank's share
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -130,8 +155,11 @@ class PolicyWorker:
             self._hf_ds = HfDeepSpeedConfig(ds_config)
         self.backbone = get_backbone(a["backbone"])
         base, self.processor = self.backbone.load(a["model_path"], dtype=dtype, device="cuda" if gpu else "cpu")
+        if self._hf_ds is not None:
+            rebuild_rotary_buffers(base)
         model = self.backbone.apply_lora(base, rank=a["lora_rank"], alpha=a["lora_alpha"], dropout=a["lora_dropout"],
                                          encoder_mode=a["encoder_mode"])
+        cast_adapter(model, dtype)
         _disable_dropout(model)
         if a["gradient_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -142,7 +170,8 @@ class PolicyWorker:
         self.engine.train()
         self.device = self.engine.device
         self.dtype = dtype
-        return {"parameters": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in params)}
+        self._trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        return {"parameters": sum(_numel(p) for p in model.parameters()), "trainable": sum(_numel(p) for p in params)}
 
     def _ds_config(self, dtype: torch.dtype) -> dict[str, Any]:
         a = self.args
@@ -167,6 +196,14 @@ class PolicyWorker:
         """The PeftModel inside the engine."""
         return self.engine.module
 
+    @contextlib.contextmanager
+    def _reference(self):
+        """The adapter off. Leaving peft's ``disable_adapter`` marks every parameter of the encoder copy
+        trainable again, the fixed position table included, which the optimizer does not hold."""
+        with self.module.disable_adapter():
+            yield
+        self.backbone.freeze_fixed(self.module)
+
     # ------------------------------------------------------------------ training
     def _prepare(self, micro_batches: Sequence[Sequence[TrainSample]]) -> list[dict[str, Any]]:
         """Inputs, masks, advantages and the no-grad log-probs (reference, old policy) per micro-batch."""
@@ -184,7 +221,7 @@ class PolicyWorker:
                     "ref": None, "old": None}
             with torch.no_grad():
                 if self.loss.beta != 0.0:
-                    with self.module.disable_adapter():
+                    with self._reference():
                         item["ref"], _ = completion_logprobs(self.module, inputs, item["mask"])
                 if self.num_iterations > 1:
                     item["old"], _ = completion_logprobs(self.module, inputs, item["mask"])
@@ -251,7 +288,7 @@ class PolicyWorker:
         inputs, mask = completion_inputs(self.backbone, self.processor, [waves[c.audio] for c in completions],
                                          [c.prompt for c in completions], [c.token_ids for c in completions])
         inputs, mask = inputs.to(self.device).to(self.dtype), mask.to(self.device)
-        ctx = self.module.disable_adapter() if reference else contextlib.nullcontext()
+        ctx = self._reference() if reference else contextlib.nullcontext()
         with ctx:
             logps, mask = completion_logprobs(self.module, inputs, mask)
         return per_row(logps, mask)

@@ -8,7 +8,8 @@ from typing import Sequence
 import torch
 
 from grpo.messages import ClipRequest, Completion, RolloutBatch, SamplingParams, WeightUpdate
-from grpo.model_io import completion_inputs, completion_logprobs, load_waves, per_row, readable_requests, resolve_dtype
+from grpo.model_io import (cast_adapter, completion_inputs, completion_logprobs, load_waves, per_row, readable_requests,
+                           resolve_dtype)
 from grpo.rollout_worker import RolloutWorker, suppressed_token_ids
 from sqrl.logprobs import token_logprobs
 
@@ -26,6 +27,7 @@ class HFRolloutWorker(RolloutWorker):
         # The same adapter layout as the policy's, so its tensors load by name.
         self.model = self.backbone.apply_lora(base, rank=lora_rank, alpha=lora_alpha, dropout=0.0,
                                               encoder_mode=encoder_mode)
+        cast_adapter(self.model, self.model.dtype)  # the policy computes its adapter in the model's dtype too
         self.model.eval().requires_grad_(False)
         gen = self.model.generation_config
         eos = gen.eos_token_id

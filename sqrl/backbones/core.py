@@ -106,7 +106,7 @@ class Backbone:
         path = str(path)
         self._check_checkpoint(path)
         model = self.family.model_cls.from_pretrained(path, dtype=dtype).to(device)
-        self._freeze_fixed(model)
+        self.freeze_fixed(model)
         processor = self.family.processor_cls.from_pretrained(path)
         self._check_window(model, processor, path)
         return model, processor
@@ -279,18 +279,19 @@ class Backbone:
                             target_modules="all-linear", exclude_modules=exclude, modules_to_save=saved,
                             task_type="CAUSAL_LM")
         peft_model = get_peft_model(model, config)
-        self._freeze_fixed(peft_model)
+        self.freeze_fixed(peft_model)
         return peft_model
 
     def load_adapter(self, model: Any, path: str | os.PathLike, *, is_trainable: bool = False) -> PeftModel:
         """Put a saved adapter (``peft_model.save_pretrained(path)``) on a freshly loaded base model."""
         peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
-        self._freeze_fixed(peft_model)
+        self.freeze_fixed(peft_model)
         return peft_model
 
-    def _freeze_fixed(self, model: Any) -> None:
-        # Loading, and peft's modules_to_save copies, make every parameter trainable; keep the fixed
-        # ones fixed.
+    def freeze_fixed(self, model: Any) -> None:
+        """Set ``requires_grad=False`` on the ``fixed_modules`` again. Loading, peft's ``modules_to_save``
+        copies and leaving peft's ``disable_adapter()`` (it re-enables every parameter of the saved
+        copies) make them trainable."""
         for name, param in model.named_parameters():
             if any(f".{m}." in name for m in self.fixed_modules):
                 param.requires_grad_(False)
