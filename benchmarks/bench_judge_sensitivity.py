@@ -22,6 +22,16 @@ and the mean change. The issue-16 bar: ref above off24 on >= 90% of clips in eve
 
     .venv/bin/python benchmarks/bench_judge_sensitivity.py --clips 32 --judges smollm2 qwen2.5-coder-0.5b \\
         --manifest data/synth/synth-v1-n2000-s0-sr16000/train.jsonl --out sensitivity.json
+
+``--onepass-prompts`` / ``--dimwise-prompts`` / ``--unified-prompts`` pick the prompt sets and ``--judge-input``
+what of a completion the judge reads (``text`` or ``fields``, rewards/judge_fields.py). The JSON keeps every
+clip's components (``per_clip``), so a long run can be cut into shards that each hold the CPU for a few minutes
+and merged afterwards; the shards draw the same clips and answers as the whole run::
+
+    for s in 0:8 8:16 16:24 24:32; do .venv/bin/python benchmarks/bench_judge_sensitivity.py --clips 32 \\
+        --shard $s --judges qwen2.5-coder-1.5b --variants onepass --onepass-prompts dimwise_onepass_compare \\
+        --judge-input fields --out shard-${s/:/-}.json; done
+    .venv/bin/python benchmarks/bench_judge_sensitivity.py --merge shard-*.json --out sensitivity.json
 """
 from __future__ import annotations
 
@@ -99,7 +109,20 @@ def summarise(comp: dict[str, np.ndarray], has_artifacts: np.ndarray | None) -> 
     return out
 
 
-def run_judge(name: str, clips, answers, dims: list[str], kinds: list[str], unified_clips: int) -> dict:
+def bar_entry(kind: str, n: int, per_clip: dict, dims: list[str]) -> dict:
+    """The summary of one variant from its per-clip components (``per_clip[dimension][answer] -> list``)."""
+    entry: dict = {"clips": n, "dimensions": {}}
+    for d, values in per_clip.items():
+        comp = {k: np.array([np.nan if v is None else v for v in vals], dtype=float) for k, vals in values.items()}
+        entry["dimensions"][d] = summarise(comp, np.ones(n, bool) if d == "all" or kinds_for(d) else None)
+    if kind != "unified":
+        bar = [entry["dimensions"][d] for d in dims]
+        entry["meets_bar"] = all(b["right_beats_off24"] >= 0.9 and b["gap"] >= 0.25 and b["off1_between"] for b in bar)
+    return entry
+
+
+def run_judge(name: str, clips, answers, dims: list[str], kinds: list[str], unified_clips: int,
+              prompts: dict[str, str | None], judge_input: str) -> dict:
     judge = judge_from_config(name)
     start = time.perf_counter()
     judge.load()
@@ -108,31 +131,59 @@ def run_judge(name: str, clips, answers, dims: list[str], kinds: list[str], unif
     for kind in kinds:
         n = unified_clips if kind == "unified" else len(clips)
         refs = clips[:n]
+        extra = {"prompts": prompts[kind]} if prompts.get(kind) else {}
         if kind == "unified":
-            reward = LLMJudgeUnified(judge=judge, dimensions=dims)
+            reward = LLMJudgeUnified(judge=judge, dimensions=dims, judge_input=judge_input, **extra)
         else:
-            reward = LLMJudgeDimwise(judge=judge, dimensions=dims, **({"onepass": True} if kind == "onepass" else {}))
+            reward = LLMJudgeDimwise(judge=judge, dimensions=dims, onepass=kind == "onepass", judge_input=judge_input, **extra)
         before = dict(judge.stats.as_dict())
         start = time.perf_counter()
         outs = {k: reward([a[k] for a in answers[:n]], refs) for k in keys}
         seconds = time.perf_counter() - start
         after = judge.stats.as_dict()
-        entry = {"clips": n, "seconds": round(seconds, 1), "answers_per_s": round(n * len(keys) / seconds, 3),
-                 "failed": after.get("failed", 0) - before.get("failed", 0), "dimensions": {}}
         if kind == "unified":
-            comp = {k: np.array([np.nan if v is None else v for v in outs[k].values], dtype=float) for k in keys}
-            entry["dimensions"]["all"] = summarise(comp, np.ones(n, bool))
+            per_clip = {"all": {k: outs[k].values for k in keys}}
         else:
-            for d in dims:
-                comp = {k: np.array([np.nan if v is None else v for v in outs[k].components[d]], dtype=float) for k in keys}
-                entry["dimensions"][d] = summarise(comp, np.ones(n, bool) if kinds_for(d) else None)
-            bar = [entry["dimensions"][d] for d in dims]
-            entry["meets_bar"] = all(b["right_beats_off24"] >= 0.9 and b["gap"] >= 0.25 and b["off1_between"] for b in bar)
+            per_clip = {d: {k: outs[k].components[d] for k in keys} for d in dims}
+        entry = {"prompts": reward.prompts.source.rsplit("/", 1)[-1], "judge_input": judge_input,
+                 "seconds": round(seconds, 1), "answers_per_s": round(n * len(keys) / seconds, 3),
+                 "failed": after.get("failed", 0) - before.get("failed", 0), **bar_entry(kind, n, per_clip, dims),
+                 "per_clip": per_clip}
         result[kind] = entry
-        print(json.dumps({"judge": name, "variant": kind, **entry}), flush=True)
+        print(json.dumps({"judge": name, "variant": kind, **{k: v for k, v in entry.items() if k != "per_clip"}}), flush=True)
     del judge
     gc.collect()
     return result
+
+
+def merge(paths: list[str]) -> dict:
+    """One result from shard runs of the same clips (any judges, one file per judge and shard): per judge and
+    variant the per-clip components concatenated in clip order and the summaries recomputed."""
+    parts = sorted((json.loads(Path(p).read_text()) for p in paths), key=lambda p: p.get("shard", [0])[0])
+    out = {k: v for k, v in parts[0].items() if k not in ("judges", "shard", "clips", "load_average_1m_before",
+                                                           "load_average_1m_after")}
+    out.update(shards={}, load_average_1m={}, judges={})
+    for name in dict.fromkeys(n for p in parts for n in p["judges"]):
+        mine = [p for p in parts if name in p["judges"]]
+        bounds = [p.get("shard") or [0, p["clips"]] for p in mine]
+        if bounds[0][0] != 0 or any(a[1] != b[0] for a, b in zip(bounds, bounds[1:])):
+            raise SystemExit(f"--merge: the shards of {name} do not follow each other from clip 0: {bounds}")
+        out["shards"][name] = [p.get("shard") for p in mine]
+        out["load_average_1m"][name] = [[p["load_average_1m_before"], p.get("load_average_1m_after")] for p in mine]
+        out["judges"][name] = {}
+        for kind, first in mine[0]["judges"][name].items():
+            if not isinstance(first, dict):
+                continue
+            entries = [p["judges"][name][kind] for p in mine]
+            per_clip = {d: {k: sum((e["per_clip"][d][k] for e in entries), []) for k in first["per_clip"][d]}
+                        for d in first["per_clip"]}
+            seconds = sum(e["seconds"] for e in entries)
+            n = sum(e["clips"] for e in entries)
+            out["judges"][name][kind] = {
+                "prompts": first["prompts"], "judge_input": first["judge_input"], "seconds": round(seconds, 1),
+                "answers_per_s": round(n * 5 / seconds, 3), "failed": sum(e["failed"] for e in entries),
+                **bar_entry(kind, n, per_clip, out["dimensions"]), "per_clip": per_clip}
+    return out
 
 
 def main() -> None:
@@ -145,8 +196,22 @@ def main() -> None:
     ap.add_argument("--dimensions", nargs="+", default=["noise", "distortion", "continuity", "overall"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--judge-input", default="text", choices=["text", "fields"], help="what of a completion the judge reads")
+    ap.add_argument("--dimwise-prompts", default=None, help="prompt set of the per-dimension judge (default dimwise)")
+    ap.add_argument("--onepass-prompts", default=None, help="prompt set of the one-pass judge (default dimwise_onepass)")
+    ap.add_argument("--unified-prompts", default=None, help="prompt set of the unified judge (default unified)")
+    ap.add_argument("--shard", default=None, metavar="A:B",
+                    help="judge only clips A..B-1 of the --clips drawn (same clips and answers as the whole run)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="merge the per-clip results of shard runs (in clip order) into one summary, and stop")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
+    if args.merge:
+        text = json.dumps(merge(args.merge), indent=2)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        print(text)
+        return
     import torch
 
     if args.threads:
@@ -156,12 +221,18 @@ def main() -> None:
     clips = random.Random(args.seed).sample(pool, args.clips)
     rng = random.Random(args.seed + 1)
     answers = [variants(r, args.dimensions, rng, i) for i, r in enumerate(clips)]
-    out = {"benchmark": "judge_sensitivity", "manifest": manifest, "clips": len(clips), "dimensions": args.dimensions,
+    first, last = (int(v) for v in args.shard.split(":")) if args.shard else (0, len(clips))
+    if not 0 <= first < last <= len(clips):
+        raise SystemExit(f"--shard {args.shard}: need 0 <= A < B <= --clips {len(clips)}")
+    clips, answers = clips[first:last], answers[first:last]
+    prompts = {"dimwise": args.dimwise_prompts, "onepass": args.onepass_prompts, "unified": args.unified_prompts}
+    out = {"benchmark": "judge_sensitivity", "manifest": manifest, "clips": len(clips), "shard": [first, last],
+           "seed": args.seed, "dimensions": args.dimensions,
            "torch_threads": torch.get_num_threads(), "load_average_1m_before": os.getloadavg()[0],
            "attacks": ATTACKS, "places": PLACES, "judges": {}}
     for name in args.judges:
         out["judges"][name] = run_judge(name, clips, answers, args.dimensions, args.variants,
-                                        args.unified_clips or len(clips))
+                                        args.unified_clips or len(clips), prompts, args.judge_input)
     out["load_average_1m_after"] = os.getloadavg()[0]
     text = json.dumps(out, indent=2)
     if args.out:

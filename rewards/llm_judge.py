@@ -34,6 +34,7 @@ from judges.verdicts import Verdict
 from judges.onepass import LinesRequest, check_scale, score_lines
 from rewards.base import LazyReward, RewardOutput, parsed_column, register
 from rewards.builtin import select_dimensions
+from rewards.judge_fields import check_judge_input, render_comparison, render_fields
 from sqrl.dimensions import ARTIFACT_DIMENSION, ARTIFACT_KINDS, DISPLAY_NAMES
 from sqrl.response import render
 
@@ -67,13 +68,24 @@ def answer_fragment(parsed: Any, completion: Any, dimension: str, description: b
 class _JudgeReward(LazyReward):
     """Holds the judge config and the prompt set; ``self.model`` is the judge, built on first use."""
 
-    def __init__(self, judge: str | dict | Judge, prompts: str | PromptSpec) -> None:
+    def __init__(self, judge: str | dict | Judge, prompts: str | PromptSpec, judge_input: str = "text") -> None:
         self._judge_obj = judge if isinstance(judge, Judge) else None
         self.judge_config = None if self._judge_obj is not None else load_judge_config(judge)
         if self.judge_config is not None:
             judge_from_config(self.judge_config)  # constructors load nothing: a bad parameter fails here, not in a worker
         self.prompts = prompts if isinstance(prompts, PromptSpec) else load_prompts(prompts)
+        self.judge_input = check_judge_input(judge_input, type(self).__name__)
+        verdict = self.prompts.extra.get("verdict", "agreement")
+        if verdict not in ("agreement", "distance"):
+            raise ValueError(f"{self.prompts.source}: verdict must be 'agreement' or 'distance', got {verdict!r}")
+        self.distance = verdict == "distance"
         self.stats: Counter[str] = Counter()
+
+    def _normalized(self, verdict: Verdict) -> float | None:
+        """The verdict on [0, 1], 1 best: a ``verdict: distance`` prompt set's judge writes how far the answer is
+        from the reference (0 = the same), so its normalised score is turned around."""
+        value = verdict.normalized(self.prompts.scale)
+        return None if value is None else (1.0 - value if self.distance else value)
 
     def load(self) -> Judge:
         return self._judge_obj if self._judge_obj is not None else judge_from_config(self.judge_config)
@@ -117,14 +129,18 @@ class LLMJudgeDimwise(_JudgeReward):
     """
 
     def __init__(self, judge: str | dict | Judge = "smollm2", prompts: str | PromptSpec | None = None,
-                 dimensions: Iterable[str] | None = None, description: bool = False, onepass: bool = False) -> None:
-        super().__init__(judge, prompts or ("dimwise_onepass" if onepass else "dimwise"))
+                 dimensions: Iterable[str] | None = None, description: bool = False, onepass: bool = False,
+                 judge_input: str = "text") -> None:
+        super().__init__(judge, prompts or ("dimwise_onepass" if onepass else "dimwise"), judge_input)
         self.onepass = bool(onepass)
         if self.onepass:
             check_scale(self.prompts.scale)
             if self.judge_config is not None and self.judge_config.get("backend") != "transformers":
                 raise ValueError("llm_judge_dimwise: onepass needs a transformers judge (it reads the key/value "
                                  f"cache between verdict lines); got backend {self.judge_config.get('backend')!r}")
+        if "{comparison}" in self.prompts.user and not (self.onepass and self.judge_input == "fields"):
+            raise ValueError(f"llm_judge_dimwise: prompt set {self.prompts.source} shows the parsed scores side by side "
+                             "({comparison}); it needs onepass: true and judge_input: fields")
         self.dimensions = select_dimensions(dimensions, "llm_judge_dimwise")
         self.description = bool(description)
         meanings = self.prompts.extra.get("meanings") or {}
@@ -145,12 +161,15 @@ class LLMJudgeDimwise(_JudgeReward):
                 ref = reference_fragment(r, d)
                 if ref is None:
                     continue
-                answer = answer_fragment(p, c, d, self.description)
+                if self.judge_input == "fields":
+                    ref, answer = render_fields(r, [d]), render_fields(p, [d])
+                else:
+                    answer = answer_fragment(p, c, d, self.description)
                 requests.append(self.prompts.request(answer, dimension=DISPLAY_NAMES[d], meaning=self.meanings[d], reference=ref))
                 slots.append((d, i))
         failed = [False] * n
         for (d, i), verdict in zip(slots, self._judge_all(requests)):
-            comps[d][i] = verdict.normalized(self.prompts.scale)
+            comps[d][i] = self._normalized(verdict)
             failed[i] = failed[i] or verdict.score is None
         judged = [False] * n
         for _, i in slots:
@@ -172,12 +191,17 @@ class LLMJudgeDimwise(_JudgeReward):
             if not dims:
                 continue
             kinds = [k for d in dims for k in kinds_for(d)]
-            reference = render(r, dimensions=dims, artifacts=kinds or False, description=False)
-            found = any(p.scores.get(d) is not None for d in dims) or any(p.artifacts_of(k) for k in kinds)
-            answer = render(p, dimensions=dims, artifacts=kinds or False, description=self.description) if found else (
-                c if isinstance(c, str) else "")
+            comparison = ""
+            if self.judge_input == "fields":
+                reference, answer = render_fields(r, dims), render_fields(p, dims)
+                comparison = render_comparison(r, p, dims)
+            else:
+                reference = render(r, dimensions=dims, artifacts=kinds or False, description=False)
+                found = any(p.scores.get(d) is not None for d in dims) or any(p.artifacts_of(k) for k in kinds)
+                answer = render(p, dimensions=dims, artifacts=kinds or False, description=self.description) if found else (
+                    c if isinstance(c, str) else "")
             labels = tuple(DISPLAY_NAMES[d] for d in dims)
-            request = self.prompts.request(answer, reference=reference, dimensions=", ".join(labels),
+            request = self.prompts.request(answer, reference=reference, dimensions=", ".join(labels), comparison=comparison,
                                            meanings="\n".join(f"{DISPLAY_NAMES[d]}: {self.meanings[d]}" for d in dims))
             requests.append(LinesRequest(request, labels))
             slots.append((dims, i))
@@ -186,7 +210,7 @@ class LLMJudgeDimwise(_JudgeReward):
         values: list[float | None] = [None] * n
         for (dims, i), verdicts in zip(slots, results):
             for d, v in zip(dims, verdicts):
-                comps[d][i] = v.normalized(self.prompts.scale)
+                comps[d][i] = self._normalized(v)
             if any(v.score is None for v in verdicts):
                 self.stats["judge_failures"] += sum(v.score is None for v in verdicts)
             else:
@@ -219,8 +243,8 @@ class LLMJudgeUnified(_JudgeReward):
 
     def __init__(self, judge: str | dict | Judge = "smollm2", prompts: str | PromptSpec = "unified",
                  criteria: Iterable[str] | None = None, weights: dict[str, float] | None = None,
-                 normalize: bool = True, dimensions: Iterable[str] | None = None) -> None:
-        super().__init__(judge, prompts)
+                 normalize: bool = True, dimensions: Iterable[str] | None = None, judge_input: str = "text") -> None:
+        super().__init__(judge, prompts, judge_input)
         table = self.prompts.extra.get("criteria")
         if not isinstance(table, dict) or not table:
             raise ValueError(f"llm_judge_unified: prompt set {self.prompts.source} has no 'criteria'")
@@ -239,18 +263,23 @@ class LLMJudgeUnified(_JudgeReward):
         n = len(completions)
         comps: dict[str, list] = {c: [None] * n for c in self.criteria}
         slots, requests = [], []
-        for i, (c, r) in enumerate(zip(completions, references)):
+        fields = self.judge_input == "fields"
+        parsed = parsed_column(completions, columns) if fields else [None] * n
+        for i, (c, p, r) in enumerate(zip(completions, parsed, references)):
             if all(r.scores.get(d) is None for d in self.dimensions) and not r.description and not r.artifacts:
                 continue  # an unannotated clip: nothing to judge against (the same for its whole group)
-            reference = render(r, dimensions=self.dimensions)
+            if fields:
+                reference, answer = render_fields(r, self.dimensions), render_fields(p, self.dimensions)
+            else:
+                reference, answer = render(r, dimensions=self.dimensions), c if isinstance(c, str) else ""
             for k in self.criteria:
                 requests.append(self.prompts.request(
-                    c if isinstance(c, str) else "", criterion=self.table[k].get("name", k),
+                    answer, criterion=self.table[k].get("name", k),
                     rubric=str(self.table[k]["rubric"]).strip(), reference=reference))
                 slots.append((k, i))
         failed = [False] * n
         for (k, i), verdict in zip(slots, self._judge_all(requests)):
-            comps[k][i] = verdict.normalized(self.prompts.scale)
+            comps[k][i] = self._normalized(verdict)
             failed[i] = failed[i] or verdict.score is None
         scale = sum(self.weights.values()) if self.normalize else 1.0
         judged = {i for _, i in slots}

@@ -21,6 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from sft.config import SFTStageConfig
 from sft.data import AudioCollator, load_examples
+from sft.zero3 import zero3_aware
 from sqrl.backbones.config import resolve_dtype
 from sqrl.config import save_config
 from sqrl.integrity import verify_manifest, write_manifest
@@ -191,7 +192,7 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
-    trainer = SFTTrainer(
+    trainer = zero3_aware(SFTTrainer)(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(examples),
@@ -199,9 +200,16 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
         processing_class=processor,
         callbacks=[JsonlLogger(out / "metrics.jsonl", collator), ChecksumCheckpoints()],
     )
-    trainer.train(resume_from_checkpoint=last)
+    try:
+        trainer.train(resume_from_checkpoint=last)
+        trainer.save_model(str(out))  # on every rank: under ZeRO-3 the weights are gathered collectively
+    finally:
+        # transformers keeps the ZeRO config in a process-wide global that outlives the trainer; left set,
+        # a ZeRO-3 run makes every later from_pretrained in this process (a merge, the next stage) partition.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     if trainer.is_world_process_zero():
-        trainer.save_model(str(out))
         processor.save_pretrained(str(out))
         write_meta(out, ModelMeta(backbone=backbone.name, kind="adapter", base=base, stage=cfg.stage, options=options,
                                         base_build=_base_build(backbone, base, cfg)))

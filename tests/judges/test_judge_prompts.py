@@ -163,8 +163,11 @@ def test_every_judge_yaml_loads_as_a_prompt_set_or_a_judge_config():
             assert load_judge_config(f)["backend"] in BACKENDS
         else:
             spec = load_prompts(f)
-            assert spec.scale == ((0, 9) if f.stem == "dimwise_onepass" else (0, 10))  # one-pass: one digit per line
-            fields = ("dimension", "meaning", "reference", "criterion", "rubric", "dimensions", "meanings")
+            # one-pass: one digit per line; a distance between two 1-5 scores: 0-4
+            expected = {"dimwise_onepass": (0, 9), "dimwise_onepass_distance": (0, 4), "dimwise_onepass_compare": (0, 4)}
+            assert spec.scale == expected.get(f.stem, (0, 10))
+            assert spec.extra.get("verdict", "agreement") == ("distance" if spec.scale == (0, 4) else "agreement")
+            fields = ("dimension", "meaning", "reference", "criterion", "rubric", "dimensions", "meanings", "comparison")
             render_messages(spec.request("x", **{k: "v" for k in fields}), 100)
 
 

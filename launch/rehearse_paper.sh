@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Rehearse the paper configs (configs/paper/*.yaml) end to end on a CPU, shrunk only in size: each stage
+# runs 2 steps with the model, the corpus and the cluster resources overridden (the tiny AF3 backbone, a
+# 64-clip slice of the synthetic corpus, CPU bundles, fewer workers). Everything else is the paper's:
+# ZeRO-3 calibration with its checkpoint and resume, the warm-up from it, the merge, each GRPO variant with
+# its placement (split: one placement group per role, the judge pool in its own), checkpoint and resume.
+#
+#   bash launch/rehearse_paper.sh [OUT [PART...]]   # default OUT: runs/rehearsal; PARTs: sft and/or
+#                                                   # grpo_* config names (default: all, in order)
+# A part replaces its own folders under OUT; the GRPO parts need the sft part's OUT/calibrated.
+#
+# Environment (all optional):
+#   REHEARSAL_TRAIN  a long-form manifest (default: the synthetic corpus, built by `sqrl data synth`)
+#   SQRL_PYTHON      the python that runs sqrl (default: python)
+#   GRPO_ZERO        ZeRO stage of the GRPO policy (default 3, the paper's; 2 where ZeRO-3 GRPO is blocked)
+#   GRPO_JUDGE       the judge of the LLM-judge variants (default smollm2: a CPU stand-in for Qwen3-8B)
+# What a CPU cannot rehearse (NCCL, GPU memory, speed) is in docs/multinode.md.
+set -euo pipefail
+
+out=${1:-runs/rehearsal}
+py=${SQRL_PYTHON:-python}
+train=${REHEARSAL_TRAIN:-data/synth/synth-v1-n2000-s0-sr16000/train.jsonl}
+zero=${GRPO_ZERO:-3}
+judge=${GRPO_JUDGE:-smollm2}
+[[ -f "$train" ]] || { echo "no manifest at $train (set REHEARSAL_TRAIN)" >&2; exit 1; }
+parts=("${@:2}")
+mkdir -p "$out"
+wanted() { ((${#parts[@]} == 0)) || [[ " ${parts[*]} " == *" $1 "* ]]; }
+log() { echo "== $(date -u +%T) $*" | tee -a "$out/rehearsal.log"; }
+timed() {  # run a stage, record its wall time
+  local name=$1 t0=$SECONDS
+  shift
+  log "$name: $*"
+  "$@"
+  log "$name: ok in $((SECONDS - t0)) s"
+}
+
+model=(model.backbone=tiny-af3 model.path=null model.dtype=float32 "model.options={window_s: 5}")
+data=(data.train="$train" data.eval=null data.limit=64 data.rubric=configs/rubrics/compact.yaml)
+sft=("${model[@]}" "${data[@]}" lora.rank=8 train.max_steps=2 train.save_steps=1 train.batch_size=2
+     train.logging_steps=1 train.lr=1e-3)
+
+if wanted sft; then
+rm -rf "$out/calibration" "$out/warmup" "$out/calibrated"
+timed calibration "$py" -m sqrl sft --config configs/paper/calibration.yaml --out "$out/calibration" "${sft[@]}"
+# a stop after the first checkpoint, then --resume: step 2 again from the ZeRO-3 partitions
+rm -rf "$out/calibration/checkpoints/checkpoint-2"
+timed calibration-resume "$py" -m sqrl sft --config configs/paper/calibration.yaml --out "$out/calibration" \
+  --resume "${sft[@]}"
+timed warmup "$py" -m sqrl sft --config configs/paper/warmup.yaml --out "$out/warmup" "${sft[@]}" \
+  model.init="$out/calibration" data.limit=16
+timed merge "$py" -m sqrl merge "$out/warmup" --out "$out/calibrated"
+fi
+
+grpo=(model.init="$out/calibrated" model.dtype=float32 model.gradient_checkpointing=false lora.rank=8
+      data.train="$train" data.limit=64 data.rubric=configs/rubrics/compact.yaml
+      train.steps=2 train.batch_size=2 train.save_every=1 train.check_sync_every=1
+      rollout.num_workers=2 rollout.max_new_tokens=24
+      policy.num_workers=2 policy.micro_batch_size=4 policy.zero_stage="$zero"
+      rewards.num_workers=2 cluster.num_cpus=8 cluster.placement_timeout_s=120
+      "cluster.policy={cpus: 1, gpus: 0, strategy: STRICT_PACK}"
+      "cluster.rollout={cpus: 1, gpus: 0, strategy: STRICT_PACK}")
+for config in configs/paper/grpo_*.yaml; do
+  name=$(basename "$config" .yaml)
+  wanted "$name" || continue
+  rm -rf "${out:?}/$name"
+  extra=("cluster.reward={cpus: 1, gpus: 0}")
+  if [[ "$name" == grpo_llmjudge_dimwise ]]; then
+    extra=("cluster.reward={cpus: 1, gpus: 0, strategy: STRICT_PACK}"
+           "rewards.entries=[{name: llm_judge_dimwise, weight: 1.0, dimensions: [noise, overall], params: {judge: $judge}}]")
+  elif [[ "$name" == grpo_unified ]]; then
+    extra=("cluster.reward={cpus: 1, gpus: 0, strategy: STRICT_PACK}"
+           "rewards.entries=[{name: llm_judge_unified, weight: 1.0, params: {judge: $judge}}]")
+  fi
+  timed "$name" "$py" -m sqrl grpo --config "$config" --out "$out/$name" "${grpo[@]}" "${extra[@]}"
+  rm -rf "$out/$name/checkpoints/step-000002"  # a stop after step 1's checkpoint, then --resume
+  timed "$name-resume" "$py" -m sqrl grpo --config "$config" --out "$out/$name" --resume "${grpo[@]}" "${extra[@]}"
+done
+log "done: ${parts[*]:-all parts} (2 steps each)"
