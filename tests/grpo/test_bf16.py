@@ -108,7 +108,8 @@ def test_bf16_updates_go_to_fp32_master_weights_so_small_steps_are_not_lost(poli
     after, master = policy.full_parameters(), policy.full_parameters(master=True)
     assert {v.dtype for v in master.values()} == {torch.float32}
     moved = {k: float((master[k] - master_before[k]).abs().max()) for k in master}
-    assert min(moved.values()) > 0.5 * PAPER_LR  # Adam moves every trained tensor by about lr
+    assert min(moved.values()) > 0  # every trained tensor moved in the master
+    assert max(moved.values()) == pytest.approx(PAPER_LR, rel=0.1)  # Adam's step is about lr
     for k in after:  # the model's bf16 copy is the master rounded, not a bf16 value updated in place
         assert torch.equal(after[k], master[k].to(torch.bfloat16)), k
     tower = [k for k in after if ".audio_tower." in k and "embed_positions" not in k and k.endswith("weight")]
