@@ -130,7 +130,9 @@ def test_one_step_under_zero3_equals_zero2_on_the_same_batch(one_step):
     assert s3["grad_norm"] == pytest.approx(s2["grad_norm"], rel=1e-5) and s2["grad_norm"] > 0
     assert any("lora_B" in k for k in g3) and any(".audio_tower." in k for k in g3)
     assert gathered_norm == pytest.approx(s3["grad_norm"], rel=1e-5)  # the full gradient, every tensor
-    assert weight_diff < 1e-6  # Adam's first step: lr times the sign of each gradient element
+    # Adam's first step is lr * g / (|g| + eps): lr times the sign of g, except where |g| is near eps
+    # (1e-8), where fp32 rounding of the reduced gradient shows (measured 6.9e-5 with lr 2e-3).
+    assert weight_diff < 0.05 * 2e-3
 
 
 def test_the_update_gathered_from_the_shards_syncs_the_rollout_worker(one_step, zero3, batch):
