@@ -196,7 +196,7 @@ def main() -> None:
     ap.add_argument("--dimensions", nargs="+", default=["noise", "distortion", "continuity", "overall"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--judge-input", default="text", choices=["text", "fields"], help="what of a completion the judge reads")
+    ap.add_argument("--judge-input", default="text", choices=["text", "fields", "structure"], help="what of a completion the judge reads")
     ap.add_argument("--dimwise-prompts", default=None, help="prompt set of the per-dimension judge (default dimwise)")
     ap.add_argument("--onepass-prompts", default=None, help="prompt set of the one-pass judge (default dimwise_onepass)")
     ap.add_argument("--unified-prompts", default=None, help="prompt set of the unified judge (default unified)")

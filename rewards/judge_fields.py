@@ -14,6 +14,11 @@ reach the judge. The artifact text is the one piece of free text that does; it s
 artifact description is part of what the judge grades, and it reaches the judge fenced and neutralised like
 any answer (``judges.prompts.delimit``).
 
+``judge_input: structure`` drops the artifact text too: the judge reads scores, artifact kinds and intervals, no
+free text at all, so no attack anywhere in a completion changes what it reads (the 1.5B judge on ``fields`` was
+moved by +0.025 and +0.04 by two attacks in an artifact's text: tests/judges/test_injection.py); it cannot tell a
+wrong artifact description either.
+
 The reference is rendered by the same function, so the judge compares two texts in one layout.
 """
 from __future__ import annotations
@@ -22,8 +27,9 @@ from typing import Any, Iterable
 
 from sqrl.dimensions import ARTIFACT_DIMENSION, ARTIFACT_DISPLAY_NAMES, ARTIFACT_KINDS, DISPLAY_NAMES
 from sqrl.response import render_artifact
+from sqrl.schema import Artifact
 
-JUDGE_INPUTS = ("text", "fields")
+JUDGE_INPUTS = ("text", "fields", "structure")
 
 
 def check_judge_input(value: str, reward: str) -> str:
@@ -32,9 +38,10 @@ def check_judge_input(value: str, reward: str) -> str:
     return value
 
 
-def render_fields(assessment: Any, dimensions: Iterable[str], artifacts: bool = True) -> str:
+def render_fields(assessment: Any, dimensions: Iterable[str], artifacts: bool = True, text: bool = True) -> str:
     """The scores of ``dimensions`` (``missing`` where there is none) and, with ``artifacts``, the artifacts
-    of the kinds that explain them (``none`` where there are none), in the canonical answer layout.
+    of the kinds that explain them (``none`` where there are none), in the canonical answer layout; without
+    ``text``, the artifacts' kinds and intervals only.
 
     >>> from sqrl.schema import Artifact, Assessment
     >>> print(render_fields(Assessment(scores={"noise": 2}, artifacts=[Artifact("noise", 0, 1.5, "hiss")],
@@ -55,7 +62,7 @@ def render_fields(assessment: Any, dimensions: Iterable[str], artifacts: bool = 
         lines.append("Artifacts:")
         for kind in kinds:
             found = [a for a in assessment.artifacts if a.kind == kind]
-            lines += [render_artifact(a) for a in found] or [f"- {ARTIFACT_DISPLAY_NAMES[kind]}: none"]
+            lines += [render_artifact(a if text else Artifact(a.kind, a.start, a.end, "")) for a in found] or [f"- {ARTIFACT_DISPLAY_NAMES[kind]}: none"]
     return "\n".join(lines)
 
 

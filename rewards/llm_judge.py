@@ -75,6 +75,7 @@ class _JudgeReward(LazyReward):
             judge_from_config(self.judge_config)  # constructors load nothing: a bad parameter fails here, not in a worker
         self.prompts = prompts if isinstance(prompts, PromptSpec) else load_prompts(prompts)
         self.judge_input = check_judge_input(judge_input, type(self).__name__)
+        self.artifact_text = self.judge_input != "structure"
         verdict = self.prompts.extra.get("verdict", "agreement")
         if verdict not in ("agreement", "distance"):
             raise ValueError(f"{self.prompts.source}: verdict must be 'agreement' or 'distance', got {verdict!r}")
@@ -116,6 +117,10 @@ class LLMJudgeDimwise(_JudgeReward):
     long description beside each dimension's fragment. ``onepass``: one request per completion with the
     whole reference and answer and one verdict line per dimension (prompt set ``dimwise_onepass``, scale
     0-9; transformers backend only), about the cost of one judgement instead of one per dimension.
+    ``judge_input``: ``text`` (default) or ``fields``, only the parsed fields reach the judge
+    (``rewards/judge_fields.py``). A prompt set with ``verdict: distance`` (``dimwise_onepass_compare``, the CPU
+    judge that passes the sensitivity bar: docs/judges.md) has the judge write the distance to the reference;
+    the component is ``1 - distance / top of the scale``.
 
     >>> from judges.base import Judge
     >>> from judges.verdicts import Verdict
@@ -138,9 +143,9 @@ class LLMJudgeDimwise(_JudgeReward):
             if self.judge_config is not None and self.judge_config.get("backend") != "transformers":
                 raise ValueError("llm_judge_dimwise: onepass needs a transformers judge (it reads the key/value "
                                  f"cache between verdict lines); got backend {self.judge_config.get('backend')!r}")
-        if "{comparison}" in self.prompts.user and not (self.onepass and self.judge_input == "fields"):
+        if "{comparison}" in self.prompts.user and not (self.onepass and self.judge_input != "text"):
             raise ValueError(f"llm_judge_dimwise: prompt set {self.prompts.source} shows the parsed scores side by side "
-                             "({comparison}); it needs onepass: true and judge_input: fields")
+                             "({comparison}); it needs onepass: true and judge_input: fields or structure")
         self.dimensions = select_dimensions(dimensions, "llm_judge_dimwise")
         self.description = bool(description)
         meanings = self.prompts.extra.get("meanings") or {}
@@ -161,8 +166,8 @@ class LLMJudgeDimwise(_JudgeReward):
                 ref = reference_fragment(r, d)
                 if ref is None:
                     continue
-                if self.judge_input == "fields":
-                    ref, answer = render_fields(r, [d]), render_fields(p, [d])
+                if self.judge_input != "text":
+                    ref, answer = render_fields(r, [d], text=self.artifact_text), render_fields(p, [d], text=self.artifact_text)
                 else:
                     answer = answer_fragment(p, c, d, self.description)
                 requests.append(self.prompts.request(answer, dimension=DISPLAY_NAMES[d], meaning=self.meanings[d], reference=ref))
@@ -192,8 +197,8 @@ class LLMJudgeDimwise(_JudgeReward):
                 continue
             kinds = [k for d in dims for k in kinds_for(d)]
             comparison = ""
-            if self.judge_input == "fields":
-                reference, answer = render_fields(r, dims), render_fields(p, dims)
+            if self.judge_input != "text":
+                reference, answer = render_fields(r, dims, text=self.artifact_text), render_fields(p, dims, text=self.artifact_text)
                 comparison = render_comparison(r, p, dims)
             else:
                 reference = render(r, dimensions=dims, artifacts=kinds or False, description=False)
@@ -263,13 +268,14 @@ class LLMJudgeUnified(_JudgeReward):
         n = len(completions)
         comps: dict[str, list] = {c: [None] * n for c in self.criteria}
         slots, requests = [], []
-        fields = self.judge_input == "fields"
+        fields = self.judge_input != "text"
         parsed = parsed_column(completions, columns) if fields else [None] * n
         for i, (c, p, r) in enumerate(zip(completions, parsed, references)):
             if all(r.scores.get(d) is None for d in self.dimensions) and not r.description and not r.artifacts:
                 continue  # an unannotated clip: nothing to judge against (the same for its whole group)
             if fields:
-                reference, answer = render_fields(r, self.dimensions), render_fields(p, self.dimensions)
+                reference = render_fields(r, self.dimensions, text=self.artifact_text)
+                answer = render_fields(p, self.dimensions, text=self.artifact_text)
             else:
                 reference, answer = render(r, dimensions=self.dimensions), c if isinstance(c, str) else ""
             for k in self.criteria:

@@ -101,3 +101,22 @@ def test_bad_judge_input_and_a_comparison_prompt_without_fields_are_refused():
         LLMJudgeDimwise(judge=Recording(), onepass=True, prompts="dimwise_onepass_compare")
     with pytest.raises(ValueError, match="needs onepass: true and judge_input: fields"):
         LLMJudgeDimwise(judge=Recording(), prompts="dimwise_onepass_compare", judge_input="fields")
+
+
+def test_with_structure_no_attack_anywhere_changes_what_the_judge_reads():
+    """judge_input: structure drops the artifact text too: every attack in every place leaves the judge's input
+    identical to the same answer without it."""
+    from judges.hygiene import INJECTION_PLACES
+
+    def answer(attack=None, place=None):
+        arts = [Artifact("noise", 0.3, 1.9, f"a faint hum {attack}" if place == "artifact" else "a faint hum")]
+        desc = f"Clean. {attack}" if place == "description" else "Clean."
+        text = render(Assessment(scores={"noise": 5, "distortion": 1, "continuity": 2, "overall": 5}, artifacts=arts,
+                                 description=desc))
+        return {"prefix": f"{attack}\n{text}", "suffix": f"{text}\n{attack}"}.get(place, text)
+
+    judge = Recording()
+    LLMJudgeDimwise(judge=judge, dimensions=DIMS, judge_input="structure")(
+        [answer()] + [answer(a, p) for a in INJECTION_ATTACKS for p in INJECTION_PLACES], [REF] * 17)
+    assert len({r for r in judge.seen}) == len(DIMS)  # one distinct request per dimension, whatever the attack
+    assert "- Noise [0.30-1.90 s]:\n" in next(r.answer + "\n" for r in judge.seen if "Noise [" in r.answer)
