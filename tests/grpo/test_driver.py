@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +15,7 @@ from grpo.config import GRPOConfig
 from grpo.driver import Driver
 from grpo.tracking import read_metrics
 from sqrl.config import apply_overrides, from_dict, save_config
+from tests.grpo.crash import kill_after_checkpoint
 
 ray = pytest.importorskip("ray")
 REPO = Path(__file__).resolve().parents[2]
@@ -217,18 +214,7 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(cluster, tiny_init
     config = tmp_path / "grpo.yaml"
     save_config(cfg, config)
     killed = tmp_path / "killed"
-    env = dict(os.environ, RAY_ADDRESS=cluster, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "grpo.cli", "--config", str(config), "--out", str(killed)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while not (killed / "checkpoints" / "step-000002" / "trainer_state.json").exists():
-            assert proc.poll() is None, "the run ended before its checkpoint"
-            assert time.time() < deadline, "no checkpoint within 4 minutes"
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_after_checkpoint(config, killed, cluster, step=2, timeout_s=240)
     from grpo.checkpoint import latest
 
     resumed_from = int(latest(killed).name.split("-")[1])

@@ -7,10 +7,6 @@ Two ZeRO-3 ranks and two ZeRO-2 ranks train on the same batch from the same star
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +18,7 @@ from grpo.policy_worker import plan_update
 from grpo.rollout_hf import HFRolloutWorker
 from sqrl.prompts import Rubric
 from sqrl.schema import read_manifest
+from tests.grpo.crash import kill_after_checkpoint
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -199,18 +196,7 @@ def test_a_zero3_checkpoint_resumes_after_kill_9_and_reproduces_the_next_steps(c
     config = tmp_path / "grpo.yaml"
     save_config(cfg, config)
     killed = tmp_path / "killed"
-    env = dict(os.environ, RAY_ADDRESS=cluster, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "grpo.cli", "--config", str(config), "--out", str(killed)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while not (killed / "checkpoints" / "step-000001" / "trainer_state.json").exists():
-            assert proc.poll() is None, "the run ended before its checkpoint"
-            assert time.time() < deadline, "no checkpoint within 5 minutes"
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_after_checkpoint(config, killed, cluster, step=1, timeout_s=300)
     resumed_from = int(latest(killed).name.split("-")[1])
     assert resumed_from < steps, "the kill came too late to test anything"
     engine = latest(killed) / "policy" / "engine"
