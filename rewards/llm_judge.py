@@ -82,6 +82,11 @@ class _JudgeReward(LazyReward):
         self.distance = verdict == "distance"
         self.stats: Counter[str] = Counter()
 
+    def _fields(self, reference: Any, parsed: Any, dims: list[str]) -> tuple[str, str]:
+        """The reference and the answer as the judge reads them under ``judge_input: fields`` or ``structure``."""
+        return (render_fields(reference, dims, text=self.artifact_text),
+                render_fields(parsed, dims, text=self.artifact_text))
+
     def _normalized(self, verdict: Verdict) -> float | None:
         """The verdict on [0, 1], 1 best: a ``verdict: distance`` prompt set's judge writes how far the answer is
         from the reference (0 = the same), so its normalised score is turned around."""
@@ -117,8 +122,8 @@ class LLMJudgeDimwise(_JudgeReward):
     long description beside each dimension's fragment. ``onepass``: one request per completion with the
     whole reference and answer and one verdict line per dimension (prompt set ``dimwise_onepass``, scale
     0-9; transformers backend only), about the cost of one judgement instead of one per dimension.
-    ``judge_input``: ``text`` (default) or ``fields``, only the parsed fields reach the judge
-    (``rewards/judge_fields.py``). A prompt set with ``verdict: distance`` (``dimwise_onepass_compare``, the CPU
+    ``judge_input``: ``text`` (default), ``fields`` (only the parsed fields reach the judge) or ``structure``
+    (the fields without any artifact text; ``rewards/judge_fields.py``). A prompt set with ``verdict: distance`` (``dimwise_onepass_compare``, the CPU
     judge that passes the sensitivity bar: docs/judges.md) has the judge write the distance to the reference;
     the component is ``1 - distance / top of the scale``.
 
@@ -167,7 +172,7 @@ class LLMJudgeDimwise(_JudgeReward):
                 if ref is None:
                     continue
                 if self.judge_input != "text":
-                    ref, answer = render_fields(r, [d], text=self.artifact_text), render_fields(p, [d], text=self.artifact_text)
+                    ref, answer = self._fields(r, p, [d])
                 else:
                     answer = answer_fragment(p, c, d, self.description)
                 requests.append(self.prompts.request(answer, dimension=DISPLAY_NAMES[d], meaning=self.meanings[d], reference=ref))
@@ -198,7 +203,7 @@ class LLMJudgeDimwise(_JudgeReward):
             kinds = [k for d in dims for k in kinds_for(d)]
             comparison = ""
             if self.judge_input != "text":
-                reference, answer = render_fields(r, dims, text=self.artifact_text), render_fields(p, dims, text=self.artifact_text)
+                reference, answer = self._fields(r, p, dims)
                 comparison = render_comparison(r, p, dims)
             else:
                 reference = render(r, dimensions=dims, artifacts=kinds or False, description=False)
