@@ -7,7 +7,8 @@ warm-up, "QualiSpeech-FT style"); and GRPO from that warm-up with the unified ju
 accuracy + semantic rewards dimension-wise, and with the LLM judge dimension-wise. Within a seed the rows share
 their upstream stages: one calibration, one warm-up and one merged model that the three GRPO variants start
 from; the frozen-encoder row is its own calibration. The untrained model does not depend on the seed and is
-evaluated once.
+evaluated once. With ``sft_seed`` set, the SFT stages are trained once (with that seed) under ``shared/`` and
+only the GRPO stages are repeated per seed, all starting from that one merged model.
 
 Layout of ``OUT`` (with the shipped variants)::
 
@@ -15,6 +16,7 @@ Layout of ``OUT`` (with the shipped variants)::
     untrained/model, untrained/eval
     seed<S>/{calibration,calibration_frozen,warmup,merged,grpo_unified,grpo_accsem,grpo_llmjudge}
     seed<S>/eval/<row>/             sqrl eval output (metrics.json, predictions.jsonl, report.md, plots/)
+    shared/<stage>, shared/eval/<row>  under sft_seed: the SFT stages, merges and SFT rows' evals (not seed<S>/)
     results.json, report.md, plots/{pcc_by_row,reward_curves,scatter_best}.png
 
 Planning is ``recipes.compare_plan``, the tables and plots ``recipes.compare_report``, and the stages run on
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from recipes.compare_plan import Plan, Row, Variant, check_variants, rows
+from recipes.compare_plan import Plan, Row, Variant, check_variants
 from recipes.compare_report import row_entry, table1_lines, write_report
 from recipes.pipeline import EvalConfig, print_finished
 from recipes.stages import run_steps
@@ -49,6 +51,9 @@ class CompareConfig:
     """The one corpus every row trains on (train split) and is evaluated on (test split)."""
     seeds: list[int] = bounded(default_factory=lambda: [0, 1], ge=0)
     """Training seeds (``train.seed`` of every SFT and GRPO stage); the corpus and base model stay fixed."""
+    sft_seed: int | None = bounded(None, ge=0)
+    """None: every seed trains its whole chain. Set: every SFT stage (and merge) is trained once, with this
+    ``train.seed``, under ``shared/``, and only the GRPO stages are repeated per seed, all from that one start."""
     variants: dict[str, Variant] = field(default_factory=dict)
     """The rows, in table order: ``{name: Variant}`` (``recipes.compare_plan``)."""
     rows: list[str] | None = None
@@ -113,7 +118,7 @@ class Compare:
         cfg, plan = self.cfg, self.plan
         out: dict[str, Any] = {}
         eval_clips = None
-        for row in rows(cfg.variants, cfg.rows):
+        for row in plan.rows():
             per_seed: dict[str, Any] = {}
             for seed in [None] if row.seed_independent else list(cfg.seeds):
                 metrics = json.loads((plan.eval_dir(row, seed) / "metrics.json").read_text())
@@ -126,7 +131,7 @@ class Compare:
                 per_seed["all" if seed is None else str(seed)] = metrics
             encoder = None
             if row.calibration is not None:
-                encoder = _encoder_mode(plan.seed_dir(cfg.seeds[0]) / row.calibration)
+                encoder = _encoder_mode(plan.sft_dir(cfg.seeds[0]) / row.calibration)
             logged = None
             if row.stage == "grpo":
                 logged = {str(s): read_metrics(plan.seed_dir(s) / row.folder / "metrics.jsonl") for s in cfg.seeds}
@@ -135,7 +140,7 @@ class Compare:
             shown = str(manifest.resolve().relative_to(Path.cwd()))
         except ValueError:
             shown = str(manifest)
-        return {"seeds": list(cfg.seeds), "manifest": shown, "eval_clips": eval_clips, "rows": out,
+        return {"seeds": list(cfg.seeds), "sft_seed": cfg.sft_seed, "manifest": shown, "eval_clips": eval_clips, "rows": out,
                 "stages": dict(record)}
 
 

@@ -16,6 +16,11 @@ is adding an entry; nothing here names a row.
 
 Overrides of a stage, in order: the corpus, the shared ``sft_overrides``/``grpo_overrides``, ``model.init``
 (from ``start``), the variant's own ``overrides``, then ``train.seed``.
+
+With ``sft_seed`` set in the config, the seeds differ only in the GRPO stages: every SFT stage and merge is
+trained once, with ``train.seed=<sft_seed>``, under ``shared/`` (its evaluation in ``shared/eval/<row>``), and
+every seed's GRPO variants start from that one merged model; an SFT row is then seed-independent like the
+untrained one. Which stages are shared follows from each variant's ``stage``, not from its name.
 """
 from __future__ import annotations
 
@@ -83,6 +88,8 @@ class Row:
     calibration: str | None
     """The folder of the SFT stage at the root of its chain (its encoder mode is the 'Enc.' column)."""
     reasoning: str
+    shared: bool = False
+    """Trained once for every seed (an SFT row under ``sft_seed``: its folder is under ``shared/``)."""
 
     @property
     def calibrated(self) -> bool:
@@ -90,7 +97,8 @@ class Row:
 
     @property
     def seed_independent(self) -> bool:
-        return self.folder is None
+        """One model and one evaluation for all seeds: the untrained row, and the shared SFT rows."""
+        return self.folder is None or self.shared
 
 
 def check_variants(variants: Mapping[str, Variant]) -> None:
@@ -119,7 +127,8 @@ def merged_folder(variants: Mapping[str, Variant], name: str) -> str:
     return variants[name].merged or f"{folder(variants, name)}_merged"
 
 
-def make_row(variants: Mapping[str, Variant], name: str) -> Row:
+def make_row(variants: Mapping[str, Variant], name: str, sft_seed: int | None = None) -> Row:
+    """Row ``name``; with ``sft_seed`` (not None) an SFT row is shared by every seed."""
     v = variants[name]
     root = name
     while variants[root].start is not None:
@@ -127,12 +136,13 @@ def make_row(variants: Mapping[str, Variant], name: str) -> Row:
     calibrated = variants[root].stage == "sft"
     return Row(name, v.label or name, v.stage, None if v.stage == "untrained" else folder(variants, name),
                folder(variants, root) if calibrated else None,
-               v.reasoning or ("grpo" if v.stage == "grpo" else "none"))
+               v.reasoning or ("grpo" if v.stage == "grpo" else "none"),
+               shared=sft_seed is not None and v.stage == "sft")
 
 
-def rows(variants: Mapping[str, Variant], chosen: list[str] | None = None) -> list[Row]:
-    """The chosen rows (None: every variant), in the order of ``variants``."""
-    return [make_row(variants, n) for n in variants if chosen is None or n in chosen]
+def rows(variants: Mapping[str, Variant], chosen: list[str] | None = None, sft_seed: int | None = None) -> list[Row]:
+    """The chosen rows (None: every variant), in the order of ``variants``; ``sft_seed``: see ``make_row``."""
+    return [make_row(variants, n, sft_seed) for n in variants if chosen is None or n in chosen]
 
 
 def _count_lines(path: Path) -> int:
@@ -146,29 +156,50 @@ class Plan:
     def __init__(self, cfg: CompareConfig, out: Path):
         self.cfg, self.out, self.variants = cfg, Path(out), cfg.variants
 
+    @property
+    def shared(self) -> bool:
+        """The SFT stages are trained once for all seeds (``sft_seed`` is set)."""
+        return self.cfg.sft_seed is not None
+
+    def rows(self) -> list[Row]:
+        """The chosen rows, shared or not as this plan trains them."""
+        return rows(self.variants, self.cfg.rows, self.cfg.sft_seed)
+
     # ---- folders
     def seed_dir(self, seed: int) -> Path:
         return self.out / f"seed{seed}"
 
+    def sft_dir(self, seed: int | None) -> Path:
+        """Where seed ``seed``'s SFT stages and merged models are: ``shared/`` under ``sft_seed``, else ``seed<S>/``."""
+        return self.out / "shared" if self.shared else self.seed_dir(seed)
+
+    def stage_dir(self, stage: str, seed: int | None) -> Path:
+        """The folder holding a stage of kind ``stage`` (sft, merge, grpo) of seed ``seed``."""
+        return self.seed_dir(seed) if stage == "grpo" else self.sft_dir(seed)
+
     def model_dir(self, row: Row, seed: int | None) -> Path:
-        return self.out / "untrained" / "model" if row.folder is None else self.seed_dir(seed) / row.folder
+        return self.out / "untrained" / "model" if row.folder is None else self.stage_dir(row.stage, seed) / row.folder
 
     def eval_dir(self, row: Row, seed: int | None) -> Path:
-        return self.out / "untrained" / "eval" if row.folder is None else self.seed_dir(seed) / "eval" / row.name
+        if row.folder is None:
+            return self.out / "untrained" / "eval"
+        return self.stage_dir(row.stage, seed) / "eval" / row.name
 
     # ---- overrides
     def sft_overrides(self, name: str, seed: int | None) -> list[str]:
-        """Every override of SFT variant ``name`` (or of the untrained variant's config) for ``seed``."""
+        """Every override of SFT variant ``name`` (or of the untrained variant's config) for ``seed``; under
+        ``sft_seed`` the same for every seed, with ``train.seed=<sft_seed>``."""
         v = self.variants[name]
         out = [*corpus_overrides(self.cfg.corpus), *self.cfg.sft_overrides]
         if v.start is not None:
-            out.append(f"model.init={self.seed_dir(seed) / folder(self.variants, v.start)}")
+            out.append(f"model.init={self.sft_dir(seed) / folder(self.variants, v.start)}")
         out += v.overrides
-        return out + ([f"train.seed={seed}"] if seed is not None else [])
+        train_seed = self.cfg.sft_seed if self.shared else seed
+        return out + ([f"train.seed={train_seed}"] if train_seed is not None else [])
 
     def grpo_overrides(self, name: str, seed: int) -> list[str]:
         v = self.variants[name]
-        init = self.seed_dir(seed) / merged_folder(self.variants, v.start)
+        init = self.sft_dir(seed) / merged_folder(self.variants, v.start)
         return [*corpus_overrides(self.cfg.corpus), "model.bootstrap=null", *self.cfg.grpo_overrides,
                 f"model.init={init}", *v.overrides, f"train.seed={seed}"]
 
@@ -193,55 +224,73 @@ class Plan:
         return need
 
     def needed_stages(self) -> list[str]:
-        """The folders under ``seed<S>/`` that the chosen rows need, in training order."""
+        """The stage folders the chosen rows need, in training order (under ``seed<S>/``; under ``sft_seed`` the
+        SFT stages and merges are under ``shared/``, see ``stage_dir``)."""
         return [folder(self.variants, n) if what == "train" else merged_folder(self.variants, n)
                 for what, n in self.needed()]
 
+    def _kind(self, what: str, name: str) -> str:
+        return "merge" if what == "merge" else self.variants[name].stage
+
     def steps(self, test_manifest: Path, train_manifest: Path) -> list[Step]:
+        """Every step, in order: the untrained model and its eval; under ``sft_seed`` the shared SFT stages,
+        merges and SFT evals once; then per seed its stages (only the GRPO ones under ``sft_seed``) and evals."""
         cfg = self.cfg
         n_clips, n_eval = _count_lines(train_manifest), _count_lines(test_manifest)
         n_eval = min(n_eval, cfg.eval.limit) if cfg.eval.limit else n_eval
-        chosen = rows(self.variants, cfg.rows)
+        chosen = self.rows()
         steps: list[Step] = []
-        untrained = [r for r in chosen if r.folder is None]
-        for row in untrained:
+        for row in chosen:
+            if row.folder is not None:
+                continue
             model_cfg = self.sft_config(row.name, None).model
             if model_cfg.path:
                 raise ValueError("the untrained row needs a tiny backbone (model.path is set); leave it out of rows")
             steps.append(UntrainedStep("untrained/model", self.model_dir(row, None), backbone=model_cfg.backbone,
                                        options=dict(model_cfg.options or {})))
             steps.append(self.eval_step(row, None, test_manifest, n_eval))
+        needed = self.needed()
+        if self.shared:
+            steps += self.train_steps([(w, n) for w, n in needed if self._kind(w, n) != "grpo"], None, n_clips)
+            steps += [self.eval_step(row, None, test_manifest, n_eval) for row in chosen
+                      if row.shared]
         for seed in cfg.seeds:
-            sd = self.seed_dir(seed)
-            needed = self.needed()
-            last_grpo = [n for what, n in needed if what == "train" and self.variants[n].stage == "grpo"][-1:]
-            ray = RaySession()  # one Ray runtime for the seed's GRPO stages, started only when one has to train
-            for what, name in needed:
-                v = self.variants[name]
-                if what == "merge":
-                    target = merged_folder(self.variants, name)
-                    steps.append(MergeStep(f"seed{seed}/{target}", sd / target, kind="merge",
-                                           adapter=sd / folder(self.variants, name)))
-                elif v.stage == "sft":
-                    overrides = self.sft_overrides(name, seed)
-                    steps.append(SFTStep(f"seed{seed}/{folder(self.variants, name)}", sd / folder(self.variants, name),
-                                         kind=name, units=_sft_units(v.config, overrides, n_clips), config=v.config,
-                                         overrides=overrides))
-                else:
-                    step = GRPOStep(f"seed{seed}/{folder(self.variants, name)}", sd / folder(self.variants, name),
-                                    kind=name, config=v.config, overrides=self.grpo_overrides(name, seed), ray=ray,
-                                    close_ray=[name] == last_grpo)
-                    step.units = step.load().train.steps
-                    steps.append(step)
-            steps += [self.eval_step(row, seed, test_manifest, n_eval) for row in chosen if row.folder is not None]
+            per_seed = [(w, n) for w, n in needed if not self.shared or self._kind(w, n) == "grpo"]
+            steps += self.train_steps(per_seed, seed, n_clips)
+            steps += [self.eval_step(row, seed, test_manifest, n_eval) for row in chosen if not row.seed_independent]
+        return steps
+
+    def train_steps(self, needed: list[tuple[str, str]], seed: int | None, n_clips: int) -> list[Step]:
+        """The steps training ``needed`` (``needed()``'s pairs) for ``seed`` (None: the shared SFT stages)."""
+        last_grpo = [n for what, n in needed if self._kind(what, n) == "grpo"][-1:]
+        ray = RaySession()  # one Ray runtime for the seed's GRPO stages, started only when one has to train
+        steps: list[Step] = []
+        for what, name in needed:
+            v, kind = self.variants[name], self._kind(what, name)
+            target = self.stage_dir(kind, seed) / (merged_folder(self.variants, name) if what == "merge"
+                                                  else folder(self.variants, name))
+            label = str(target.relative_to(self.out))
+            if kind == "merge":
+                steps.append(MergeStep(label, target, kind="merge",
+                                       adapter=self.sft_dir(seed) / folder(self.variants, name)))
+            elif kind == "sft":
+                overrides = self.sft_overrides(name, seed)
+                steps.append(SFTStep(label, target, kind=name, units=_sft_units(v.config, overrides, n_clips),
+                                     config=v.config, overrides=overrides))
+            else:
+                step = GRPOStep(label, target, kind=name, config=v.config, overrides=self.grpo_overrides(name, seed),
+                                ray=ray, close_ray=[name] == last_grpo)
+                step.units = step.load().train.steps
+                steps.append(step)
         return steps
 
     def eval_step(self, row: Row, seed: int | None, manifest: Path, n_eval: int) -> EvalStep:
         e = self.cfg.eval
         # the untrained model has no rubric of its own: the one of the config it was built from
         rubric = self.sft_config(row.name, None).data.rubric if row.folder is None else None
-        name = f"{'untrained' if seed is None else f'seed{seed}'}/eval/{row.name}"
-        return EvalStep(name, self.eval_dir(row, seed), units=n_eval, model=self.model_dir(row, seed),
+        out = self.eval_dir(row, seed)
+        name = f"untrained/eval/{row.name}" if row.folder is None else str(out.relative_to(self.out))
+        return EvalStep(name, out, units=n_eval, model=self.model_dir(row, seed),
                         manifest=manifest, limit=e.limit, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
                         rubric=rubric)
 

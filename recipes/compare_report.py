@@ -85,9 +85,10 @@ def reward_curve(per_seed_rows: Mapping[str, Sequence[Mapping[str, Any]]], windo
 
 def row_entry(row: Row, per_seed: Mapping[str, Mapping[str, Any]], encoder: str | None = None,
               logged: Mapping[str, Sequence[Mapping[str, Any]]] | None = None, window: int = 5) -> dict[str, Any]:
-    """A row of results.json: its description, the eval metrics per seed (``{seed: metrics.json}``), their
-    ``summary`` over seeds and, for a GRPO row, its ``reward_curve`` from each seed's logged steps."""
-    entry: dict[str, Any] = {"label": row.label, "encoder": encoder, "calibrated": row.calibrated,
+    """A row of results.json: its description, the eval metrics per seed (``{seed: metrics.json}``; a
+    seed-independent row, the untrained or a shared SFT one, has the one key ``all``), their ``summary`` over
+    seeds and, for a GRPO row, its ``reward_curve`` from each seed's logged steps."""
+    entry: dict[str, Any] = {"label": row.label, "stage": row.stage, "encoder": encoder, "calibrated": row.calibrated,
                              "reasoning": row.reasoning, "seed_independent": row.seed_independent,
                              "per_seed": dict(per_seed), "summary": summarize_metrics(per_seed)}
     if logged is not None:
@@ -173,12 +174,22 @@ def reward_table_lines(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def shared_sft_rows(results: Mapping[str, Any]) -> list[str]:
+    """The names of the SFT rows trained once for every seed (``sft_seed``); none without it."""
+    if results.get("sft_seed") is None:
+        return []
+    return [name for name, r in results["rows"].items() if r.get("stage") == "sft" and r.get("seed_independent")]
+
+
 def other_metrics_lines(results: Mapping[str, Any]) -> list[str]:
     lines = ["| Row | mean SRCC | mean MAE | eval clips | seeds |", "|---|---|---|---|---|"]
-    for row in results["rows"].values():
+    shared = shared_sft_rows(results)
+    for name, row in results["rows"].items():
         s = row["summary"]
         n = {m.get("n") for m in row["per_seed"].values()}
         seeds = "one model" if row.get("seed_independent") else ", ".join(row["per_seed"])
+        if name in shared:
+            seeds = f"one model (shared, train.seed={results['sft_seed']})"
         lines.append(f"| {row['label']} | {_pm(_get(s, 'srcc', 'mean'))} | {_pm(_get(s, 'mae', 'mean'))} | "
                      f"{', '.join(str(x) for x in sorted(n, key=str))} | {seeds} |")
     return lines
@@ -260,6 +271,15 @@ def write_report(out: Path, results: Mapping[str, Any]) -> Path:
         f"total time {results.get('seconds', 0) / 60:.1f} min (this call). Cells are mean ± std over seeds "
         "(sample std); † marks a value undefined for some seeds (constant predictions), left out of the mean. "
         "The untrained model does not depend on the seed and is evaluated once.", "",
+    ]
+    shared = shared_sft_rows(results)
+    if shared:
+        lines += [
+            f"**Shared SFT rows** (`sft_seed: {results['sft_seed']}`): "
+            f"{', '.join(results['rows'][n]['label'] for n in shared)} were trained once, with "
+            f"train.seed={results['sft_seed']}, and every seed's GRPO rows start from that one model; the seeds differ "
+            "only in the GRPO stages. These rows have one value each (no ± part).", ""]
+    lines += [
         "## Table 1: PCC per dimension", "", *table1_lines(results), "",
         "PCC of the greedy answers' integer scores, as the paper reports. *Avg., expected*: the six-dimension "
         "mean PCC of the expected scores (sum of k p(k) over the score digits the model wrote; `sqrl eval`), "
@@ -284,7 +304,8 @@ def write_report(out: Path, results: Mapping[str, Any]) -> Path:
         which = "its only model" if results["rows"][best[0]].get("seed_independent") else f"seed {best[1]}"
         lines += [f"Predicted vs true scores of the best row by mean PCC, **{results['rows'][best[0]]['label']}** "
                   f"({which}):", "", "![predicted vs true](plots/scatter_best.png)", ""]
-    lines += ["Per-model reports: `seed<S>/eval/<row>/report.md`; all numbers: `results.json`.", ""]
+    where = "`seed<S>/eval/<row>/report.md`" + (" and `shared/eval/<row>/report.md`" if shared else "")
+    lines += [f"Per-model reports: {where}; all numbers: `results.json`.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

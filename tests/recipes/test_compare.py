@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from recipes.compare import CompareConfig, run_compare
-from recipes.compare_plan import Plan, Variant
+from recipes.compare_plan import Plan, Variant, make_row
 from recipes.compare_plan import rows as plan_rows
-from recipes.compare_report import (best_row, reward_curve, row_entry, spread, table1_lines, table3_lines,
-                                    write_report)
+from recipes.compare_report import (best_row, other_metrics_lines, reward_curve, row_entry, spread, table1_lines,
+                                    table3_lines, write_report)
 from sqrl.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,17 +80,19 @@ def test_reward_curve_aligns_steps_and_leaves_gaps_for_missing_ones():
 
 
 # ------------------------------------------------------------------------------------ report
-def _synthetic_results(tmp_path: Path) -> dict:
-    """Three rows as `sqrl compare` writes them, with a predictions file for the scatter plot."""
+def _synthetic_results(tmp_path: Path, sft_seed: int | None = None, calibration=(0.4, 0.6)) -> dict:
+    """Three rows as `sqrl compare` writes them, with a predictions file for the scatter plot. With
+    ``sft_seed`` the calibration row is shared: one evaluation (``all``) with the first value of ``calibration``."""
     from sqrl.dimensions import DIMENSIONS
 
     refs = [{"id": f"c{i}", "audio": f"c{i}.wav", "scores": {d: 1 + (i + j) % 5 for j, d in enumerate(DIMENSIONS)},
              "artifacts": [], "description": "clean"} for i in range(5)]
     preds = [{"scores": dict(r["scores"]), "artifacts": [], "description": "clean"} for r in refs]
     preds[0] = None
-    rows = {}
-    for name, pcc in (("untrained", None), ("calibration", (0.4, 0.6)), ("grpo_accsem", (0.5, 0.7))):
-        seeds = ["all"] if pcc is None else ["0", "1"]
+    rows, variants = {}, load_config(CompareConfig, SHIPPED).variants
+    for name, pcc in (("untrained", None), ("calibration", calibration), ("grpo_accsem", (0.5, 0.7))):
+        row = make_row(variants, name, sft_seed)
+        seeds = ["all"] if row.seed_independent else ["0", "1"]
         per_seed = {}
         for i, seed in enumerate(seeds):
             ev = tmp_path / f"seed{seed}" / "eval" / name
@@ -102,8 +104,8 @@ def _synthetic_results(tmp_path: Path) -> dict:
         logged = None
         if name.startswith("grpo"):
             logged = {s: [{"step": k, "rewards/total/mean": k + i} for k in (1, 2, 3)] for i, s in enumerate(seeds)}
-        rows[name] = row_entry(ROW_BY_NAME[name], per_seed, None if pcc is None else "trainable", logged, window=1)
-    return {"seeds": [0, 1], "manifest": "test.jsonl", "eval_clips": 5, "rows": rows, "stages": {}, "seconds": 60.0}
+        rows[name] = row_entry(row, per_seed, None if pcc is None else "trainable", logged, window=1)
+    return {"seeds": [0, 1], "sft_seed": sft_seed, "manifest": "test.jsonl", "eval_clips": 5, "rows": rows, "stages": {}, "seconds": 60.0}
 
 
 def test_the_report_has_both_tables_with_mean_and_std_and_the_three_plots(tmp_path):
@@ -184,6 +186,130 @@ def test_a_config_without_variants_is_an_error():
     with pytest.raises(ValueError, match="at least one"):
         CompareConfig()
     assert Variant(config="c.yaml").stage == "sft"
+
+
+# ------------------------------------------------------------------------------------ sft_seed
+def _manifests(tmp_path: Path) -> tuple[Path, Path]:
+    """A test manifest of 5 lines and a train manifest of 12: what the plan counts for its time estimates."""
+    test, train = tmp_path / "test.jsonl", tmp_path / "train.jsonl"
+    test.write_text("{}\n" * 5)
+    train.write_text("{}\n" * 12)
+    return test, train
+
+
+def _override(step, key: str) -> str | None:
+    """The last value ``step`` gives ``key`` (the one that wins)."""
+    values = [o.split("=", 1)[1] for o in step.overrides if o.split("=", 1)[0] == key]
+    return values[-1] if values else None
+
+
+def test_sft_seed_trains_every_sft_stage_once_and_repeats_only_grpo_per_seed(tmp_path):
+    from recipes.stages import GRPOStep, MergeStep, SFTStep
+
+    test, train = _manifests(tmp_path)
+    out = tmp_path / "out"
+    cfg = load_config(CompareConfig, SHIPPED, ["sft_seed=7", "seeds=[0, 3]"])
+    plan = Plan(cfg, out)
+    steps = plan.steps(test, train)
+    by_name = {s.name: s for s in steps}
+    assert len(by_name) == len(steps)  # every step has its own name (results.json's stages)
+    grpo = ["grpo_unified", "grpo_accsem", "grpo_llmjudge"]
+    assert [s.name for s in steps] == [
+        "untrained/model", "untrained/eval/untrained",
+        "shared/calibration", "shared/calibration_frozen", "shared/warmup", "shared/merged",
+        "shared/eval/calibration", "shared/eval/calibration_frozen", "shared/eval/sft_reasoning",
+        *[f"seed0/{g}" for g in grpo], *[f"seed0/eval/{g}" for g in grpo],
+        *[f"seed3/{g}" for g in grpo], *[f"seed3/eval/{g}" for g in grpo]]
+    assert all(s.out == out / s.name for s in steps if not s.name.startswith("untrained"))
+    # the SFT stages: train.seed=sft_seed (last, whatever the shared overrides say), chained inside shared/
+    sft = [s for s in steps if isinstance(s, SFTStep)]
+    assert [s.name for s in sft] == ["shared/calibration", "shared/calibration_frozen", "shared/warmup"]
+    assert all(s.overrides[-1] == "train.seed=7" for s in sft)
+    assert _override(by_name["shared/warmup"], "model.init") == str(out / "shared" / "calibration")
+    assert _override(by_name["shared/calibration_frozen"], "lora.encoder_mode") == "frozen"
+    assert plan.sft_config("calibration_frozen", 0).train.seed == 7  # the seed argument no longer matters
+    merge = by_name["shared/merged"]
+    assert isinstance(merge, MergeStep) and merge.adapter == out / "shared" / "warmup"
+    # every seed's GRPO rows start from the one shared merged model, with their own train.seed
+    for seed in (0, 3):
+        for g in grpo:
+            step = by_name[f"seed{seed}/{g}"]
+            assert isinstance(step, GRPOStep)
+            assert _override(step, "model.init") == str(out / "shared" / "merged")
+            assert _override(step, "train.seed") == str(seed)
+            assert step.load().train.seed == seed
+    # the SFT rows' evals read the shared models, the GRPO rows' evals their seed's model
+    assert by_name["shared/eval/sft_reasoning"].model == out / "shared" / "warmup"
+    assert by_name["seed3/eval/grpo_accsem"].model == out / "seed3" / "grpo_accsem"
+
+
+def test_without_sft_seed_every_seed_trains_its_whole_chain(tmp_path):
+    test, train = _manifests(tmp_path)
+    out = tmp_path / "out"
+    steps = Plan(load_config(CompareConfig, SHIPPED, ["rows=[calibration, grpo_accsem]"]), out).steps(test, train)
+    assert [s.name for s in steps] == [
+        f"seed{s}/{x}" for s in (0, 1) for x in ("calibration", "warmup", "merged", "grpo_accsem",
+                                                 "eval/calibration", "eval/grpo_accsem")]
+    by_name = {s.name: s for s in steps}
+    assert _override(by_name["seed1/calibration"], "train.seed") == "1"
+    assert _override(by_name["seed1/grpo_accsem"], "model.init") == str(out / "seed1" / "merged")
+
+
+def test_sft_seed_makes_the_sft_rows_seed_independent_and_plans_a_subset(tmp_path):
+    extra = ("variants.grpo_frozen={label: GRPO from the frozen encoder, stage: grpo, "
+             "config: configs/tiny/grpo_accsem_dimwise.yaml, start: calibration_frozen}")
+    cfg = load_config(CompareConfig, SHIPPED, [extra, "sft_seed=0", "rows=[calibration, grpo_frozen]"])
+    plan = Plan(cfg, tmp_path)
+    calibration, grpo_frozen = plan.rows()
+    assert calibration.shared and calibration.seed_independent
+    assert not grpo_frozen.shared and not grpo_frozen.seed_independent
+    assert plan.model_dir(calibration, 0) == plan.model_dir(calibration, 1) == tmp_path / "shared" / "calibration"
+    assert plan.eval_dir(calibration, 5) == tmp_path / "shared" / "eval" / "calibration"
+    assert plan.model_dir(grpo_frozen, 1) == tmp_path / "seed1" / "grpo_frozen"
+    # a GRPO row from the frozen-encoder calibration: that calibration and its merge are shared too
+    test, train = _manifests(tmp_path)
+    names = [s.name for s in plan.steps(test, train)]
+    assert names == ["shared/calibration", "shared/calibration_frozen", "shared/calibration_frozen_merged",
+                     "shared/eval/calibration", "seed0/grpo_frozen", "seed0/eval/grpo_frozen",
+                     "seed1/grpo_frozen", "seed1/eval/grpo_frozen"]
+    assert f"model.init={tmp_path / 'shared' / 'calibration_frozen_merged'}" in plan.grpo_overrides("grpo_frozen", 1)
+    # the untrained row stays what it was: seed-independent, not a shared SFT row
+    untrained = make_row(cfg.variants, "untrained", sft_seed=0)
+    assert untrained.seed_independent and not untrained.shared
+    with pytest.raises(ValueError, match="sft_seed"):
+        load_config(CompareConfig, SHIPPED, ["sft_seed=-1"])
+
+
+def test_the_report_gives_shared_sft_rows_one_value_and_grpo_rows_the_spread_over_seeds(tmp_path):
+    """With sft_seed the SFT row has one evaluation (key ``all``): its value, no std; the GRPO row's mean and
+    std are over its seeds."""
+    results = _synthetic_results(tmp_path, sft_seed=7)
+    calibration, grpo = results["rows"]["calibration"], results["rows"]["grpo_accsem"]
+    assert list(calibration["per_seed"]) == ["all"] and calibration["seed_independent"]
+    noise = calibration["summary"]["pcc"]["noise"]
+    assert (noise["mean"], noise["std"], noise["n"]) == (pytest.approx(0.4), None, 1)
+    noise = grpo["summary"]["pcc"]["noise"]
+    assert (noise["mean"], noise["std"], noise["n"]) == (pytest.approx(0.6), pytest.approx(math.sqrt(0.02)), 2)
+    t1 = table1_lines(results)
+    # noise 0.4, overall 0.5, mean 0.4, expected 0.5, parse rate 1: single values, no ± part
+    assert t1[3] == "| calibration only | ✓ | ✓ | n/a | 0.40 | n/a | n/a | n/a | 0.50 | **0.40** | 0.50 | 1.00 |"
+    assert "| 0.60 ± 0.14 |" in t1[4]
+    assert "| calibration only | 0.40 | 1.00 | 3 | one model (shared, train.seed=7) |" in other_metrics_lines(results)
+    report = write_report(tmp_path, results).read_text()
+    assert "**Shared SFT rows** (`sft_seed: 7`): calibration only were trained once, with train.seed=7" in report
+    assert "`shared/eval/<row>/report.md`" in report
+    # without sft_seed the same row is per seed and the report says nothing of shared rows
+    plain = _synthetic_results(tmp_path / "plain")
+    assert plain["rows"]["calibration"]["summary"]["pcc"]["noise"]["std"] == pytest.approx(math.sqrt(0.02))
+    assert "Shared SFT rows" not in write_report(tmp_path / "plain", plain).read_text()
+
+
+def test_a_shared_sft_row_can_be_the_best_row_with_its_only_model(tmp_path):
+    results = _synthetic_results(tmp_path, sft_seed=7, calibration=(0.9,))
+    assert best_row(results) == ("calibration", "all")
+    report = write_report(tmp_path, results).read_text()
+    assert "**calibration only** (its only model)" in report
+    assert (tmp_path / "plots" / "scatter_best.png").read_bytes()[:8] == PNG
 
 
 # ------------------------------------------------------------------------------------ end to end
