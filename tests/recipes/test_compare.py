@@ -412,3 +412,43 @@ def test_compare_every_row_including_the_llm_judge_rewards(small_corpus, tmp_pat
     metrics = [json.loads(line) for line in (out / "seed1" / "grpo_llmjudge" / "metrics.jsonl").read_text().splitlines()]
     assert all("rewards/llm_judge_dimwise/overall/mean" in r for r in metrics)
     _check_resume(out, cfg, results)
+
+
+def test_compare_with_sft_seed_trains_the_sft_chain_once_then_resumes(small_corpus, tmp_path):
+    """sft_seed: one calibration, frozen-encoder calibration, warm-up and merge under shared/; the GRPO row per seed."""
+    import yaml
+
+    rows = ["calibration_frozen", "sft_reasoning", "grpo_accsem"]
+    cfg = _tiny(small_corpus, rows, "sft_seed=5")
+    out = tmp_path / "compare"
+    results = run_compare(cfg, out)
+    assert results["sft_seed"] == 5 and list(results["rows"]) == rows
+    assert not any(stage["reused"] for stage in results["stages"].values())
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["plots", "seed0", "seed1", "shared"]
+    assert sorted(p.name for p in (out / "shared").iterdir()) == [
+        "calibration", "calibration_frozen", "eval", "merged", "warmup"]
+    for seed in (0, 1):
+        assert sorted(p.name for p in (out / f"seed{seed}").iterdir()) == ["eval", "grpo_accsem"]
+        grpo_cfg = yaml.safe_load((out / f"seed{seed}" / "grpo_accsem" / "sqrl_config.yaml").read_text())
+        assert grpo_cfg["model"]["init"] == str(out / "shared" / "merged") and grpo_cfg["train"]["seed"] == seed
+    sft_cfg = yaml.safe_load((out / "shared" / "calibration" / "sqrl_config.yaml").read_text())
+    assert sft_cfg["train"]["seed"] == 5
+    for name in ("calibration_frozen", "sft_reasoning"):
+        row = results["rows"][name]
+        assert row["seed_independent"] and list(row["per_seed"]) == ["all"]
+        assert row["per_seed"]["all"]["eval"] == f"shared/eval/{name}"
+        assert row["summary"]["parse_rate"]["n"] == 1
+    assert results["rows"]["calibration_frozen"]["encoder"] == "frozen"
+    grpo = results["rows"]["grpo_accsem"]
+    assert list(grpo["per_seed"]) == ["0", "1"] and grpo["summary"]["parse_rate"]["n"] == 2
+    # the seeds differ in the GRPO stage only
+    a, b = (out / f"seed{s}" / "grpo_accsem" / "adapter_model.safetensors" for s in (0, 1))
+    assert a.read_bytes() != b.read_bytes()
+    assert "Shared SFT rows" in (out / "report.md").read_text()
+    before = {str(f): f.stat().st_mtime_ns for f in out.rglob("*") if f.suffix in (".json", ".safetensors", ".jsonl")
+              and "plots" not in f.parts and f.name != "results.json"}
+    again = run_compare(cfg, out)
+    assert all(stage["reused"] for stage in again["stages"].values()), again["stages"]
+    after = {str(f): f.stat().st_mtime_ns for f in out.rglob("*") if f.suffix in (".json", ".safetensors", ".jsonl")
+             and "plots" not in f.parts and f.name != "results.json"}
+    assert after == before
