@@ -50,7 +50,8 @@ class CompareConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     """The one corpus every row trains on (train split) and is evaluated on (test split)."""
     seeds: list[int] = bounded(default_factory=lambda: [0, 1], ge=0)
-    """Training seeds (``train.seed`` of every SFT and GRPO stage); the corpus and base model stay fixed."""
+    """Training seeds (``train.seed`` of every SFT and GRPO stage, of the GRPO stages only under ``sft_seed``); the
+    corpus and base model stay fixed."""
     sft_seed: int | None = bounded(None, ge=0)
     """None: every seed trains its whole chain. Set: every SFT stage (and merge) is trained once, with this
     ``train.seed``, under ``shared/``, and only the GRPO stages are repeated per seed, all from that one start."""
@@ -140,8 +141,8 @@ class Compare:
             shown = str(manifest.resolve().relative_to(Path.cwd()))
         except ValueError:
             shown = str(manifest)
-        return {"seeds": list(cfg.seeds), "sft_seed": cfg.sft_seed, "manifest": shown, "eval_clips": eval_clips, "rows": out,
-                "stages": dict(record)}
+        return {"seeds": list(cfg.seeds), "sft_seed": cfg.sft_seed, "manifest": shown, "eval_clips": eval_clips,
+                "rows": out, "stages": dict(record)}
 
 
 def run_compare(cfg: CompareConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:

@@ -105,7 +105,8 @@ def _synthetic_results(tmp_path: Path, sft_seed: int | None = None, calibration=
         if name.startswith("grpo"):
             logged = {s: [{"step": k, "rewards/total/mean": k + i} for k in (1, 2, 3)] for i, s in enumerate(seeds)}
         rows[name] = row_entry(row, per_seed, None if pcc is None else "trainable", logged, window=1)
-    return {"seeds": [0, 1], "sft_seed": sft_seed, "manifest": "test.jsonl", "eval_clips": 5, "rows": rows, "stages": {}, "seconds": 60.0}
+    return {"seeds": [0, 1], "sft_seed": sft_seed, "manifest": "test.jsonl", "eval_clips": 5, "rows": rows,
+            "stages": {}, "seconds": 60.0}
 
 
 def test_the_report_has_both_tables_with_mean_and_std_and_the_three_plots(tmp_path):
