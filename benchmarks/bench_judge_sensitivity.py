@@ -122,7 +122,7 @@ def bar_entry(kind: str, n: int, per_clip: dict, dims: list[str]) -> dict:
 
 
 def run_judge(name: str, clips, answers, dims: list[str], kinds: list[str], unified_clips: int,
-              prompts: dict[str, str | None], judge_input: str) -> dict:
+              prompts: dict[str, str | None], judge_input: str, criteria: list[str] | None = None) -> dict:
     judge = judge_from_config(name)
     start = time.perf_counter()
     judge.load()
@@ -133,7 +133,7 @@ def run_judge(name: str, clips, answers, dims: list[str], kinds: list[str], unif
         refs = clips[:n]
         extra = {"prompts": prompts[kind]} if prompts.get(kind) else {}
         if kind == "unified":
-            reward = LLMJudgeUnified(judge=judge, dimensions=dims, judge_input=judge_input, **extra)
+            reward = LLMJudgeUnified(judge=judge, dimensions=dims, judge_input=judge_input, criteria=criteria, **extra)
         else:
             reward = LLMJudgeDimwise(judge=judge, dimensions=dims, onepass=kind == "onepass", judge_input=judge_input, **extra)
         before = dict(judge.stats.as_dict())
@@ -200,6 +200,8 @@ def main() -> None:
     ap.add_argument("--dimwise-prompts", default=None, help="prompt set of the per-dimension judge (default dimwise)")
     ap.add_argument("--onepass-prompts", default=None, help="prompt set of the one-pass judge (default dimwise_onepass)")
     ap.add_argument("--unified-prompts", default=None, help="prompt set of the unified judge (default unified)")
+    ap.add_argument("--unified-criteria", nargs="+", default=None,
+                    help="the unified judge's criteria (default: all of the prompt set, SQ-LLM's four)")
     ap.add_argument("--shard", default=None, metavar="A:B",
                     help="judge only clips A..B-1 of the --clips drawn (same clips and answers as the whole run)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -227,12 +229,13 @@ def main() -> None:
     clips, answers = clips[first:last], answers[first:last]
     prompts = {"dimwise": args.dimwise_prompts, "onepass": args.onepass_prompts, "unified": args.unified_prompts}
     out = {"benchmark": "judge_sensitivity", "manifest": manifest, "clips": len(clips), "shard": [first, last],
-           "seed": args.seed, "dimensions": args.dimensions,
+           "seed": args.seed, "dimensions": args.dimensions, "unified_criteria": args.unified_criteria,
            "torch_threads": torch.get_num_threads(), "load_average_1m_before": os.getloadavg()[0],
            "attacks": ATTACKS, "places": PLACES, "judges": {}}
     for name in args.judges:
         out["judges"][name] = run_judge(name, clips, answers, args.dimensions, args.variants,
-                                        args.unified_clips or len(clips), prompts, args.judge_input)
+                                        args.unified_clips or len(clips), prompts, args.judge_input,
+                                        args.unified_criteria)
     out["load_average_1m_after"] = os.getloadavg()[0]
     text = json.dumps(out, indent=2)
     if args.out:
