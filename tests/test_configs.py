@@ -18,7 +18,7 @@ def _kind(path: Path) -> str:
         return "rewards"
     if path.name == "pipeline.yaml":
         return "pipeline"
-    if path.name == "compare.yaml":
+    if path.name.startswith("compare"):
         return "compare"
     if path.name.startswith("grpo"):
         return "grpo"
