@@ -17,6 +17,8 @@ from recipes.compare_plan import Row
 # The metrics of sqrl eval that are aggregated over seeds (numbers, or nested mappings of numbers).
 AGGREGATED = ("pcc", "srcc", "mae", "parse_rate", "artifacts", "long_form", "expected")
 REWARD_KEY = "rewards/total/mean"
+# A GRPO step's phases as the driver times them (wall seconds around the Ray calls; grpo/tracking.py).
+STEP_PHASES = ("generate", "score", "update", "sync")
 
 
 # ------------------------------------------------------------------------------------ aggregation
@@ -83,6 +85,22 @@ def reward_curve(per_seed_rows: Mapping[str, Sequence[Mapping[str, Any]]], windo
             "first": spread(first), "last": spread(last), "change": spread(change)}
 
 
+def step_times(per_seed_rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Where a GRPO row's step time goes: for ``step`` and each of ``STEP_PHASES``, the spread over seeds of the
+    per-seed mean seconds per logged step (``time/<phase>`` in ``metrics.jsonl``); ``steps``: the steps averaged."""
+    out: dict[str, Any] = {}
+    for phase in ("step", *STEP_PHASES):
+        key = f"time/{phase}"
+        means = []
+        for rows in per_seed_rows.values():
+            values = [float(r[key]) for r in rows if r.get(key) is not None]
+            means.append(sum(values) / len(values) if values else None)
+        out[phase] = spread(means)
+    out["steps"] = spread([float(sum(1 for r in rows if r.get("time/step") is not None))
+                           for rows in per_seed_rows.values()])
+    return out
+
+
 def row_entry(row: Row, per_seed: Mapping[str, Mapping[str, Any]], encoder: str | None = None,
               logged: Mapping[str, Sequence[Mapping[str, Any]]] | None = None, window: int = 5) -> dict[str, Any]:
     """A row of results.json: its description, the eval metrics per seed (``{seed: metrics.json}``; a
@@ -93,6 +111,7 @@ def row_entry(row: Row, per_seed: Mapping[str, Mapping[str, Any]], encoder: str 
                              "per_seed": dict(per_seed), "summary": summarize_metrics(per_seed)}
     if logged is not None:
         entry["reward_curve"] = reward_curve(logged, window=window)
+        entry["step_time"] = step_times(logged)
     return entry
 
 
@@ -171,6 +190,17 @@ def reward_table_lines(results: Mapping[str, Any]) -> list[str]:
         names = ", ".join(k.split("/")[1] for k in rc["curves"] if k != REWARD_KEY) or "total"
         lines.append(f"| {row['label']} | {names} | {len(rc['steps'])} | {_pm(rc['first'])} | {_pm(rc['last'])} | "
                      f"{_pm(rc['change'])} |")
+    return lines
+
+
+def step_time_lines(results: Mapping[str, Any]) -> list[str]:
+    """Seconds per GRPO step and its split into generate, score, update and sync, per row."""
+    lines = ["| Row | seconds a step | generate | score | update | sync |", "|---|---|---|---|---|---|"]
+    for row in results["rows"].values():
+        t = row.get("step_time")
+        if not t:
+            continue
+        lines.append(f"| {row['label']} | " + " | ".join(_pm(t[p], 1) for p in ("step", *STEP_PHASES)) + " |")
     return lines
 
 
@@ -299,6 +329,9 @@ def write_report(out: Path, results: Mapping[str, Any]) -> Path:
                   "over seeds.", "", *reward_lines, ""]
         if "rewards" in plots:
             lines += ["![reward curves](plots/reward_curves.png)", ""]
+        lines += ["Seconds per GRPO step and where they go (the driver's wall time around each phase: rollout "
+                  "generation, reward scoring, the policy update with its reference pass, the weight sync), mean "
+                  "over the logged steps, then mean ± std over seeds:", "", *step_time_lines(results), ""]
     lines += ["## Other score metrics", "", *other_metrics_lines(results), ""]
     if best is not None:
         which = "its only model" if results["rows"][best[0]].get("seed_independent") else f"seed {best[1]}"

@@ -12,8 +12,8 @@ import pytest
 from recipes.compare import CompareConfig, run_compare
 from recipes.compare_plan import Plan, Variant, make_row
 from recipes.compare_plan import rows as plan_rows
-from recipes.compare_report import (best_row, other_metrics_lines, reward_curve, row_entry, spread, table1_lines,
-                                    table3_lines, write_report)
+from recipes.compare_report import (best_row, other_metrics_lines, reward_curve, row_entry, spread, step_time_lines,
+                                    table1_lines, table3_lines, write_report)
 from sqrl.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,6 +68,23 @@ def test_a_row_summarises_every_metric_over_seeds_and_its_reward_curve():
     assert (rc["last"]["mean"], rc["last"]["std"]) == (pytest.approx(5.0), pytest.approx(math.sqrt(4.5)))
     assert (rc["change"]["mean"], rc["change"]["std"]) == (pytest.approx(2.5), pytest.approx(math.sqrt(0.5)))
     assert rc["curves"]["rewards/accuracy/mean"]["mean"][0] == pytest.approx(1.0)
+
+
+def test_a_grpo_row_splits_its_step_time_into_phases_per_seed_then_over_seeds():
+    def step(total, generate, score, update, sync):
+        return {"step": 1, "rewards/total/mean": 0.0, "time/step": total, "time/generate": generate,
+                "time/score": score, "time/update": update, "time/sync": sync}
+
+    # seed 0: steps of 10 s and 20 s (score 8 and 16); seed 1: one step of 30 s (score 27), one without timings
+    logged = {"0": [step(10, 1, 8, 0.9, 0.1), step(20, 3, 16, 0.9, 0.1)],
+              "1": [step(30, 2, 27, 0.5, 0.5), {"step": 2, "rewards/total/mean": 0.0}]}
+    t = row_entry(ROW_BY_NAME["grpo_llmjudge"], {"0": _metrics(0.2, 0.3, 0.5, 0.1)}, "trainable", logged)["step_time"]
+    assert t["step"]["mean"] == pytest.approx(22.5) and t["step"]["std"] == pytest.approx(math.sqrt(112.5))  # 15, 30
+    assert t["score"]["mean"] == pytest.approx(19.5) and t["score"]["std"] == pytest.approx(15 / math.sqrt(2)) and t["generate"]["mean"] == pytest.approx(2.0)
+    assert t["update"]["min"] == pytest.approx(0.5) and t["sync"]["max"] == pytest.approx(0.5)
+    assert (t["steps"]["min"], t["steps"]["max"]) == (1.0, 2.0)  # the step without timings is not averaged
+    line = step_time_lines({"rows": {"grpo_llmjudge": {"label": "judge", "step_time": t}, "calibration": {"label": "sft"}}})
+    assert line[2:] == ["| judge | 22.5 ± 10.6 | 2.0 ± 0.0 | 19.5 ± 10.6 | 0.7 ± 0.3 | 0.3 ± 0.3 |"]
 
 
 def test_reward_curve_aligns_steps_and_leaves_gaps_for_missing_ones():
