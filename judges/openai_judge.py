@@ -5,6 +5,9 @@ for a base model) through ``requests``, ``concurrency`` at a time. Each request 
 timeouts, connection errors, HTTP 429 and 5xx are retried with exponential backoff
 (``judges.base.RetryPolicy``); other HTTP errors fail at once. Every failure is a ``Verdict`` with
 ``score=None`` and an error such as ``"timeout: ..."`` or ``"http 500: ..."``, counted in ``stats``.
+A dead server trips a circuit breaker (``judges.base.CircuitBreaker``): after ``give_up_after``
+judgements in a row failed to connect, the rest are not sent for ``give_up_cooldown_s`` and fail at once
+as ``"gave up: ..."``.
 
 ``prefill: true`` (chat) sends the score prefix as the start of the assistant turn and asks the server
 to continue it (``continue_final_message``, a vLLM extension): the prompt the in-process backends use,
@@ -26,7 +29,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from judges.base import Judge, RetryableError, RetryPolicy, with_retries
+from judges.base import CircuitBreaker, GaveUp, Judge, RetryableError, RetryPolicy, with_retries
 from judges.prompts import JudgeRequest
 from judges.verdicts import Verdict, expected_verdict, parse_verdict, score_probs
 
@@ -66,6 +69,8 @@ class OpenAIJudge(Judge):
         backoff_max_s: float = 16.0,
         jitter: float = 0.1,
         concurrency: int = 8,
+        give_up_after: int = 4,
+        give_up_cooldown_s: float = 30.0,
         score_prefix: str = "Score:",
         prefill: bool = False,
         max_answer_chars: int = 6000,
@@ -83,6 +88,7 @@ class OpenAIJudge(Judge):
         self.temperature, self.extra_body = temperature, dict(extra_body or {})
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.retry = RetryPolicy(max_attempts, backoff_s, backoff_max_s, jitter)
+        self.breaker = CircuitBreaker(give_up_after, give_up_cooldown_s)
         self.concurrency, self.score_prefix, self.prefill = concurrency, score_prefix, prefill
         self._local = threading.local()
 
@@ -125,6 +131,19 @@ class OpenAIJudge(Judge):
         body.update(self.extra_body)
         return body
 
+    def _send(self, request: JudgeRequest) -> dict[str, Any]:
+        """One judgement's request with its retries; tells the circuit breaker how it ended."""
+        try:
+            data = with_retries(lambda: self._post(self.body(request)), self.retry, self.stats)
+        except RetryableError as exc:
+            self.breaker.record(str(exc).startswith("connection:"), self.stats)
+            raise
+        except HTTPFailure:
+            self.breaker.record(False)
+            raise
+        self.breaker.record(False)
+        return data
+
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         import requests
 
@@ -132,6 +151,7 @@ class OpenAIJudge(Judge):
         if session is None:
             session = self._local.session = requests.Session()
         url = f"{self.base_url}/{'chat/completions' if self.endpoint == 'chat' else 'completions'}"
+        self.breaker.check(self.base_url)  # before every attempt: a retry stops once the breaker opens
         try:
             resp = session.post(url, json=body, headers=self.headers(), timeout=(self.connect_timeout_s, self.timeout_s))
         except requests.Timeout as exc:
@@ -155,8 +175,8 @@ class OpenAIJudge(Judge):
 
     def _one(self, request: JudgeRequest) -> Verdict:
         try:
-            data = with_retries(lambda: self._post(self.body(request)), self.retry, self.stats)
-        except (RetryableError, HTTPFailure) as exc:
+            data = self._send(request)
+        except (RetryableError, HTTPFailure, GaveUp) as exc:
             return Verdict(None, str(exc))
         try:
             text, tokens = self._read(data)

@@ -31,7 +31,7 @@ def chat_response(tokens, tops=None):
 
 
 class Server:
-    def __init__(self):
+    def __init__(self, port=0):
         self.script, self.default = [], ("ok", chat_response(["Score", ":", " ", "7"]))
         self.bodies, self.headers, self.arrivals = [], [], []
         self.in_flight = self.max_in_flight = 0
@@ -75,7 +75,7 @@ class Server:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
@@ -209,6 +209,71 @@ def test_the_completions_endpoint_sends_a_plain_prompt_that_ends_in_the_score_pr
     assert verdict.score == pytest.approx(4.5)
     body = server.bodies[0]
     assert body["prompt"].endswith("Score:") and body["logprobs"] == 20 and "messages" not in body
+
+
+def _dead(server):
+    """Stop the server: its port refuses connections from now on. Returns the port."""
+    port = server.httpd.server_address[1]
+    server.close()
+    return port
+
+
+def test_a_dead_server_trips_the_breaker_and_the_rest_of_the_batch_fails_at_once(server):
+    batch = [req(f"answer {i}") for i in range(20)]
+    judge = judge_for(server, concurrency=1, max_attempts=3, backoff_s=0.05, give_up_after=3, connect_timeout_s=1)
+    assert judge.score([req("warm")])[0].score == 7.0
+    _dead(server)
+    start = time.monotonic()
+    verdicts = judge.score(batch)
+    took = time.monotonic() - start
+    errors = [v.error.split(":", 1)[0] for v in verdicts]
+    assert errors == ["connection"] * 3 + ["gave up"] * 17  # one at a time: the first three went through their retries
+    assert all(v.score is None for v in verdicts)
+    stats = judge.stats.as_dict()
+    assert stats["failed/connection"] == 3 and stats["failed/gave up"] == 17 and stats["failed"] == 20
+    assert stats["retries"] == 6 and stats["gave_up"] == 1
+    # without the breaker every request goes through its retries and its backoff (0.05 + 0.1 s each)
+    patient = judge_for(server, concurrency=1, max_attempts=3, backoff_s=0.05, give_up_after=0, connect_timeout_s=1)
+    start = time.monotonic()
+    assert all(v.error.startswith("connection:") for v in patient.score(batch))
+    took_without = time.monotonic() - start
+    assert patient.stats.as_dict()["retries"] == 40 and "gave_up" not in patient.stats.as_dict()
+    print(f"dead server, 20 judgements: {took:.2f} s with give_up_after=3, {took_without:.2f} s without")
+    assert took < took_without / 3
+
+
+def test_with_concurrent_requests_the_breaker_stops_those_in_their_retries(server):
+    judge = judge_for(server, concurrency=4, max_attempts=4, backoff_s=0.05, give_up_after=2, connect_timeout_s=1)
+    _dead(server)
+    stats_before = judge.stats.as_dict()
+    verdicts = judge.score([req(f"answer {i}") for i in range(40)])
+    stats = judge.stats.as_dict()
+    assert stats_before == {} and stats["failed"] == 40
+    # at most the judgements in flight when it opened (concurrency - 1 more) end as connection failures
+    assert 2 <= stats["failed/connection"] <= 2 + 3
+    assert stats["failed/gave up"] == 40 - stats["failed/connection"] and stats["gave_up"] == 1
+    assert stats["retries"] <= 3 * (2 + 3)
+    assert {v.error.split(":", 1)[0] for v in verdicts} == {"connection", "gave up"}
+
+
+def test_after_the_cool_down_a_server_that_is_back_scores_again(server):
+    judge = judge_for(server, concurrency=1, max_attempts=2, backoff_s=0.01, give_up_after=2,
+                      give_up_cooldown_s=0.5, connect_timeout_s=1)
+    port = _dead(server)
+    assert [v.error.split(":")[0] for v in judge.score([req(str(i)) for i in range(4)])] == \
+        ["connection", "connection", "gave up", "gave up"]
+    time.sleep(0.6)  # cool-down over, server still dead: one judgement is sent, fails, and opens it again
+    assert [v.error.split(":")[0] for v in judge.score([req(f"b{i}") for i in range(3)])] == \
+        ["connection", "gave up", "gave up"]
+    assert judge.stats.as_dict()["gave_up"] == 2
+    back = Server(port)  # the server restarts on the same port
+    try:
+        assert all(v.error.startswith("gave up") for v in judge.score([req("c")]))  # still cooling down
+        time.sleep(0.6)
+        verdicts = judge.score([req(f"d{i}") for i in range(3)])
+        assert [v.score for v in verdicts] == [7.0, 7.0, 7.0] and len(back.bodies) == 3
+    finally:
+        back.close()
 
 
 def test_an_unreachable_server_fails_with_a_connection_error():
