@@ -14,8 +14,12 @@ to continue it (``continue_final_message``, a vLLM extension): the prompt the in
 and a small model stays on task.
 
 ``mode: logit`` asks for ``top_logprobs`` and reads them at the token where the written score
-starts (and the next token, for "10"): the expected value over the score tokens. Where the server
-gives no logprobs, the written number is used and ``logprobs_missing`` is counted.
+starts: the expected value over the score tokens. A server sends the alternatives of the generated path
+only, so a number of two tokens off that path ("1" then "0" when the judge wrote "7") is followed by a
+*branch request* (``branch_requests``): the same prompt extended by the generated text up to the score
+and the branch's tokens ("1"), one token long, whose ``top_logprobs`` give P("0" | "1"); the trie walk is
+``judges.verdicts.score_probs``, the one the in-process backends use. Where the server gives no logprobs,
+the written number is used and ``logprobs_missing`` is counted.
 
 The API key comes from the environment variable named by ``api_key_env``, never from a file.
 """
@@ -27,7 +31,7 @@ import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from judges.base import CircuitBreaker, GaveUp, Judge, RetryableError, RetryPolicy, with_retries
 from judges.prompts import JudgeRequest
@@ -71,6 +75,8 @@ class OpenAIJudge(Judge):
         concurrency: int = 8,
         give_up_after: int = 4,
         give_up_cooldown_s: float = 30.0,
+        branch_requests: bool = True,
+        branch_eps: float = 1e-3,
         score_prefix: str = "Score:",
         prefill: bool = False,
         max_answer_chars: int = 6000,
@@ -89,6 +95,7 @@ class OpenAIJudge(Judge):
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.retry = RetryPolicy(max_attempts, backoff_s, backoff_max_s, jitter)
         self.breaker = CircuitBreaker(give_up_after, give_up_cooldown_s)
+        self.branch_requests, self.branch_eps = branch_requests, branch_eps
         self.concurrency, self.score_prefix, self.prefill = concurrency, score_prefix, prefill
         self._local = threading.local()
 
@@ -131,10 +138,24 @@ class OpenAIJudge(Judge):
         body.update(self.extra_body)
         return body
 
-    def _send(self, request: JudgeRequest) -> dict[str, Any]:
-        """One judgement's request with its retries; tells the circuit breaker how it ended."""
+    def branch_body(self, request: JudgeRequest, continuation: str) -> dict[str, Any]:
+        """The body of a branch request: ``request``'s prompt with the answer opened by ``continuation``
+        (the generated text up to the score and a branch's tokens), one token long, with its
+        ``top_logprobs``: the judge's next-token distribution after the branch."""
+        body = self.body(request)
+        body["max_tokens"] = 1
+        if self.endpoint == "completions":
+            body["prompt"] += continuation
+            return body
+        opened = (self.score_prefix if self.prefill else "") + continuation
+        body["messages"] = [*self.messages(request), {"role": "assistant", "content": opened}]
+        body.update(continue_final_message=True, add_generation_prompt=False)  # vLLM's prefill
+        return body
+
+    def _send(self, make_body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """One request with its retries; tells the circuit breaker how it ended."""
         try:
-            data = with_retries(lambda: self._post(self.body(request)), self.retry, self.stats)
+            data = with_retries(lambda: self._post(make_body()), self.retry, self.stats)
         except RetryableError as exc:
             self.breaker.record(str(exc).startswith("connection:"), self.stats)
             raise
@@ -175,7 +196,7 @@ class OpenAIJudge(Judge):
 
     def _one(self, request: JudgeRequest) -> Verdict:
         try:
-            data = self._send(request)
+            data = self._send(lambda: self.body(request))
         except (RetryableError, HTTPFailure, GaveUp) as exc:
             return Verdict(None, str(exc))
         try:
@@ -187,7 +208,7 @@ class OpenAIJudge(Judge):
         parsed = parse_verdict(text, request.scale)
         if self.mode == "generate":
             return Verdict(parsed.score, parsed.error, text=text)
-        return self._logit_verdict(text, tokens, parsed, request.scale)
+        return self._logit_verdict(request, text, tokens, parsed)
 
     def _prefixed(self) -> bool:
         """Whether the server continues our score prefix (its text then starts after it)."""
@@ -209,28 +230,44 @@ class OpenAIJudge(Judge):
         tops = lp.get("top_logprobs") or [{}] * len(lp["tokens"])
         return text, [(tok, list((top or {}).items())) for tok, top in zip(lp["tokens"], tops)]
 
-    def _logit_verdict(self, text: str, tokens: list | None, parsed: Any, scale: tuple[int, int]) -> Verdict:
+    def _logit_verdict(self, request: JudgeRequest, text: str, tokens: list | None, parsed: Any) -> Verdict:
         start = self._score_token_index(text, tokens, parsed)
         if start is None:
             self.stats.add("logprobs_missing")
             return Verdict(parsed.score, parsed.error, text=text)
+        before = "".join(tok for tok, _ in tokens[:start])  # generated text before the score
 
         def next_dists(items: list[tuple[int, tuple]]) -> list[list]:
             out = []
             for _, path in items:
                 pos = start + len(path)
-                # only the generated path has alternatives; other branches are unknown (treated as ending)
-                on_path = all(tokens[start + j][0] == key for j, key in enumerate(path))
-                if not on_path or pos >= len(tokens):
-                    out.append([])
-                    continue
-                out.append([(alt, alt, math.exp(lp)) for alt, lp in tokens[pos][1] if lp is not None])
+                on_path = all(start + j < len(tokens) and tokens[start + j][0] == key for j, key in enumerate(path))
+                if on_path and pos < len(tokens):  # the server sent this position's alternatives
+                    alternatives = tokens[pos][1]
+                elif self.branch_requests:
+                    alternatives = self._branch(request, before + "".join(path))
+                else:  # off the generated path and no branch requests: treated as ending
+                    alternatives = []
+                out.append([(alt, alt, math.exp(lp)) for alt, lp in alternatives if lp is not None])
             return out
 
-        probs = score_probs(next_dists, 1, scale)[0]
+        probs = score_probs(next_dists, 1, request.scale, eps=self.branch_eps)[0]
         verdict = expected_verdict(probs, self.min_score_mass)
         verdict.text = text
         return verdict
+
+    def _branch(self, request: JudgeRequest, continuation: str) -> list[tuple[str, float]]:
+        """The top log-probs of the token after ``continuation`` (a branch request); [] if it fails
+        (the branch then counts as ending, and ``branch_failed`` is counted)."""
+        self.stats.add("branch_requests")
+        try:
+            data = self._send(lambda: self.branch_body(request, continuation))
+            _, tokens = self._read(data)
+        except (RetryableError, HTTPFailure, GaveUp, KeyError, IndexError, TypeError) as exc:
+            self.stats.add("branch_failed")
+            log.debug("branch request after %r failed: %s", continuation, exc)
+            return []
+        return tokens[0][1] if tokens else []
 
     def _score_token_index(self, text: str, tokens: list | None, parsed: Any) -> int | None:
         """Index of the generated token where the written score begins, or None if it cannot be found

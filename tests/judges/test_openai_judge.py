@@ -128,6 +128,46 @@ def test_logit_mode_follows_a_ten_written_as_one_then_zero(server):
     assert verdict.score == pytest.approx(10 * 0.6 + 1 * 0.2 + 9 * 0.2)
 
 
+SEVEN_OR_ONE = chat_response(["Score", ":", " ", "7"], {3: {"7": 0.6, "1": 0.3, "8": 0.1}})
+
+
+def test_logit_mode_sends_a_branch_request_for_a_one_off_the_generated_path(server):
+    # the judge wrote 7; "1" (30%) could go on to "10": the server is asked what follows "Score: 1"
+    server.script = [("ok", SEVEN_OR_ONE), ("ok", chat_response(["0"], {0: {"0": 0.5, "5": 0.3, ".": 0.2}}))]
+    judge = judge_for(server, mode="logit", concurrency=1)
+    verdict = judge.score([req()])[0]
+    p = {7: 0.6, 8: 0.1, 10: 0.3 * 0.5, 1: 0.3 * 0.2}  # "15" is off the scale; "1." ends at 1
+    assert verdict.score == pytest.approx(sum(k * v for k, v in p.items()) / sum(p.values()))
+    assert verdict.mass == pytest.approx(sum(p.values()))
+    branch = server.bodies[1]
+    assert branch["messages"][:-1] == server.bodies[0]["messages"]
+    assert branch["messages"][-1] == {"role": "assistant", "content": "Score: 1"}
+    assert branch["max_tokens"] == 1 and branch["continue_final_message"] is True
+    assert branch["add_generation_prompt"] is False and branch["top_logprobs"] == 20
+    assert judge.stats.as_dict()["branch_requests"] == 1 and len(server.bodies) == 2
+
+
+def test_without_branch_requests_or_when_one_fails_a_one_off_the_path_counts_as_ending(server):
+    expected = (7 * 0.6 + 1 * 0.3 + 8 * 0.1) / 1.0
+    server.default = ("ok", SEVEN_OR_ONE)
+    judge = judge_for(server, mode="logit", branch_requests=False)
+    assert judge.score([req()])[0].score == pytest.approx(expected) and len(server.bodies) == 1
+    server.script = [("ok", SEVEN_OR_ONE), ("status", 400)]  # the branch request is refused
+    judge = judge_for(server, mode="logit", concurrency=1)
+    assert judge.score([req("other")])[0].score == pytest.approx(expected)
+    stats = judge.stats.as_dict()
+    assert stats["branch_requests"] == stats["branch_failed"] == 1 and "failed" not in stats
+
+
+def test_a_branch_request_on_the_completions_endpoint_extends_the_prompt(server):
+    main = {"choices": [{"text": " 7", "logprobs": {"tokens": [" 7"], "top_logprobs": [{" 7": math.log(0.5), " 1": math.log(0.5)}]}}]}
+    branch = {"choices": [{"text": "0", "logprobs": {"tokens": ["0"], "top_logprobs": [{"0": math.log(1.0)}]}}]}
+    server.script = [("ok", main), ("ok", branch)]
+    verdict = judge_for(server, endpoint="completions", mode="logit", concurrency=1).score([req()])[0]
+    assert verdict.score == pytest.approx(0.5 * 7 + 0.5 * 10)
+    assert server.bodies[1]["prompt"] == server.bodies[0]["prompt"] + " 1" and server.bodies[1]["max_tokens"] == 1
+
+
 def test_logit_mode_without_logprobs_falls_back_to_the_written_score_and_counts_it(server):
     response = chat_response(["Score: 6"])
     response["choices"][0]["logprobs"] = None
