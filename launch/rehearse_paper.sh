@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rehearse the paper configs (configs/paper/*.yaml) end to end on a CPU, shrunk only in size: each stage
 # runs 2 steps with the model, the corpus and the cluster resources overridden (the tiny AF3 backbone, a
-# 64-clip slice of the synthetic corpus, CPU bundles, fewer workers). Everything else is the paper's:
+# 64-clip slice of the synthetic corpus, CPU bundles, fewer workers). Everything else is the paper's, bf16
+# included (REHEARSAL_DTYPE=float32 for the fp32 rehearsal):
 # ZeRO-3 calibration with its checkpoint and resume, the warm-up from it, the merge, each GRPO variant with
 # its placement (split: one placement group per role, the judge pool in its own), checkpoint and resume.
 #
@@ -12,6 +13,7 @@
 # Environment (all optional):
 #   REHEARSAL_TRAIN  a long-form manifest (default: the synthetic corpus, built by `sqrl data synth`)
 #   SQRL_PYTHON      the python that runs sqrl (default: python)
+#   REHEARSAL_DTYPE  model.dtype of every stage: bfloat16 (default, the paper configs') or float32
 #   GRPO_ZERO        ZeRO stage of the GRPO policy (default 3, the paper's; 2 where ZeRO-3 GRPO is blocked)
 #   GRPO_JUDGE       the judge of the LLM-judge variants (default smollm2: a CPU stand-in for Qwen3-8B)
 # What a CPU cannot rehearse (NCCL, GPU memory, speed) is in docs/multinode.md.
@@ -22,6 +24,8 @@ py=${SQRL_PYTHON:-python}
 train=${REHEARSAL_TRAIN:-data/synth/synth-v1-n2000-s0-sr16000/train.jsonl}
 zero=${GRPO_ZERO:-3}
 judge=${GRPO_JUDGE:-smollm2}
+dtype=${REHEARSAL_DTYPE:-bfloat16}
+[[ "$dtype" == bfloat16 || "$dtype" == float32 ]] || { echo "REHEARSAL_DTYPE: bfloat16 or float32, not $dtype" >&2; exit 1; }
 [[ -f "$train" ]] || { echo "no manifest at $train (set REHEARSAL_TRAIN)" >&2; exit 1; }
 parts=("${@:2}")
 mkdir -p "$out"
@@ -35,7 +39,7 @@ timed() {  # run a stage, record its wall time
   log "$name: ok in $((SECONDS - t0)) s"
 }
 
-model=(model.backbone=tiny-af3 model.path=null model.dtype=float32 "model.options={window_s: 5}")
+model=(model.backbone=tiny-af3 model.path=null model.dtype="$dtype" "model.options={window_s: 5}")
 data=(data.train="$train" data.eval=null data.limit=64 data.rubric=configs/rubrics/compact.yaml)
 sft=("${model[@]}" "${data[@]}" lora.rank=8 train.max_steps=2 train.save_steps=1 train.batch_size=2
      train.logging_steps=1 train.lr=1e-3)
@@ -52,7 +56,7 @@ timed warmup "$py" -m sqrl sft --config configs/paper/warmup.yaml --out "$out/wa
 timed merge "$py" -m sqrl merge "$out/warmup" --out "$out/calibrated"
 fi
 
-grpo=(model.init="$out/calibrated" model.dtype=float32 model.gradient_checkpointing=false lora.rank=8
+grpo=(model.init="$out/calibrated" model.dtype="$dtype" model.gradient_checkpointing=false lora.rank=8
       data.train="$train" data.limit=64 data.rubric=configs/rubrics/compact.yaml
       train.steps=2 train.batch_size=2 train.save_every=1 train.check_sync_every=1
       rollout.num_workers=2 rollout.max_new_tokens=24
@@ -76,4 +80,4 @@ for config in configs/paper/grpo_*.yaml; do
   rm -rf "$out/$name/checkpoints/step-000002"  # a stop after step 1's checkpoint, then --resume
   timed "$name-resume" "$py" -m sqrl grpo --config "$config" --out "$out/$name" --resume "${grpo[@]}" "${extra[@]}"
 done
-log "done: ${parts[*]:-all parts} (2 steps each)"
+log "done: ${parts[*]:-all parts} (2 steps each, $dtype)"
