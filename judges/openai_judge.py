@@ -208,7 +208,10 @@ class OpenAIJudge(Judge):
         parsed = parse_verdict(text, request.scale)
         if self.mode == "generate":
             return Verdict(parsed.score, parsed.error, text=text)
-        return self._logit_verdict(request, text, tokens, parsed)
+        try:
+            return self._logit_verdict(request, text, tokens, parsed)
+        except (RetryableError, GaveUp) as exc:  # a branch request's server failure
+            return Verdict(None, str(exc), text=text)
 
     def _prefixed(self) -> bool:
         """Whether the server continues our score prefix (its text then starts after it)."""
@@ -257,15 +260,21 @@ class OpenAIJudge(Judge):
         return verdict
 
     def _branch(self, request: JudgeRequest, continuation: str) -> list[tuple[str, float]]:
-        """The top log-probs of the token after ``continuation`` (a branch request); [] if it fails
-        (the branch then counts as ending, and ``branch_failed`` is counted)."""
+        """The top log-probs of the token after ``continuation`` (a branch request).
+
+        A server in trouble (timeout, connection error, 429/5xx after the retries, the circuit breaker
+        open) fails the judgement with that error, as the first request would have: its score would
+        otherwise change quietly. A server that refuses the request itself (another HTTP status, a
+        malformed answer: a server without vLLM's ``continue_final_message``) makes the branch count as
+        ending, the score before branch requests existed, and is counted as ``branch_failed``.
+        """
         self.stats.add("branch_requests")
         try:
-            data = self._send(lambda: self.branch_body(request, continuation))
-            _, tokens = self._read(data)
-        except (RetryableError, HTTPFailure, GaveUp, KeyError, IndexError, TypeError) as exc:
+            _, tokens = self._read(self._send(lambda: self.branch_body(request, continuation)))
+        except (HTTPFailure, KeyError, IndexError, TypeError) as exc:
             self.stats.add("branch_failed")
-            log.debug("branch request after %r failed: %s", continuation, exc)
+            log.warning("branch request after %r refused (%s); treated as ending (branch_requests: false "
+                        "stops sending them)", continuation, str(exc)[:160])
             return []
         return tokens[0][1] if tokens else []
 

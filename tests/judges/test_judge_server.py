@@ -61,14 +61,14 @@ def test_the_served_judge_scores_like_the_in_process_one(served, smollm2, mode):
     print(f"served vs in-process {mode}: |score difference| per request {[round(d, 4) for d in diffs]}")
     if mode == "generate":  # the same greedy text
         assert max(diffs) == 0
-    else:  # a score on the scale from enough probability on score tokens (agreement: the xfail below)
+    else:  # a score on the scale from enough probability on score tokens (agreement: the test below)
         assert all(0 <= r.score <= 10 and r.mass >= 0.05 for r in remote)
 
 
-@pytest.mark.xfail(reason="the server sends the top 20 log-probs of the greedy path only: a first digit "
-                          "'1' that could continue to '10' off that path is not followed (the in-process "
-                          "judge follows it); measured differences up to 0.46 on a 0-10 scale", strict=False)
 def test_served_logit_scores_equal_the_in_process_ones(served, smollm2):
+    # the server sends the top 20 log-probs of the generated path only; a "1" off that path that could go on to
+    # "10" is followed by a branch request (0.46 apart without them; 0.0019 with them, 8 branch requests for 5
+    # distinct judgements)
     url, _ = served
     served = judge(url, mode="logit")
     remote = served.score(REQUESTS)

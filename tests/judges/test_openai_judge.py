@@ -159,6 +159,16 @@ def test_without_branch_requests_or_when_one_fails_a_one_off_the_path_counts_as_
     assert stats["branch_requests"] == stats["branch_failed"] == 1 and "failed" not in stats
 
 
+def test_a_branch_request_that_times_out_fails_the_judgement_as_a_timeout(server):
+    server.script = [("ok", SEVEN_OR_ONE), ("slow", 1.0), ("slow", 1.0)]
+    judge = judge_for(server, mode="logit", concurrency=1, timeout_s=0.2, max_attempts=2)
+    verdict = judge.score([req()])[0]
+    assert verdict.score is None and verdict.error.startswith("timeout")  # not a quietly different score
+    stats = judge.stats.as_dict()
+    assert stats["failed/timeout"] == 1 and stats["retries"] == 1 and stats["branch_requests"] == 1
+    assert "branch_failed" not in stats
+
+
 def test_a_branch_request_on_the_completions_endpoint_extends_the_prompt(server):
     main = {"choices": [{"text": " 7", "logprobs": {"tokens": [" 7"], "top_logprobs": [{" 7": math.log(0.5), " 1": math.log(0.5)}]}}]}
     branch = {"choices": [{"text": "0", "logprobs": {"tokens": ["0"], "top_logprobs": [{"0": math.log(1.0)}]}}]}
