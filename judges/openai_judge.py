@@ -273,8 +273,9 @@ class OpenAIJudge(Judge):
             _, tokens = self._read(self._send(lambda: self.branch_body(request, continuation)))
         except (HTTPFailure, KeyError, IndexError, TypeError) as exc:
             self.stats.add("branch_failed")
-            log.warning("branch request after %r refused (%s); treated as ending (branch_requests: false "
-                        "stops sending them)", continuation, str(exc)[:160])
+            if self.stats.as_dict()["branch_failed"] <= 3:  # the first few in full; the counter carries the rest
+                log.warning("branch request after %r refused (%s); treated as ending (branch_requests: false "
+                            "stops sending them)", continuation, str(exc)[:160])
             return []
         return tokens[0][1] if tokens else []
 
