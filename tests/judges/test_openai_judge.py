@@ -308,18 +308,18 @@ def test_with_concurrent_requests_the_breaker_stops_those_in_their_retries(serve
 
 def test_after_the_cool_down_a_server_that_is_back_scores_again(server):
     judge = judge_for(server, concurrency=1, max_attempts=2, backoff_s=0.01, give_up_after=2,
-                      give_up_cooldown_s=0.5, connect_timeout_s=1)
+                      give_up_cooldown_s=1.0, connect_timeout_s=1)
     port = _dead(server)
     assert [v.error.split(":")[0] for v in judge.score([req(str(i)) for i in range(4)])] == \
         ["connection", "connection", "gave up", "gave up"]
-    time.sleep(0.6)  # cool-down over, server still dead: one judgement is sent, fails, and opens it again
+    time.sleep(1.1)  # cool-down over, server still dead: one judgement is sent, fails, and opens it again
     assert [v.error.split(":")[0] for v in judge.score([req(f"b{i}") for i in range(3)])] == \
         ["connection", "gave up", "gave up"]
     assert judge.stats.as_dict()["gave_up"] == 2
     back = Server(port)  # the server restarts on the same port
     try:
         assert all(v.error.startswith("gave up") for v in judge.score([req("c")]))  # still cooling down
-        time.sleep(0.6)
+        time.sleep(1.1)
         verdicts = judge.score([req(f"d{i}") for i in range(3)])
         assert [v.score for v in verdicts] == [7.0, 7.0, 7.0] and len(back.bodies) == 3
     finally:
