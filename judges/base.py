@@ -5,7 +5,8 @@ Every backend (``transformers``, ``openai``, ``vllm``) implements one method, ``
 batch of unique requests; this module does the rest:
 
 * ``Judge.score`` judges identical requests once and counts every failure by kind (``JudgeStats``).
-* ``RetryPolicy`` retries with exponential backoff.
+* ``RetryPolicy`` retries with exponential backoff; ``CircuitBreaker`` stops sending to a server that
+  keeps refusing connections.
 * ``build_judge`` / ``judge_from_config`` make a backend from flat config or a YAML name.
 
 Prompts are built in ``judges.prompts`` and verdicts read in ``judges.verdicts``.
@@ -95,6 +96,78 @@ class RetryPolicy:
 
 class RetryableError(Exception):
     """A failure worth another attempt (timeout, connection error, HTTP 429 or 5xx)."""
+
+
+class GaveUp(Exception):
+    """Not sent: the circuit breaker is open (``CircuitBreaker``). Never retried."""
+
+
+class CircuitBreaker:
+    """Stops sending to a server that keeps refusing connections (a dead judge server).
+
+    ``record`` is told how each judgement's request ended. After ``give_up_after`` judgements in a row
+    that failed for good with a connection error (each after its own retries), the breaker opens:
+    ``check`` raises ``GaveUp`` for ``cooldown_s``, so the rest of the batch fails at once (``failed/gave
+    up``) instead of each request going through its retries and failing one by one, and requests already
+    in their retries stop before their next attempt. After the cool-down requests go out again; the first
+    one that ends in a connection error opens it again, any answer from the server (even an HTTP error)
+    or a timeout resets the count. ``give_up_after: 0`` never opens. Thread-safe; a pickled breaker
+    arrives closed.
+    """
+
+    def __init__(self, give_up_after: int = 4, cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        check_value("give_up_after", give_up_after, ge=0)
+        check_value("give_up_cooldown_s", cooldown_s, ge=0)
+        self.give_up_after, self.cooldown_s, self.clock = give_up_after, cooldown_s, clock
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._streak = 0
+        self._open_until: float | None = None
+
+    def check(self, target: str) -> None:
+        """Raise ``GaveUp`` while the breaker is open; after the cool-down, let requests through again."""
+        with self._lock:
+            if self._open_until is None:
+                return
+            left = self._open_until - self.clock()
+            if left <= 0:  # half-open: one more connection failure opens it again
+                self._open_until = None
+                self._streak = max(self._streak, self.give_up_after - 1)
+                return
+            streak = self._streak
+        raise GaveUp(f"gave up: {target} refused the last {streak} judgements' connections; not sent "
+                     f"(give_up_after {self.give_up_after}), tried again in {left:.0f} s")
+
+    def record(self, connection_failed: bool, stats: JudgeStats | None = None) -> None:
+        """How one judgement's request ended: a connection error after its retries, or anything else."""
+        with self._lock:
+            if not connection_failed:
+                self._streak = 0
+                return
+            self._streak += 1
+            opens = bool(self.give_up_after) and self._streak >= self.give_up_after and self._open_until is None
+            if opens:
+                self._open_until = self.clock() + self.cooldown_s
+            streak = self._streak
+        if opens:
+            if stats is not None:
+                stats.add("gave_up")
+            log.warning("judge server unreachable: %d judgements in a row failed to connect; failing the "
+                        "rest at once for %g s (give_up_after)", streak, self.cooldown_s)
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._open_until is not None and self._open_until > self.clock()
+
+    def __getstate__(self) -> dict:
+        return {"give_up_after": self.give_up_after, "cooldown_s": self.cooldown_s, "clock": self.clock}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
 
 def with_retries(fn: Callable[[], Any], policy: RetryPolicy, stats: JudgeStats | None = None,
@@ -189,6 +262,7 @@ PARAM_RANGES: dict[str, dict[str, Any]] = {
     "batch_size": {"ge": 1}, "threads": {"ge": 1}, "min_score_mass": {"ge": 0, "le": 1},
     "branch_eps": {"ge": 0, "lt": 1}, "max_attempts": {"ge": 1}, "backoff_s": {"ge": 0}, "backoff_max_s": {"ge": 0},
     "jitter": {"ge": 0, "le": 1}, "gpu_memory_utilization": {"gt": 0, "le": 1},
+    "give_up_after": {"ge": 0}, "give_up_cooldown_s": {"ge": 0},
 }
 
 

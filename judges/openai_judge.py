@@ -5,14 +5,21 @@ for a base model) through ``requests``, ``concurrency`` at a time. Each request 
 timeouts, connection errors, HTTP 429 and 5xx are retried with exponential backoff
 (``judges.base.RetryPolicy``); other HTTP errors fail at once. Every failure is a ``Verdict`` with
 ``score=None`` and an error such as ``"timeout: ..."`` or ``"http 500: ..."``, counted in ``stats``.
+A dead server trips a circuit breaker (``judges.base.CircuitBreaker``): after ``give_up_after``
+judgements in a row failed to connect, the rest are not sent for ``give_up_cooldown_s`` and fail at once
+as ``"gave up: ..."``.
 
 ``prefill: true`` (chat) sends the score prefix as the start of the assistant turn and asks the server
 to continue it (``continue_final_message``, a vLLM extension): the prompt the in-process backends use,
 and a small model stays on task.
 
 ``mode: logit`` asks for ``top_logprobs`` and reads them at the token where the written score
-starts (and the next token, for "10"): the expected value over the score tokens. Where the server
-gives no logprobs, the written number is used and ``logprobs_missing`` is counted.
+starts: the expected value over the score tokens. A server sends the alternatives of the generated path
+only, so a number of two tokens off that path ("1" then "0" when the judge wrote "7") is followed by a
+*branch request* (``branch_requests``): the same prompt extended by the generated text up to the score
+and the branch's tokens ("1"), one token long, whose ``top_logprobs`` give P("0" | "1"); the trie walk is
+``judges.verdicts.score_probs``, the one the in-process backends use. Where the server gives no logprobs,
+the written number is used and ``logprobs_missing`` is counted.
 
 The API key comes from the environment variable named by ``api_key_env``, never from a file.
 """
@@ -24,9 +31,9 @@ import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
-from judges.base import Judge, RetryableError, RetryPolicy, with_retries
+from judges.base import CircuitBreaker, GaveUp, Judge, RetryableError, RetryPolicy, with_retries
 from judges.prompts import JudgeRequest
 from judges.verdicts import Verdict, expected_verdict, parse_verdict, score_probs
 
@@ -66,6 +73,10 @@ class OpenAIJudge(Judge):
         backoff_max_s: float = 16.0,
         jitter: float = 0.1,
         concurrency: int = 8,
+        give_up_after: int = 4,
+        give_up_cooldown_s: float = 30.0,
+        branch_requests: bool = True,
+        branch_eps: float = 1e-3,
         score_prefix: str = "Score:",
         prefill: bool = False,
         max_answer_chars: int = 6000,
@@ -83,6 +94,8 @@ class OpenAIJudge(Judge):
         self.temperature, self.extra_body = temperature, dict(extra_body or {})
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.retry = RetryPolicy(max_attempts, backoff_s, backoff_max_s, jitter)
+        self.breaker = CircuitBreaker(give_up_after, give_up_cooldown_s)
+        self.branch_requests, self.branch_eps = branch_requests, branch_eps
         self.concurrency, self.score_prefix, self.prefill = concurrency, score_prefix, prefill
         self._local = threading.local()
 
@@ -125,6 +138,33 @@ class OpenAIJudge(Judge):
         body.update(self.extra_body)
         return body
 
+    def branch_body(self, request: JudgeRequest, continuation: str) -> dict[str, Any]:
+        """The body of a branch request: ``request``'s prompt with the answer opened by ``continuation``
+        (the generated text up to the score and a branch's tokens), one token long, with its
+        ``top_logprobs``: the judge's next-token distribution after the branch."""
+        body = self.body(request)
+        body["max_tokens"] = 1
+        if self.endpoint == "completions":
+            body["prompt"] += continuation
+            return body
+        opened = (self.score_prefix if self.prefill else "") + continuation
+        body["messages"] = [*self.messages(request), {"role": "assistant", "content": opened}]
+        body.update(continue_final_message=True, add_generation_prompt=False)  # vLLM's prefill
+        return body
+
+    def _send(self, make_body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """One request with its retries; tells the circuit breaker how it ended."""
+        try:
+            data = with_retries(lambda: self._post(make_body()), self.retry, self.stats)
+        except RetryableError as exc:
+            self.breaker.record(str(exc).startswith("connection:"), self.stats)
+            raise
+        except HTTPFailure:
+            self.breaker.record(False)
+            raise
+        self.breaker.record(False)
+        return data
+
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         import requests
 
@@ -132,6 +172,7 @@ class OpenAIJudge(Judge):
         if session is None:
             session = self._local.session = requests.Session()
         url = f"{self.base_url}/{'chat/completions' if self.endpoint == 'chat' else 'completions'}"
+        self.breaker.check(self.base_url)  # before every attempt: a retry stops once the breaker opens
         try:
             resp = session.post(url, json=body, headers=self.headers(), timeout=(self.connect_timeout_s, self.timeout_s))
         except requests.Timeout as exc:
@@ -155,8 +196,8 @@ class OpenAIJudge(Judge):
 
     def _one(self, request: JudgeRequest) -> Verdict:
         try:
-            data = with_retries(lambda: self._post(self.body(request)), self.retry, self.stats)
-        except (RetryableError, HTTPFailure) as exc:
+            data = self._send(lambda: self.body(request))
+        except (RetryableError, HTTPFailure, GaveUp) as exc:
             return Verdict(None, str(exc))
         try:
             text, tokens = self._read(data)
@@ -167,7 +208,10 @@ class OpenAIJudge(Judge):
         parsed = parse_verdict(text, request.scale)
         if self.mode == "generate":
             return Verdict(parsed.score, parsed.error, text=text)
-        return self._logit_verdict(text, tokens, parsed, request.scale)
+        try:
+            return self._logit_verdict(request, text, tokens, parsed)
+        except (RetryableError, GaveUp) as exc:  # a branch request's server failure
+            return Verdict(None, str(exc), text=text)
 
     def _prefixed(self) -> bool:
         """Whether the server continues our score prefix (its text then starts after it)."""
@@ -189,28 +233,51 @@ class OpenAIJudge(Judge):
         tops = lp.get("top_logprobs") or [{}] * len(lp["tokens"])
         return text, [(tok, list((top or {}).items())) for tok, top in zip(lp["tokens"], tops)]
 
-    def _logit_verdict(self, text: str, tokens: list | None, parsed: Any, scale: tuple[int, int]) -> Verdict:
+    def _logit_verdict(self, request: JudgeRequest, text: str, tokens: list | None, parsed: Any) -> Verdict:
         start = self._score_token_index(text, tokens, parsed)
         if start is None:
             self.stats.add("logprobs_missing")
             return Verdict(parsed.score, parsed.error, text=text)
+        before = "".join(tok for tok, _ in tokens[:start])  # generated text before the score
 
         def next_dists(items: list[tuple[int, tuple]]) -> list[list]:
             out = []
             for _, path in items:
                 pos = start + len(path)
-                # only the generated path has alternatives; other branches are unknown (treated as ending)
-                on_path = all(tokens[start + j][0] == key for j, key in enumerate(path))
-                if not on_path or pos >= len(tokens):
-                    out.append([])
-                    continue
-                out.append([(alt, alt, math.exp(lp)) for alt, lp in tokens[pos][1] if lp is not None])
+                on_path = all(start + j < len(tokens) and tokens[start + j][0] == key for j, key in enumerate(path))
+                if on_path and pos < len(tokens):  # the server sent this position's alternatives
+                    alternatives = tokens[pos][1]
+                elif self.branch_requests:
+                    alternatives = self._branch(request, before + "".join(path))
+                else:  # off the generated path and no branch requests: treated as ending
+                    alternatives = []
+                out.append([(alt, alt, math.exp(lp)) for alt, lp in alternatives if lp is not None])
             return out
 
-        probs = score_probs(next_dists, 1, scale)[0]
+        probs = score_probs(next_dists, 1, request.scale, eps=self.branch_eps)[0]
         verdict = expected_verdict(probs, self.min_score_mass)
         verdict.text = text
         return verdict
+
+    def _branch(self, request: JudgeRequest, continuation: str) -> list[tuple[str, float]]:
+        """The top log-probs of the token after ``continuation`` (a branch request).
+
+        A server in trouble (timeout, connection error, 429/5xx after the retries, the circuit breaker
+        open) fails the judgement with that error, as the first request would have: its score would
+        otherwise change quietly. A server that refuses the request itself (another HTTP status, a
+        malformed answer: a server without vLLM's ``continue_final_message``) makes the branch count as
+        ending, the score before branch requests existed, and is counted as ``branch_failed``.
+        """
+        self.stats.add("branch_requests")
+        try:
+            _, tokens = self._read(self._send(lambda: self.branch_body(request, continuation)))
+        except (HTTPFailure, KeyError, IndexError, TypeError) as exc:
+            self.stats.add("branch_failed")
+            if self.stats.as_dict()["branch_failed"] <= 3:  # the first few in full; the counter carries the rest
+                log.warning("branch request after %r refused (%s); treated as ending (branch_requests: false "
+                            "stops sending them)", continuation, str(exc)[:160])
+            return []
+        return tokens[0][1] if tokens else []
 
     def _score_token_index(self, text: str, tokens: list | None, parsed: Any) -> int | None:
         """Index of the generated token where the written score begins, or None if it cannot be found

@@ -3,7 +3,7 @@ import pickle
 
 import pytest
 
-from judges.base import Judge, RetryableError, RetryPolicy, build_judge, judge_from_config, with_retries
+from judges.base import CircuitBreaker, GaveUp, Judge, JudgeStats, RetryableError, RetryPolicy, build_judge, judge_from_config, with_retries
 from judges.prompts import JudgeRequest
 from judges.verdicts import Verdict
 
@@ -125,3 +125,51 @@ def test_with_retries_retries_only_retryable_errors_and_reraises_the_last():
 
     with pytest.raises(KeyError):
         with_retries(broken, policy, sleep=slept.append)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_breaker_opens_after_give_up_after_connection_failures_in_a_row_and_retries_after_the_cool_down():
+    clock, stats = Clock(), JudgeStats()
+    breaker = CircuitBreaker(give_up_after=3, cooldown_s=30, clock=clock)
+    for connection_failed in (True, True, False, True, True):  # an answer in between resets the count
+        breaker.check("srv")
+        breaker.record(connection_failed, stats)
+    assert not breaker.is_open
+    breaker.record(True, stats)  # the third in a row
+    assert breaker.is_open and stats.as_dict() == {"gave_up": 1}
+    with pytest.raises(GaveUp, match=r"gave up: srv refused the last 3 .* tried again in 30 s"):
+        breaker.check("srv")
+    clock.now += 29.5
+    with pytest.raises(GaveUp):
+        breaker.check("srv")
+    clock.now += 1  # the cool-down is over: requests go out; one more connection failure opens it again
+    breaker.check("srv")
+    breaker.record(True, stats)
+    assert breaker.is_open and stats.as_dict() == {"gave_up": 2}
+    clock.now += 31
+    breaker.check("srv")
+    breaker.record(False, stats)  # the server is back: closed, the count starts over
+    breaker.record(True, stats)
+    breaker.record(True, stats)
+    assert not breaker.is_open
+
+
+def test_give_up_after_zero_never_opens_and_a_pickled_breaker_arrives_closed():
+    never = CircuitBreaker(give_up_after=0)
+    for _ in range(50):
+        never.record(True)
+    never.check("srv")
+    opened = CircuitBreaker(give_up_after=1, cooldown_s=60)
+    opened.record(True)
+    assert opened.is_open
+    copy = pickle.loads(pickle.dumps(opened))
+    assert not copy.is_open and copy.give_up_after == 1 and copy.cooldown_s == 60
+    with pytest.raises(ValueError, match="give_up_after"):
+        build_judge("openai", base_url="http://127.0.0.1:1/v1", model="m", give_up_after=-1)

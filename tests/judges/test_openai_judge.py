@@ -31,7 +31,7 @@ def chat_response(tokens, tops=None):
 
 
 class Server:
-    def __init__(self):
+    def __init__(self, port=0):
         self.script, self.default = [], ("ok", chat_response(["Score", ":", " ", "7"]))
         self.bodies, self.headers, self.arrivals = [], [], []
         self.in_flight = self.max_in_flight = 0
@@ -75,7 +75,7 @@ class Server:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
@@ -126,6 +126,56 @@ def test_logit_mode_follows_a_ten_written_as_one_then_zero(server):
     server.default = ("ok", chat_response(["Score:", " ", "1", "0"], tops))
     verdict = judge_for(server, mode="logit").score([req()])[0]
     assert verdict.score == pytest.approx(10 * 0.6 + 1 * 0.2 + 9 * 0.2)
+
+
+SEVEN_OR_ONE = chat_response(["Score", ":", " ", "7"], {3: {"7": 0.6, "1": 0.3, "8": 0.1}})
+
+
+def test_logit_mode_sends_a_branch_request_for_a_one_off_the_generated_path(server):
+    # the judge wrote 7; "1" (30%) could go on to "10": the server is asked what follows "Score: 1"
+    server.script = [("ok", SEVEN_OR_ONE), ("ok", chat_response(["0"], {0: {"0": 0.5, "5": 0.3, ".": 0.2}}))]
+    judge = judge_for(server, mode="logit", concurrency=1)
+    verdict = judge.score([req()])[0]
+    p = {7: 0.6, 8: 0.1, 10: 0.3 * 0.5, 1: 0.3 * 0.2}  # "15" is off the scale; "1." ends at 1
+    assert verdict.score == pytest.approx(sum(k * v for k, v in p.items()) / sum(p.values()))
+    assert verdict.mass == pytest.approx(sum(p.values()))
+    branch = server.bodies[1]
+    assert branch["messages"][:-1] == server.bodies[0]["messages"]
+    assert branch["messages"][-1] == {"role": "assistant", "content": "Score: 1"}
+    assert branch["max_tokens"] == 1 and branch["continue_final_message"] is True
+    assert branch["add_generation_prompt"] is False and branch["top_logprobs"] == 20
+    assert judge.stats.as_dict()["branch_requests"] == 1 and len(server.bodies) == 2
+
+
+def test_without_branch_requests_or_when_one_fails_a_one_off_the_path_counts_as_ending(server):
+    expected = (7 * 0.6 + 1 * 0.3 + 8 * 0.1) / 1.0
+    server.default = ("ok", SEVEN_OR_ONE)
+    judge = judge_for(server, mode="logit", branch_requests=False)
+    assert judge.score([req()])[0].score == pytest.approx(expected) and len(server.bodies) == 1
+    server.script = [("ok", SEVEN_OR_ONE), ("status", 400)]  # the branch request is refused
+    judge = judge_for(server, mode="logit", concurrency=1)
+    assert judge.score([req("other")])[0].score == pytest.approx(expected)
+    stats = judge.stats.as_dict()
+    assert stats["branch_requests"] == stats["branch_failed"] == 1 and "failed" not in stats
+
+
+def test_a_branch_request_that_times_out_fails_the_judgement_as_a_timeout(server):
+    server.script = [("ok", SEVEN_OR_ONE), ("slow", 1.0), ("slow", 1.0)]
+    judge = judge_for(server, mode="logit", concurrency=1, timeout_s=0.2, max_attempts=2)
+    verdict = judge.score([req()])[0]
+    assert verdict.score is None and verdict.error.startswith("timeout")  # not a quietly different score
+    stats = judge.stats.as_dict()
+    assert stats["failed/timeout"] == 1 and stats["retries"] == 1 and stats["branch_requests"] == 1
+    assert "branch_failed" not in stats
+
+
+def test_a_branch_request_on_the_completions_endpoint_extends_the_prompt(server):
+    main = {"choices": [{"text": " 7", "logprobs": {"tokens": [" 7"], "top_logprobs": [{" 7": math.log(0.5), " 1": math.log(0.5)}]}}]}
+    branch = {"choices": [{"text": "0", "logprobs": {"tokens": ["0"], "top_logprobs": [{"0": math.log(1.0)}]}}]}
+    server.script = [("ok", main), ("ok", branch)]
+    verdict = judge_for(server, endpoint="completions", mode="logit", concurrency=1).score([req()])[0]
+    assert verdict.score == pytest.approx(0.5 * 7 + 0.5 * 10)
+    assert server.bodies[1]["prompt"] == server.bodies[0]["prompt"] + " 1" and server.bodies[1]["max_tokens"] == 1
 
 
 def test_logit_mode_without_logprobs_falls_back_to_the_written_score_and_counts_it(server):
@@ -209,6 +259,71 @@ def test_the_completions_endpoint_sends_a_plain_prompt_that_ends_in_the_score_pr
     assert verdict.score == pytest.approx(4.5)
     body = server.bodies[0]
     assert body["prompt"].endswith("Score:") and body["logprobs"] == 20 and "messages" not in body
+
+
+def _dead(server):
+    """Stop the server: its port refuses connections from now on. Returns the port."""
+    port = server.httpd.server_address[1]
+    server.close()
+    return port
+
+
+def test_a_dead_server_trips_the_breaker_and_the_rest_of_the_batch_fails_at_once(server):
+    batch = [req(f"answer {i}") for i in range(20)]
+    judge = judge_for(server, concurrency=1, max_attempts=3, backoff_s=0.05, give_up_after=3, connect_timeout_s=1)
+    assert judge.score([req("warm")])[0].score == 7.0
+    _dead(server)
+    start = time.monotonic()
+    verdicts = judge.score(batch)
+    took = time.monotonic() - start
+    errors = [v.error.split(":", 1)[0] for v in verdicts]
+    assert errors == ["connection"] * 3 + ["gave up"] * 17  # one at a time: the first three went through their retries
+    assert all(v.score is None for v in verdicts)
+    stats = judge.stats.as_dict()
+    assert stats["failed/connection"] == 3 and stats["failed/gave up"] == 17 and stats["failed"] == 20
+    assert stats["retries"] == 6 and stats["gave_up"] == 1
+    # without the breaker every request goes through its retries and its backoff (0.05 + 0.1 s each)
+    patient = judge_for(server, concurrency=1, max_attempts=3, backoff_s=0.05, give_up_after=0, connect_timeout_s=1)
+    start = time.monotonic()
+    assert all(v.error.startswith("connection:") for v in patient.score(batch))
+    took_without = time.monotonic() - start
+    assert patient.stats.as_dict()["retries"] == 40 and "gave_up" not in patient.stats.as_dict()
+    print(f"dead server, 20 judgements: {took:.2f} s with give_up_after=3, {took_without:.2f} s without")
+    assert took < took_without / 3
+
+
+def test_with_concurrent_requests_the_breaker_stops_those_in_their_retries(server):
+    judge = judge_for(server, concurrency=4, max_attempts=4, backoff_s=0.05, give_up_after=2, connect_timeout_s=1)
+    _dead(server)
+    stats_before = judge.stats.as_dict()
+    verdicts = judge.score([req(f"answer {i}") for i in range(40)])
+    stats = judge.stats.as_dict()
+    assert stats_before == {} and stats["failed"] == 40
+    # at most the judgements in flight when it opened (concurrency - 1 more) end as connection failures
+    assert 2 <= stats["failed/connection"] <= 2 + 3
+    assert stats["failed/gave up"] == 40 - stats["failed/connection"] and stats["gave_up"] == 1
+    assert stats["retries"] <= 3 * (2 + 3)
+    assert {v.error.split(":", 1)[0] for v in verdicts} == {"connection", "gave up"}
+
+
+def test_after_the_cool_down_a_server_that_is_back_scores_again(server):
+    judge = judge_for(server, concurrency=1, max_attempts=2, backoff_s=0.01, give_up_after=2,
+                      give_up_cooldown_s=1.0, connect_timeout_s=1)
+    port = _dead(server)
+    assert [v.error.split(":")[0] for v in judge.score([req(str(i)) for i in range(4)])] == \
+        ["connection", "connection", "gave up", "gave up"]
+    time.sleep(1.1)  # cool-down over, server still dead: one judgement is sent, fails, and opens it again
+    assert [v.error.split(":")[0] for v in judge.score([req(f"b{i}") for i in range(3)])] == \
+        ["connection", "gave up", "gave up"]
+    assert judge.stats.as_dict()["gave_up"] == 2
+    back = Server(port)  # the server restarts on the same port
+    try:
+        assert all(v.error.startswith("gave up") for v in judge.score([req("c")]))  # still cooling down
+        time.sleep(1.1)
+        verdicts = judge.score([req(f"d{i}") for i in range(3)])
+        assert [v.score for v in verdicts] == [7.0, 7.0, 7.0] and len(back.bodies) == 3
+    finally:
+        back.close()
 
 
 def test_an_unreachable_server_fails_with_a_connection_error():

@@ -262,3 +262,21 @@ def test_the_dimwise_reward_runs_on_the_real_smollm2_judge(smollm2_config, one_t
 def test_a_misspelt_judge_parameter_fails_when_the_reward_is_built_not_in_the_worker():
     with pytest.raises(TypeError, match="temprature"):
         LLMJudgeDimwise(judge={"backend": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "m", "temprature": 0})
+
+
+def test_a_dead_judge_server_gives_counted_none_values_and_the_breaker_stops_sending():
+    import socket
+
+    with socket.socket() as sock:  # a port where nothing listens: every connection is refused
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    judge = {"backend": "openai", "base_url": url, "model": "m", "mode": "generate", "max_attempts": 2,
+             "backoff_s": 0.01, "concurrency": 1, "connect_timeout_s": 1, "give_up_after": 2}
+    reward = dimwise(judge, dimensions=DIMS3)
+    answers = [render(Assessment(scores={**REF.scores, "noise": k}, artifacts=[], description=f"v{k}")) for k in range(1, 6)]
+    out = reward(answers, [REF] * 5)
+    assert out.values == [None] * 5 and all(c == [None] * 5 for c in out.components.values())
+    stats = reward.model.stats.as_dict()
+    sent = stats["unique"]
+    assert stats["failed/connection"] == 2 and stats["failed/gave up"] == sent - 2 and stats["gave_up"] == 1
+    assert reward.stats["judge_failures"] == 15 and reward.stats["samples_failed"] == 5
