@@ -175,6 +175,10 @@ class OpenAIJudge(Judge):
         self.breaker.check(self.base_url)  # before every attempt: a retry stops once the breaker opens
         try:
             resp = session.post(url, json=body, headers=self.headers(), timeout=(self.connect_timeout_s, self.timeout_s))
+        except requests.ConnectTimeout:  # a host that drops the connection: a connection failure (before Timeout,
+            # of which it is also a subclass), so that the circuit breaker counts it
+            raise RetryableError(f"connection: {url}: no connection within {self.connect_timeout_s:g} s "
+                                 "(ConnectTimeout)") from None
         except requests.Timeout as exc:
             raise RetryableError(f"timeout: no answer from {url} within {self.timeout_s:g} s ({type(exc).__name__})") from None
         except requests.ConnectionError as exc:
@@ -254,7 +258,11 @@ class OpenAIJudge(Judge):
                 out.append([(alt, alt, math.exp(lp)) for alt, lp in alternatives if lp is not None])
             return out
 
-        probs = score_probs(next_dists, 1, request.scale, eps=self.branch_eps)[0]
+        written = (self.score_prefix if self._prefixed() else "") + before
+        # a whitespace token before the number is stepped over only where no whitespace precedes it already,
+        # as the in-process judges do
+        probs = score_probs(next_dists, 1, request.scale, eps=self.branch_eps,
+                            step_space=not written[-1:].isspace())[0]
         verdict = expected_verdict(probs, self.min_score_mass)
         verdict.text = text
         return verdict
@@ -277,7 +285,10 @@ class OpenAIJudge(Judge):
                 log.warning("branch request after %r refused (%s); treated as ending (branch_requests: false "
                             "stops sending them)", continuation, str(exc)[:160])
             return []
-        return tokens[0][1] if tokens else []
+        if not tokens or not tokens[0][1]:  # an answer without log-probs: the branch cannot be read
+            self.stats.add("branch_failed")
+            return []
+        return tokens[0][1]
 
     def _score_token_index(self, text: str, tokens: list | None, parsed: Any) -> int | None:
         """Index of the generated token where the written score begins, or None if it cannot be found
