@@ -150,6 +150,22 @@ class GRPOStep(Step):
 
         return load_config(GRPOConfig, self.config, self.overrides)
 
+    def done(self) -> bool:
+        """Complete, and trained from the model this step starts from: a finished run from another start model
+        (e.g. a compare folder reused after ``sft_seed`` changed) is an error, never silently reused."""
+        if not is_done(self.out):
+            return False
+        saved = self.out / "sqrl_config.yaml"
+        if saved.exists():
+            import yaml
+
+            was = ((yaml.safe_load(saved.read_text()) or {}).get("model") or {}).get("init")
+            planned = self.load().model.init
+            if was and planned and Path(was).resolve() != Path(planned).resolve():
+                raise ValueError(f"{self.out} is a finished GRPO run from {was}, but this plan starts it from "
+                                 f"{planned}; rerun with --overwrite, or use another output folder")
+        return True
+
     def run(self) -> None:
         from grpo.driver import run_grpo
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recipes.stages import EvalStep, Progress, UntrainedStep, is_done, is_fresh, run_steps
+from recipes.stages import EvalStep, GRPOStep, Progress, UntrainedStep, is_done, is_fresh, run_steps
 from sqrl.models import META_FILE
 
 
@@ -24,6 +24,22 @@ def test_a_model_folder_is_done_only_once_its_stage_wrote_the_model_file(tmp_pat
     assert not is_done(out)
     _touch(out / META_FILE, 1000)
     assert is_done(out)
+
+
+def test_a_finished_grpo_run_from_another_start_model_is_an_error_not_reused(tmp_path):
+    """The GRPO stage's folder is the same with and without compare's sft_seed; only its start model differs."""
+    run = tmp_path / "seed0" / "grpo_accsem"
+    step = GRPOStep("seed0/grpo_accsem", run, config="configs/tiny/grpo_accsem_dimwise.yaml",
+                    overrides=[f"model.init={tmp_path / 'shared' / 'merged'}", "model.bootstrap=null"])
+    assert not step.done()  # nothing there yet
+    run.mkdir(parents=True)
+    (run / "sqrl_config.yaml").write_text(f"model:\n  init: {tmp_path / 'seed0' / 'merged'}\n")
+    assert not step.done()  # interrupted: resumed, not judged
+    (run / META_FILE).write_text("{}")
+    with pytest.raises(ValueError, match="finished GRPO run from .*seed0/merged.*--overwrite"):
+        step.done()
+    (run / "sqrl_config.yaml").write_text(f"model:\n  init: {tmp_path / 'shared' / '..' / 'shared' / 'merged'}\n")
+    assert step.done()  # the same start model, however spelled
 
 
 def test_an_evaluation_is_fresh_while_it_is_not_older_than_its_model(tmp_path):
