@@ -330,7 +330,8 @@ def write_report(out: Path, results: Mapping[str, Any]) -> Path:
         if "rewards" in plots:
             lines += ["![reward curves](plots/reward_curves.png)", ""]
         lines += ["Seconds per GRPO step and where they go (the driver's wall time around each phase: rollout "
-                  "generation, reward scoring, the policy update with its reference pass, the weight sync), mean "
+                  "generation, reward scoring, the policy update with its reference pass, the weight sync; the step "
+                  "also holds data loading and the periodic sync check, so the phases need not add up to it), mean "
                   "over the logged steps, then mean ± std over seeds:", "", *step_time_lines(results), ""]
     lines += ["## Other score metrics", "", *other_metrics_lines(results), ""]
     if best is not None:
