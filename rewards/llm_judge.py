@@ -240,7 +240,12 @@ class LLMJudgeUnified(_JudgeReward):
     ``configs/judges/unified.yaml``), 0-10 each. Components: per criterion, normalised to [0, 1].
     Value: ``sum_k w_k r_k / sum_k w_k`` in [0, 1] (``normalize=False``: ``sum_k w_k r_k``), ``None`` if
     any criterion failed. ``weights`` overrides the YAML's (1, 1, 2, 0.5); ``criteria`` picks a subset;
-    ``dimensions`` limits the reference's score lines.
+    ``dimensions`` limits the reference's score lines. ``prompts: unified_compare`` (with ``judge_input:
+    fields`` or ``structure``) also shows the judge both scores of every dimension side by side, still for one
+    grade of the whole answer: the help the dimension-wise CPU judge gets from ``dimwise_onepass_compare``.
+    A prompt set with ``lines: dimensions`` (``unified_lines``, transformers backend) has the judge write a
+    distance line per dimension first, as its analysis, and the criterion's grade last; only the last line
+    is the reward, so the judge still weighs the dimensions into one number itself.
 
     >>> from judges.base import Judge
     >>> from judges.verdicts import Verdict
@@ -268,6 +273,24 @@ class LLMJudgeUnified(_JudgeReward):
             raise ValueError(f"llm_judge_unified: weights must be >= 0 with a positive sum, got {self.weights}")
         self.normalize = bool(normalize)
         self.dimensions = select_dimensions(dimensions, "llm_judge_unified")
+        self.comparison = "{comparison}" in self.prompts.user
+        if self.comparison and self.judge_input == "text":
+            raise ValueError(f"llm_judge_unified: prompt set {self.prompts.source} shows the parsed scores side by side "
+                             "({comparison}); it needs judge_input: fields or structure")
+        lines = self.prompts.extra.get("lines")
+        if lines not in (None, "dimensions"):
+            raise ValueError(f"{self.prompts.source}: lines must be 'dimensions' or absent, got {lines!r}")
+        self.lines = lines == "dimensions"
+        if self.lines:
+            check_scale(self.prompts.scale)
+            if self.judge_config is not None and self.judge_config.get("backend") != "transformers":
+                raise ValueError("llm_judge_unified: a prompt set with analysis lines needs a transformers judge (it reads "
+                                 f"the key/value cache between lines); got backend {self.judge_config.get('backend')!r}")
+            meanings = self.prompts.extra.get("meanings") or {}
+            missing = [d for d in self.dimensions if d not in meanings]
+            if missing:
+                raise ValueError(f"llm_judge_unified: prompt set {self.prompts.source} has no 'meanings' for {missing}")
+            self.meanings = {d: str(meanings[d]).strip() for d in self.dimensions}
 
     def __call__(self, completions: Sequence[str], references: Sequence[Any], **columns: Any) -> RewardOutput:
         n = len(completions)
@@ -278,18 +301,26 @@ class LLMJudgeUnified(_JudgeReward):
         for i, (c, p, r) in enumerate(zip(completions, parsed, references)):
             if all(r.scores.get(d) is None for d in self.dimensions) and not r.description and not r.artifacts:
                 continue  # an unannotated clip: nothing to judge against (the same for its whole group)
+            extra, scored = {}, [d for d in self.dimensions if r.scores.get(d) is not None]
             if fields:
                 reference = render_fields(r, self.dimensions, text=self.artifact_text)
                 answer = render_fields(p, self.dimensions, text=self.artifact_text)
+                if self.comparison:
+                    extra["comparison"] = render_comparison(r, p, scored)
             else:
                 reference, answer = render(r, dimensions=self.dimensions), c if isinstance(c, str) else ""
+            if self.lines:
+                extra["dimensions"] = ", ".join(DISPLAY_NAMES[d] for d in scored)
+                extra["meanings"] = "\n".join(f"{DISPLAY_NAMES[d]}: {self.meanings[d]}" for d in scored)
             for k in self.criteria:
-                requests.append(self.prompts.request(
-                    answer, criterion=self.table[k].get("name", k),
-                    rubric=str(self.table[k]["rubric"]).strip(), reference=reference))
+                name = self.table[k].get("name", k)
+                request = self.prompts.request(answer, criterion=name, rubric=str(self.table[k]["rubric"]).strip(),
+                                               reference=reference, **extra)
+                requests.append(LinesRequest(request, tuple(DISPLAY_NAMES[d] for d in scored) + (name,))
+                                if self.lines else request)
                 slots.append((k, i))
         failed = [False] * n
-        for (k, i), verdict in zip(slots, self._judge_all(requests)):
+        for (k, i), verdict in zip(slots, self._verdicts(requests)):
             comps[k][i] = self._normalized(verdict)
             failed[i] = failed[i] or verdict.score is None
         scale = sum(self.weights.values()) if self.normalize else 1.0
@@ -298,3 +329,17 @@ class LLMJudgeUnified(_JudgeReward):
                   for i in range(n)]
         self._unscorable(sum(failed))
         return RewardOutput(values, comps)
+
+    def _verdicts(self, requests: list) -> list[Verdict]:
+        """One verdict per request; with analysis lines, the last line's (the whole answer's grade): the
+        per-dimension lines before it are the judge's reasoning and are not part of the reward."""
+        if not self.lines:
+            return self._judge_all(requests)
+        self.stats["judgements"] += len(requests)
+        verdicts = [lines[-1] for lines in score_lines(self.model, requests)] if requests else []
+        failed = sum(v.score is None for v in verdicts)
+        if failed:
+            self.stats["judge_failures"] += failed
+            log.warning("llm_judge_unified (analysis lines): %d of %d judgements failed; judge counters: %s",
+                        failed, len(requests), self.model.stats.as_dict())
+        return verdicts

@@ -164,7 +164,8 @@ def test_every_judge_yaml_loads_as_a_prompt_set_or_a_judge_config():
         else:
             spec = load_prompts(f)
             # one-pass: one digit per line; a distance between two 1-5 scores: 0-4
-            expected = {"dimwise_onepass": (0, 9), "dimwise_onepass_distance": (0, 4), "dimwise_onepass_compare": (0, 4)}
+            expected = {"dimwise_onepass": (0, 9), "dimwise_onepass_distance": (0, 4), "dimwise_onepass_compare": (0, 4),
+                        "unified_lines": (0, 4)}
             assert spec.scale == expected.get(f.stem, (0, 10))
             assert spec.extra.get("verdict", "agreement") == ("distance" if spec.scale == (0, 4) else "agreement")
             fields = ("dimension", "meaning", "reference", "criterion", "rubric", "dimensions", "meanings", "comparison")

@@ -103,6 +103,46 @@ def test_bad_judge_input_and_a_comparison_prompt_without_fields_are_refused():
         LLMJudgeDimwise(judge=Recording(), prompts="dimwise_onepass_compare", judge_input="fields")
 
 
+def test_the_unified_compare_prompt_shows_both_scores_for_one_grade_of_the_whole_answer():
+    """unified_compare: one request per criterion for the whole answer, with the reference's and the parsed
+    answer's score of every dimension the reference scores side by side; no attack text reaches the block."""
+    judge = Recording(score=7.0)
+    out = LLMJudgeUnified(judge=judge, dimensions=DIMS + ["speed"], criteria=["accuracy"], prompts="unified_compare",
+                          judge_input="fields")([attacked()], [REF])
+    assert out.values == [pytest.approx(0.7)] and len(judge.seen) == 1
+    comparison = dict(judge.seen[0].fields)["comparison"]
+    assert comparison.splitlines() == ["- Noise: reference 2/5, model 5/5", "- Distortion: reference 5/5, model 2/5",
+                                       "- Continuity: reference 4/5, model 4/5", "- Overall quality: reference 3/5, model 5/5"]
+    assert ATTACK not in comparison and "Speed" not in comparison  # the reference does not score speed
+    with pytest.raises(ValueError, match="needs judge_input: fields or structure"):
+        LLMJudgeUnified(judge=Recording(), prompts="unified_compare")
+    plain = Recording()
+    LLMJudgeUnified(judge=plain, dimensions=DIMS, criteria=["accuracy"], judge_input="fields")([attacked()], [REF])
+    assert "comparison" not in dict(plain.seen[0].fields)
+
+
+def test_the_unified_judge_with_analysis_lines_is_rewarded_by_its_last_line_only(monkeypatch):
+    """unified_lines: the judge writes a distance per scored dimension, then the whole answer's distance;
+    the reward is 1 - last / 4, whatever the analysis lines say."""
+    seen = []
+
+    def lines(judge, requests):  # scripted judge: analysis distances 4, 4, 0, 0, then the whole answer's 1
+        seen.extend(requests)
+        return [[Verdict(float(d)) for d in (4, 4, 0, 0, 1)] for _ in requests]
+
+    monkeypatch.setattr(llm_judge, "score_lines", lines)
+    reward = LLMJudgeUnified(judge=Recording(), dimensions=DIMS + ["speed"], criteria=["accuracy"], prompts="unified_lines",
+                             judge_input="fields")
+    out = reward([attacked()], [REF])
+    assert out.values == [pytest.approx(0.75)] and out.components == {"accuracy": [0.75]}
+    assert seen[0].labels == ("Noise", "Distortion", "Continuity", "Overall quality", "Whole assessment")
+    fields = dict(seen[0].request.fields)
+    assert fields["dimensions"] == "Noise, Distortion, Continuity, Overall quality" and "Speed" not in fields["meanings"]
+    assert "- Noise: reference 2/5, model 5/5" in fields["comparison"] and ATTACK not in fields["comparison"]
+    with pytest.raises(ValueError, match="needs a transformers judge"):
+        LLMJudgeUnified(judge="qwen3_openai", prompts="unified_lines", judge_input="fields")
+
+
 def test_with_structure_no_attack_anywhere_changes_what_the_judge_reads():
     """judge_input: structure drops the artifact text too: every attack in every place leaves the judge's input
     identical to the same answer without it."""
