@@ -96,9 +96,31 @@ class _JudgeReward(LazyReward):
     def load(self) -> Judge:
         return self._judge_obj if self._judge_obj is not None else judge_from_config(self.judge_config)
 
-    def _judge_all(self, requests: list[JudgeRequest]) -> list[Verdict]:
+    def _meanings(self, reward: str) -> dict[str, str]:
+        """The prompt set's one-line meaning of every judged dimension (``meanings:``), for verdict-line prompts."""
+        meanings = self.prompts.extra.get("meanings") or {}
+        missing = [d for d in self.dimensions if d not in meanings]
+        if missing:
+            raise ValueError(f"{reward}: prompt set {self.prompts.source} has no 'meanings' for {missing}")
+        return {d: str(meanings[d]).strip() for d in self.dimensions}
+
+    def _needs_transformers(self, reward: str, what: str) -> None:
+        """Verdict lines read the judge's key/value cache between lines: only the local transformers backend can."""
+        check_scale(self.prompts.scale)
+        if self.judge_config is not None and self.judge_config.get("backend") != "transformers":
+            raise ValueError(f"{reward}: {what} needs a transformers judge (it reads the key/value cache between verdict "
+                             f"lines); got backend {self.judge_config.get('backend')!r}")
+
+    def _judge_all(self, requests: list, last_line: bool = False) -> list[Verdict]:
+        """One verdict per request; with ``last_line``, the requests are ``LinesRequest`` and each verdict is the
+        reply's last line (the lines before it are the judge's analysis, not part of the reward)."""
         self.stats["judgements"] += len(requests)
-        verdicts = self.model.score(requests) if requests else []
+        if not requests:
+            verdicts = []
+        elif last_line:
+            verdicts = [lines[-1] for lines in score_lines(self.model, requests)]
+        else:
+            verdicts = self.model.score(requests)
         failed = sum(v.score is None for v in verdicts)
         if failed:
             self.stats["judge_failures"] += failed
@@ -144,20 +166,13 @@ class LLMJudgeDimwise(_JudgeReward):
         super().__init__(judge, prompts or ("dimwise_onepass" if onepass else "dimwise"), judge_input)
         self.onepass = bool(onepass)
         if self.onepass:
-            check_scale(self.prompts.scale)
-            if self.judge_config is not None and self.judge_config.get("backend") != "transformers":
-                raise ValueError("llm_judge_dimwise: onepass needs a transformers judge (it reads the key/value "
-                                 f"cache between verdict lines); got backend {self.judge_config.get('backend')!r}")
+            self._needs_transformers("llm_judge_dimwise", "onepass")
         if "{comparison}" in self.prompts.user and not (self.onepass and self.judge_input != "text"):
             raise ValueError(f"llm_judge_dimwise: prompt set {self.prompts.source} shows the parsed scores side by side "
                              "({comparison}); it needs onepass: true and judge_input: fields or structure")
         self.dimensions = select_dimensions(dimensions, "llm_judge_dimwise")
         self.description = bool(description)
-        meanings = self.prompts.extra.get("meanings") or {}
-        missing = [d for d in self.dimensions if d not in meanings]
-        if missing:
-            raise ValueError(f"llm_judge_dimwise: prompt set {self.prompts.source} has no 'meanings' for {missing}")
-        self.meanings = {d: str(meanings[d]).strip() for d in self.dimensions}
+        self.meanings = self._meanings("llm_judge_dimwise")
 
     def __call__(self, completions: Sequence[str], references: Sequence[Any], **columns: Any) -> RewardOutput:
         parsed = parsed_column(completions, columns)
@@ -282,15 +297,8 @@ class LLMJudgeUnified(_JudgeReward):
             raise ValueError(f"{self.prompts.source}: lines must be 'dimensions' or absent, got {lines!r}")
         self.lines = lines == "dimensions"
         if self.lines:
-            check_scale(self.prompts.scale)
-            if self.judge_config is not None and self.judge_config.get("backend") != "transformers":
-                raise ValueError("llm_judge_unified: a prompt set with analysis lines needs a transformers judge (it reads "
-                                 f"the key/value cache between lines); got backend {self.judge_config.get('backend')!r}")
-            meanings = self.prompts.extra.get("meanings") or {}
-            missing = [d for d in self.dimensions if d not in meanings]
-            if missing:
-                raise ValueError(f"llm_judge_unified: prompt set {self.prompts.source} has no 'meanings' for {missing}")
-            self.meanings = {d: str(meanings[d]).strip() for d in self.dimensions}
+            self._needs_transformers("llm_judge_unified", "a prompt set with analysis lines")
+            self.meanings = self._meanings("llm_judge_unified")
 
     def __call__(self, completions: Sequence[str], references: Sequence[Any], **columns: Any) -> RewardOutput:
         n = len(completions)
@@ -320,7 +328,7 @@ class LLMJudgeUnified(_JudgeReward):
                                 if self.lines else request)
                 slots.append((k, i))
         failed = [False] * n
-        for (k, i), verdict in zip(slots, self._verdicts(requests)):
+        for (k, i), verdict in zip(slots, self._judge_all(requests, last_line=self.lines)):
             comps[k][i] = self._normalized(verdict)
             failed[i] = failed[i] or verdict.score is None
         scale = sum(self.weights.values()) if self.normalize else 1.0
@@ -329,17 +337,3 @@ class LLMJudgeUnified(_JudgeReward):
                   for i in range(n)]
         self._unscorable(sum(failed))
         return RewardOutput(values, comps)
-
-    def _verdicts(self, requests: list) -> list[Verdict]:
-        """One verdict per request; with analysis lines, the last line's (the whole answer's grade): the
-        per-dimension lines before it are the judge's reasoning and are not part of the reward."""
-        if not self.lines:
-            return self._judge_all(requests)
-        self.stats["judgements"] += len(requests)
-        verdicts = [lines[-1] for lines in score_lines(self.model, requests)] if requests else []
-        failed = sum(v.score is None for v in verdicts)
-        if failed:
-            self.stats["judge_failures"] += failed
-            log.warning("llm_judge_unified (analysis lines): %d of %d judgements failed; judge counters: %s",
-                        failed, len(requests), self.model.stats.as_dict())
-        return verdicts
