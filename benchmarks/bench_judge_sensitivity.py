@@ -115,9 +115,8 @@ def bar_entry(kind: str, n: int, per_clip: dict, dims: list[str]) -> dict:
     for d, values in per_clip.items():
         comp = {k: np.array([np.nan if v is None else v for v in vals], dtype=float) for k, vals in values.items()}
         entry["dimensions"][d] = summarise(comp, np.ones(n, bool) if d == "all" or kinds_for(d) else None)
-    if kind != "unified":
-        bar = [entry["dimensions"][d] for d in dims]
-        entry["meets_bar"] = all(b["right_beats_off24"] >= 0.9 and b["gap"] >= 0.25 and b["off1_between"] for b in bar)
+    bar = [entry["dimensions"][d] for d in (["all"] if kind == "unified" else dims)]  # the unified value covers all
+    entry["meets_bar"] = all(b["right_beats_off24"] >= 0.9 and b["gap"] >= 0.25 and b["off1_between"] for b in bar)
     return entry
 
 
