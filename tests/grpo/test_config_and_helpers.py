@@ -39,12 +39,12 @@ def test_paper_configs_follow_table_2():
 
 
 def test_the_tiny_variants_differ_only_in_their_rewards():
-    """The three SmolLM2 variants and the two with the Qwen CPU judge (configs/tiny/compare_judges.yaml)."""
+    """The three SmolLM2 variants and the three with the Qwen CPU judge (configs/tiny/compare_judges.yaml)."""
     from sqrl.config import to_dict
 
     cfgs = {p.stem: to_dict(load_config(GRPOConfig, p)) for p in REPO.glob("configs/tiny/grpo_*.yaml")}
     assert set(cfgs) == {"grpo_accsem_dimwise", "grpo_llmjudge_dimwise", "grpo_unified", "grpo_llmjudge_qwen",
-                         "grpo_unified_qwen"}
+                         "grpo_unified_qwen", "grpo_unified_lines_qwen"}
     for cfg in cfgs.values():
         cfg.pop("rewards")
     assert all(c == cfgs["grpo_accsem_dimwise"] for c in cfgs.values())
