@@ -63,17 +63,6 @@ class GRPODataConfig(DataConfig):
 
     prompting: str = "long_form"
     """The prompt the policy answers (GRPO: the long-form prompt); saved with the policy for ``sqrl eval``."""
-    balance: str = "none"
-    """Which clips a step draws: none (a shuffled pass over the corpus) or labels (clips with rare
-    scores drawn more often, inverse label frequency averaged over dimensions; see ClipStream)."""
-
-    def __post_init__(self):
-        check_ranges(self)
-        from grpo.sampling import BALANCES
-
-        if self.balance not in BALANCES:
-            raise ValueError(f"data.balance must be one of {', '.join(BALANCES)}, not {self.balance!r}")
-        super().__post_init__()
 
 
 @dataclass

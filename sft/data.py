@@ -39,6 +39,28 @@ def load_examples(manifest: str | Path, rubric: Rubric, prompting: str, limit: i
     return build_examples(records, rubric, prompting)
 
 
+def example_labels(records: list[Record], rubric: Rubric, prompting: str) -> list[dict[str, int | None]]:
+    """The labels each example of ``build_examples`` teaches, in the same order: a per-dimension example
+    its own dimension's score, any other example every score of its clip (``data.balance: labels``
+    weighs the examples by them)."""
+    out = []
+    for rec in records:
+        for ex in rubric.examples(rec, prompting):
+            scores = rec.scores or {}
+            out.append({ex.dimension: scores.get(ex.dimension)} if ex.dimension else dict(scores))
+    return out
+
+
+def balance_weights(manifest: str | Path, rubric: Rubric, prompting: str, limit: int | None = None):
+    """``sqrl.data.balance.label_balance_weights`` over the examples ``load_examples`` gives."""
+    from sqrl.data.balance import label_balance_weights
+
+    records = read_manifest(manifest)
+    if limit:
+        records = records[:limit]
+    return label_balance_weights(example_labels(records, rubric, prompting))
+
+
 class AudioCollator:
     """Batch SFT examples into backbone inputs; unusable clips are skipped and counted.
 

@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from sft.config import SFTStageConfig
-from sft.data import AudioCollator, load_examples
+from sft.data import AudioCollator, balance_weights, load_examples
 from sft.zero3 import zero3_aware
 from sqrl.backbones.config import resolve_dtype
 from sqrl.config import save_config
@@ -192,7 +192,12 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
-    trainer = zero3_aware(SFTTrainer)(
+    trainer_cls = zero3_aware(SFTTrainer)
+    if cfg.data.balance == "labels":
+        weights = balance_weights(train_manifest, rubric, cfg.data.prompting, cfg.data.limit)
+        log.info("data.balance: labels: %d examples, effective number %.0f", len(weights), 1 / (weights ** 2).sum())
+        trainer_cls = balanced(trainer_cls, weights, cfg.train.seed)
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(examples),
@@ -217,6 +222,23 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
         if collator.skipped:
             log.warning("skipped clips: %s", dict(collator.skipped))
     return out
+
+
+def balanced(trainer_cls, weights, seed: int):
+    """``trainer_cls`` drawing its training examples under ``weights`` (``data.balance: labels``) with
+    replacement, a fresh seeded order per epoch (``sqrl.data.balance.BalancedSampler``). The Trainer's
+    own samplers know uniform and length-grouped orders only."""
+    from sqrl.data.balance import BalancedSampler
+
+    class Balanced(trainer_cls):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            if len(dataset) != len(weights):
+                raise ValueError(f"data.balance: {len(weights)} weights for {len(dataset)} examples")
+            return BalancedSampler(weights, seed)
+
+    Balanced.__name__ = Balanced.__qualname__ = f"Balanced{trainer_cls.__name__}"
+    return Balanced
 
 
 def _drop_rows_after(path: Path, step: int) -> None:

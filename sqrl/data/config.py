@@ -48,9 +48,16 @@ class DataConfig:
     """Longer clips are skipped and counted."""
     limit: int | None = bounded(None, ge=1)
     """Use only the first N clips (quick runs)."""
+    balance: str = "none"
+    """Which clips training draws: none (a shuffled pass over the corpus each epoch) or labels (draws
+    with replacement under weights that flatten every dimension's label distribution, so rare scores
+    come up about as often as the majority score; ``sqrl.data.balance``)."""
 
     def __post_init__(self):
         check_ranges(self)
+        from sqrl.data.balance import check_balance
+
+        check_balance(self.balance)
         if self.prompting not in PROMPTINGS:
             raise ValueError(f"data.prompting must be one of {', '.join(PROMPTINGS)}, not {self.prompting!r}")
         if self.train is None and self.synth is None:

@@ -15,7 +15,7 @@ from grpo.config import GRPOConfig
 from grpo.messages import Completion
 from grpo.reward_worker import split_groups
 from grpo.rollout_worker import sampling_seed
-from grpo.sampling import ClipStream, label_balance_weights
+from grpo.sampling import ClipStream
 from grpo.tracking import RunLogger, plot_reward_curve, read_metrics
 from rewards import RewardSet, ScoredBatch
 from sqrl.config import ConfigError, load_config
@@ -78,34 +78,6 @@ def test_clip_stream_permutes_each_epoch_and_resumes_from_its_state():
     again = ClipStream(records, seed=1)
     again.load_state(state)
     assert [r.id for r in again.take(6)] == expected
-
-
-def test_label_balance_weights_equalise_a_single_dimension_exactly():
-    # 6 clips with noise 5, 2 with noise 2, 1 with noise 1: inverse frequency gives each label 1/3
-    labels = [5] * 6 + [2] * 2 + [1]
-    records = [Record(id=f"c{i}", audio="a.wav", scores={"noise": v}) for i, v in enumerate(labels)]
-    w = label_balance_weights(records, cap=100)
-    mass = {v: sum(wi for wi, lv in zip(w, labels) if lv == v) for v in (1, 2, 5)}
-    assert mass == pytest.approx({1: 1 / 3, 2: 1 / 3, 5: 1 / 3})
-    assert w.sum() == pytest.approx(1.0)
-    # the cap bounds any clip's weight: here at 2x uniform the lone noise-1 clip cannot reach 1/3
-    capped = label_balance_weights(records, cap=2)
-    assert capped.max() <= 2 / 9 + 1e-12 and capped[-1] == pytest.approx(capped.max())
-
-
-def test_label_balance_flattens_correlated_dimensions_and_ignores_missing_labels():
-    rng = np.random.default_rng(0)
-    records = []
-    for i in range(400):
-        clean = rng.random() < 0.7  # 70% of clips are clean on both dimensions (correlated)
-        noise = 5 if clean else int(rng.integers(1, 5))
-        records.append(Record(id=f"c{i}", audio="a.wav",
-                              scores={"noise": noise, "overall": min(5, noise + int(rng.integers(0, 2))),
-                                      "speed": None}))
-    w = label_balance_weights(records)
-    top = max(sum(wi for wi, r in zip(w, records) if r.scores["noise"] == v) for v in range(1, 6))
-    assert top < 0.45  # the clean majority falls from ~70% of draws
-    assert 1 / (w ** 2).sum() > 100  # and many clips stay in play (effective number of clips)
 
 
 def test_a_balanced_stream_draws_rare_labels_more_often_and_resumes_exactly():

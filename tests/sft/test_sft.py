@@ -107,6 +107,44 @@ def test_resume_continues_from_the_saved_step(tiny_manifest, calibrated, tmp_pat
         assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-4)
 
 
+def test_label_balanced_calibration_draws_other_clips_and_resumes_exactly(tiny_manifest, calibrated, tmp_path):
+    # data.balance: labels changes which clips the steps see (same seed and start as the calibrated run) ...
+    overrides = {"train.max_steps": 8, "train.save_steps": 6, "data.balance": "labels"}
+    whole = tmp_path / "whole"
+    run_sft(_cfg(tiny_manifest, **overrides), whole)
+    balanced = dict(_losses(whole))
+    assert balanced[1] != pytest.approx(dict(_losses(calibrated))[1], rel=1e-4)
+    # ... and its order is a function of (seed, epoch): stopped after step 6, mid-way through the second
+    # epoch of 4 steps, a resumed run draws the same clips and reproduces the remaining losses
+    cut = tmp_path / "cut"
+    run_sft(_cfg(tiny_manifest, **overrides), cut)
+    import shutil
+
+    shutil.rmtree(cut / "checkpoints" / "checkpoint-8")
+    (cut / "metrics.jsonl").unlink()
+    run_sft(_cfg(tiny_manifest, **overrides), cut, resume=True)
+    resumed = dict(_losses(cut))
+    assert min(resumed) == 7
+    for step in (7, 8):
+        assert resumed[step] == pytest.approx(balanced[step], rel=1e-4)
+
+
+def test_each_example_carries_the_labels_it_teaches(tiny_manifest):
+    from sft.data import balance_weights, example_labels
+    from sqrl.dimensions import DIMENSIONS
+    from sqrl.schema import read_manifest
+
+    records = read_manifest(tiny_manifest)
+    rubric = Rubric("configs/rubrics/compact.yaml")
+    per_dim = example_labels(records, rubric, "per_dimension")
+    assert len(per_dim) == len(load_examples(tiny_manifest, rubric, "per_dimension")) == 16 * len(DIMENSIONS)
+    assert per_dim[:len(DIMENSIONS)] == [{d: records[0].scores[d]} for d in DIMENSIONS]
+    whole = example_labels(records, rubric, "all_dimensions")
+    assert whole == [r.scores for r in records]
+    w = balance_weights(tiny_manifest, rubric, "per_dimension")
+    assert w.shape == (16 * len(DIMENSIONS),) and w.sum() == pytest.approx(1.0)
+
+
 def test_every_checkpoint_carries_a_manifest_of_its_files(calibrated):
     from sqrl.integrity import MANIFEST, verify_manifest
 
