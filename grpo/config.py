@@ -313,6 +313,13 @@ class LoggingConfig:
     tensorboard: bool = True
     progress: bool = True
     plot: bool = True
+    samples_every: int = bounded(1, ge=0)
+    """Every N steps, write each completion with its reference, rewards, components and advantage to
+    ``samples.jsonl`` (what TRL's ``log_completions`` shows), to read what the policy says and what
+    each reward made of it (``benchmarks/reward_agreement.py``); 0: never."""
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass

@@ -37,7 +37,7 @@ from grpo.reward_watch import RewardWatch
 from grpo.reward_worker import build_reward_workers, get_with_retry, split_groups
 from grpo.rollout_worker import build_rollout_workers, build_sampling, sampling_seed
 from grpo.sampling import ClipStream, training_records
-from grpo.tracking import RunLogger, Timer, plot_reward_curve, step_metrics
+from grpo.tracking import RunLogger, Timer, plot_reward_curve, sample_rows, step_metrics
 from grpo.worker_env import collect_secrets, secret_names, worker_env
 from rewards import RewardSet
 from rewards.base import add_import_path
@@ -105,6 +105,9 @@ class Driver:
                                counters=self.counters, resampled=self._step_resampled, epoch=self.data.epoch,
                                skip_flat=algo.zero_variance == "skip")
         self.logger.log(step, metrics)
+        every = self.cfg.logging.samples_every
+        if every and step % every == 0:
+            self.logger.log_samples(step, sample_rows(batch, adv))
         self.maybe_checkpoint(step)
         return metrics
 

@@ -1,4 +1,5 @@
-"""Per-step metrics of a GRPO run: ``DIR/metrics.jsonl``, TensorBoard, a progress bar, the reward curve.
+"""Per-step metrics of a GRPO run: ``DIR/metrics.jsonl``, TensorBoard, a progress bar, the reward curve,
+and the completions themselves with what each reward gave them (``DIR/samples.jsonl``, ``logging.samples_every``).
 
 One JSON object per step (``step`` plus flat scalar keys: ``rewards/<name>/<dim>/mean`` from
 ``rewards.summarize``, ``loss``, ``kl``, ``clip_ratio/*``, ``zero_variance/*``, ``completion/*``,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 from sqrl.fsutil import atomic_file
 
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
 
 PHASES = ("generate", "score", "update", "sync")
 """A step's phases; each is timed in the driver (``time/<phase>``, wall time around the Ray calls) and in
@@ -97,6 +99,28 @@ def step_metrics(batch: ScoredGroups, flat: torch.Tensor, stats: Mapping[str, fl
     return out
 
 
+def sample_rows(batch: ScoredGroups, advantages: torch.Tensor) -> list[dict[str, Any]]:
+    """One row per completion of the step: its clip, reference scores, text, whether it was cut, the total
+    reward and each reward's value (``None``: skipped), the per-dimension components and the advantage."""
+    sb, G = batch.scores, batch.group_size
+    rows = []
+    for g, group in enumerate(batch.groups):
+        for i, completion in enumerate(group.completions):
+            k = g * G + i
+            rows.append({
+                "clip": group.record.id,
+                "index": i,
+                "reference": dict(group.record.scores or {}),
+                "text": completion.text,
+                "truncated": bool(completion.truncated),
+                "reward": _clean(None if sb.total[k] is None else float(sb.total[k])),
+                "rewards": {name: _clean(None if v[k] is None else float(v[k])) for name, v in sb.per_reward.items()},
+                "components": {name: _clean(None if v[k] is None else float(v[k])) for name, v in sb.components.items()},
+                "advantage": _clean(float(advantages[k])),
+            })
+    return rows
+
+
 class RunLogger:
     """Writes each step's scalars to JSONL (always), TensorBoard and a tqdm bar (when enabled)."""
 
@@ -104,7 +128,9 @@ class RunLogger:
                  progress: bool = True):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
+        self.samples_path = self.run_dir / SAMPLES_FILE
         truncate_after(self.path, start_step)
+        truncate_after(self.samples_path, start_step)
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -129,6 +155,11 @@ class RunLogger:
             self.bar.update(1)
             self.bar.set_postfix({k: f"{row[v]:.3g}" for k, v in (("reward", "rewards/total/mean"), ("kl", "kl"),
                                                                     ("s/step", "time/step")) if isinstance(row.get(v), float)})
+
+    def log_samples(self, step: int, rows: list[Mapping[str, Any]]) -> None:
+        """Append one step's completions (``sample_rows``) to ``samples.jsonl``, each row tagged with ``step``."""
+        with open(self.samples_path, "a", encoding="utf-8") as fh:
+            fh.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
 
     def close(self) -> None:
         if self.tb is not None:

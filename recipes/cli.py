@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "sqrl.evaluate",
     "sqrl.assess",
     "sqrl.baselines",
+    "grpo.agreement",
     "recipes.bootstrap",  # sqrl grpo: builds model.init from model.bootstrap first, then the GRPO stage
     "recipes.pipeline",
     "recipes.compare",

@@ -88,6 +88,25 @@ def test_every_reward_component_per_dimension_is_logged(main_run):
             assert key in row, key
 
 
+def test_every_completion_is_logged_with_its_rewards_and_advantage(main_run):
+    run_dir, rows, _ = main_run
+    samples = read_metrics(run_dir / "samples.jsonl")
+    assert [s["step"] for s in samples] == [step for step in (1, 2, 3) for _ in range(2 * G)]
+    for step, row in zip((1, 2, 3), rows):
+        mine = [s for s in samples if s["step"] == step]
+        # the logged totals are the step's rewards, and each group's advantages are centred on its mean
+        assert sum(s["reward"] for s in mine) / len(mine) == pytest.approx(row["rewards/total/mean"])
+        for clip in {s["clip"] for s in mine}:
+            group = [s for s in mine if s["clip"] == clip]
+            assert sorted(s["index"] for s in group) == list(range(G))
+            assert sum(s["advantage"] for s in group) == pytest.approx(0.0, abs=1e-5)
+        for s in mine:
+            assert s["text"] and set(s["reference"]) >= {"noise", "overall"}
+            assert set(s["rewards"]) == {"text_stats", "accuracy", "crash_once"}
+            assert {"accuracy/noise", "text_stats/vowels"} <= set(s["components"])
+            assert s["reward"] == pytest.approx(s["rewards"]["text_stats"])  # the weight-0 rewards add nothing
+
+
 def test_a_killed_reward_worker_is_restarted_and_its_batch_retried(main_run):
     _, rows, tmp = main_run
     assert (tmp / "crashed").exists()
@@ -224,6 +243,8 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(cluster, tiny_init
     Driver(cfg, killed, resume=True).run()
     resumed = read_metrics(killed / "metrics.jsonl")
     assert [r["step"] for r in resumed] == list(range(1, steps + 1))
+    texts = [(s["step"], s["text"]) for s in read_metrics(killed / "samples.jsonl")]
+    assert texts == [(s["step"], s["text"]) for s in read_metrics(tmp_path / "reference" / "samples.jsonl")]
     for ref, got in zip(reference[resumed_from:], resumed[resumed_from:]):
         assert got["completion/mean_length"] == ref["completion/mean_length"]
         for key in ("rewards/total/mean", "loss", "kl", "grad_norm", "zero_variance/resampled"):

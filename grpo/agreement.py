@@ -1,0 +1,199 @@
+"""``sqrl agreement``: does a reward rank a GRPO group's completions the way another reward does?
+
+GRPO learns only from how a reward orders the G completions of one clip (the advantages are normalised
+within the group), so a judge reward is as useful as its within-group ranking. This reads the completions
+a run logged (``DIR/samples.jsonl``, ``logging.samples_every``), optionally scores them again with other
+rewards (``--score``, e.g. the exact accuracy, or a judge the run did not train with), and reports per
+reward:
+
+* ``mean``, the mean within-group ``std`` and the share of ``flat`` groups (every member equal: no signal);
+* ``spearman``: the mean within-group Spearman correlation with each other reward, over the groups where
+  both vary (``n_groups``);
+* ``truncated_minus_complete``: the mean reward of cut-off completions minus that of complete ones.
+
+    sqrl agreement runs/x --score '{name: accuracy}' --out runs/x/agreement.json
+
+``--score`` entries are reward config entries (YAML flow mappings, as in ``rewards.entries``); a reward that
+needs a clip's artifacts or description (``semantic``, the judges on fields) looks the clips up by id in
+the run's training manifest (``--manifest`` to name another).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+SAMPLES_FILE = "samples.jsonl"
+
+
+def read_samples(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def groups_of(samples: Sequence[dict[str, Any]]) -> list[list[int]]:
+    """Row indices per (step, clip, occurrence): a batch can hold one clip twice, each with its own group."""
+    out: dict[tuple, list[int]] = defaultdict(list)
+    seen: dict[tuple, int] = defaultdict(int)
+    for i, s in enumerate(samples):
+        if s["index"] == 0:
+            seen[(s["step"], s["clip"])] += 1
+        out[(s["step"], s["clip"], seen[(s["step"], s["clip"])])].append(i)
+    return list(out.values())
+
+
+def rescore(samples: list[dict[str, Any]], entries: Sequence[dict], manifest: str | Path | None) -> None:
+    """Add each entry's values to every sample's ``rewards`` (and its components), in place."""
+    from rewards import RewardSet
+    from sqrl.schema import Record, read_manifest
+
+    by_id = {r.id: r for r in read_manifest(manifest)} if manifest else {}
+    refs = []
+    for s in samples:
+        rec = by_id.get(s["clip"])
+        refs.append(rec if rec is not None else Record(id=s["clip"], audio="", scores=s["reference"]))
+    rs = RewardSet.from_config([{**e, "weight": 0.0} for e in entries])
+    scored = rs.score([s["text"] for s in samples], refs)
+    for name, values in scored.per_reward.items():
+        for s, v in zip(samples, values):
+            s["rewards"][name] = None if v is None else float(v)
+    for name, values in scored.components.items():
+        for s, v in zip(samples, values):
+            s.setdefault("components", {})[name] = None if v is None else float(v)
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rho of two equally long lists (ties averaged); None when either is constant."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a), rankdata(b)
+    if np.ptp(ra) == 0 or np.ptp(rb) == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def agreement(samples: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The report described in the module docstring, for the rewards ``names`` (default: every one logged)."""
+    names = list(names or dict.fromkeys(k for s in samples for k in s["rewards"]))
+    groups = groups_of(samples)
+
+    def values(idx: list[int], name: str) -> list[float] | None:
+        vals = [samples[i]["rewards"].get(name) for i in idx]
+        return None if any(v is None or not math.isfinite(v) for v in vals) else [float(v) for v in vals]
+
+    out: dict[str, Any] = {"n_samples": len(samples), "n_groups": len(groups), "rewards": {}}
+    for name in names:
+        per_group = [v for v in (values(g, name) for g in groups) if v is not None]
+        flat_vals = [x for v in per_group for x in v]
+        trunc = [samples[i]["rewards"][name] for g in groups for i in g
+                 if samples[i]["truncated"] and samples[i]["rewards"].get(name) is not None]
+        done = [samples[i]["rewards"][name] for g in groups for i in g
+                if not samples[i]["truncated"] and samples[i]["rewards"].get(name) is not None]
+        row: dict[str, Any] = {
+            "mean": float(np.mean(flat_vals)) if flat_vals else None,
+            "group_std": float(np.mean([np.std(v) for v in per_group])) if per_group else None,
+            "flat": float(np.mean([np.ptp(v) == 0 for v in per_group])) if per_group else None,
+            "truncated_fraction": float(np.mean([samples[i]["truncated"] for g in groups for i in g])),
+            "truncated_minus_complete": float(np.mean(trunc) - np.mean(done)) if trunc and done else None,
+            "spearman": {},
+        }
+        for other in names:
+            if other == name:
+                continue
+            rhos = []
+            for g in groups:
+                a, b = values(g, name), values(g, other)
+                if a is not None and b is not None:
+                    rho = spearman(a, b)
+                    if rho is not None:
+                        rhos.append(rho)
+            row["spearman"][other] = {"mean": float(np.mean(rhos)) if rhos else None, "n_groups": len(rhos)}
+        out["rewards"][name] = row
+    return out
+
+
+def table(report: dict[str, Any]) -> str:
+    names = list(report["rewards"])
+    head = ["reward", "mean", "group std", "flat groups", "trunc - complete"] + [f"rho vs {n}" for n in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def f(x, nd=3):
+        return "-" if x is None else f"{x:.{nd}f}"
+
+    for n in names:
+        r = report["rewards"][n]
+        rhos = [("-" if o == n else f"{f(r['spearman'][o]['mean'], 2)} ({r['spearman'][o]['n_groups']})") for o in names]
+        lines.append("| " + " | ".join([n, f(r["mean"]), f(r["group_std"]), f(r["flat"], 2),
+                                         f(r["truncated_minus_complete"])] + rhos) + " |")
+    return "\n".join(lines)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("samples", help="a GRPO run directory, or its samples.jsonl")
+    ap.add_argument("--score", action="append", default=[],
+                    help="a reward entry to score the completions with, e.g. '{name: accuracy}' (repeatable)")
+    ap.add_argument("--manifest", default=None,
+                    help="the clips by id, for --score rewards that read artifacts or descriptions "
+                         "(default: the run's training manifest, from its sqrl_config.yaml)")
+    ap.add_argument("--steps", default=None, help="only these steps, e.g. 1-10")
+    ap.add_argument("--out", default=None, help="write the report as JSON (and the rescored samples beside it)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    path = Path(args.samples)
+    run_dir = path if path.is_dir() else path.parent
+    path = path / SAMPLES_FILE if path.is_dir() else path
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist (a GRPO run writes it when logging.samples_every > 0)")
+    samples = read_samples(path)
+    if args.steps:
+        lo, _, hi = args.steps.partition("-")
+        samples = [s for s in samples if int(lo) <= s["step"] <= int(hi or lo)]
+    if not samples:
+        raise SystemExit(f"no samples in {path}" + (f" for steps {args.steps}" if args.steps else ""))
+    if args.score:
+        manifest = Path(args.manifest) if args.manifest else run_manifest(run_dir)
+        if args.manifest and not manifest.exists():
+            raise SystemExit(f"--manifest {manifest} does not exist")
+        rescore(samples, [yaml.safe_load(e) for e in args.score], manifest)
+    report = agreement(samples)
+    report["source"] = str(path)
+    print(table(report))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        if args.score:
+            with open(Path(args.out).with_suffix(".samples.jsonl"), "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(s) + "\n" for s in samples)
+    return 0
+
+
+def run_manifest(run_dir: Path) -> Path | None:
+    """The training manifest of the run in ``run_dir`` (its saved config), when it can be found."""
+    config = run_dir / "sqrl_config.yaml"
+    if not config.exists():
+        return None
+    from grpo.config import GRPOConfig
+    from sqrl.config import load_config
+
+    data = load_config(GRPOConfig, config, []).data
+    if data.train:
+        return Path(data.train)
+    from sqrl.data.synth import corpus_dir
+
+    manifest = corpus_dir(data.synth.root, data.synth.num, data.synth.seed) / "train.jsonl"
+    return manifest if manifest.exists() else None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("agreement", help="how each reward ranks a GRPO run's completions against the others",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
