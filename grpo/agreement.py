@@ -67,6 +67,21 @@ def rescore(samples: list[dict[str, Any]], entries: Sequence[dict], manifest: st
             s.setdefault("components", {})[name] = None if v is None else float(v)
 
 
+def add_component_rows(samples: list[dict[str, Any]], prefix: str) -> list[str]:
+    """Each component named ``prefix/...`` as a reward row of its own, and ``prefix/mean``, the mean of those
+    present (e.g. ``llm_judge_unified/analysis``: the unified judge's own per-dimension lines); the new names."""
+    keys = sorted({k for s in samples for k in s.get("components", {}) if k.startswith(prefix + "/")})
+    if not keys:
+        raise ValueError(f"no component starts with {prefix + '/'!r}")
+    for s in samples:
+        vals = [s["components"].get(k) for k in keys]
+        for k, v in zip(keys, vals):
+            s["rewards"][k] = v
+        present = [v for v in vals if v is not None]
+        s["rewards"][f"{prefix}/mean"] = float(np.mean(present)) if present else None
+    return keys + [f"{prefix}/mean"]
+
+
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Spearman's rho of two equally long lists (ties averaged); None when either is constant."""
     from scipy.stats import rankdata
@@ -140,6 +155,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--manifest", default=None,
                     help="the clips by id, for --score rewards that read artifacts or descriptions "
                          "(default: the run's training manifest, from its sqrl_config.yaml)")
+    ap.add_argument("--components", action="append", default=[],
+                    help="also rank by the components under this prefix and their mean, e.g. llm_judge_unified/analysis")
     ap.add_argument("--steps", default=None, help="only these steps, e.g. 1-10")
     ap.add_argument("--out", default=None, help="write the report as JSON (and the rescored samples beside it)")
 
@@ -163,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         if args.manifest and not manifest.exists():
             raise SystemExit(f"--manifest {manifest} does not exist")
         rescore(samples, [yaml.safe_load(e) for e in args.score], manifest)
+    for prefix in args.components:
+        add_component_rows(samples, prefix)
     report = agreement(samples)
     report["source"] = str(path)
     print(table(report))

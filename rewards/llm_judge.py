@@ -114,19 +114,27 @@ class _JudgeReward(LazyReward):
     def _judge_all(self, requests: list, last_line: bool = False) -> list[Verdict]:
         """One verdict per request; with ``last_line``, the requests are ``LinesRequest`` and each verdict is the
         reply's last line (the lines before it are the judge's analysis, not part of the reward)."""
+        if last_line:
+            return [lines[-1] for lines in self._judge_lines(requests)]
         self.stats["judgements"] += len(requests)
-        if not requests:
-            verdicts = []
-        elif last_line:
-            verdicts = [lines[-1] for lines in score_lines(self.model, requests)]
-        else:
-            verdicts = self.model.score(requests)
+        verdicts = self.model.score(requests) if requests else []
+        self._count_failures(verdicts, len(requests))
+        return verdicts
+
+    def _judge_lines(self, requests: list) -> list[list[Verdict]]:
+        """Every verdict line of each ``LinesRequest``'s reply; the last one is the request's verdict (failures
+        are counted on it)."""
+        self.stats["judgements"] += len(requests)
+        lines = score_lines(self.model, requests) if requests else []
+        self._count_failures([verdicts[-1] for verdicts in lines], len(requests))
+        return lines
+
+    def _count_failures(self, verdicts: list[Verdict], n: int) -> None:
         failed = sum(v.score is None for v in verdicts)
         if failed:
             self.stats["judge_failures"] += failed
             log.warning("%s: %d of %d judgements failed (components set to None); judge counters: %s",
-                        type(self).__name__, failed, len(requests), self.model.stats.as_dict())
-        return verdicts
+                        type(self).__name__, failed, n, self.model.stats.as_dict())
 
     def _unscorable(self, n_failed: int) -> None:
         self.stats["samples_failed"] += n_failed
@@ -303,7 +311,7 @@ class LLMJudgeUnified(_JudgeReward):
     def __call__(self, completions: Sequence[str], references: Sequence[Any], **columns: Any) -> RewardOutput:
         n = len(completions)
         comps: dict[str, list] = {c: [None] * n for c in self.criteria}
-        slots, requests = [], []
+        slots, requests, analysed = [], [], []
         fields = self.judge_input != "text"
         parsed = parsed_column(completions, columns) if fields else [None] * n
         for i, (c, p, r) in enumerate(zip(completions, parsed, references)):
@@ -327,8 +335,20 @@ class LLMJudgeUnified(_JudgeReward):
                 requests.append(LinesRequest(request, tuple(DISPLAY_NAMES[d] for d in scored) + (name,))
                                 if self.lines else request)
                 slots.append((k, i))
+                analysed.append(scored)
         failed = [False] * n
-        for (k, i), verdict in zip(slots, self._judge_all(requests, last_line=self.lines)):
+        if self.lines:
+            # the analysis lines are logged beside the reward (``analysis/<dim>``, 1 - distance / 4), never part of it
+            replies = self._judge_lines(requests)
+            verdicts = [reply[-1] for reply in replies]
+            for d in self.dimensions:
+                comps[f"analysis/{d}"] = [None] * n
+            for (_, i), dims, reply in zip(slots, analysed, replies):
+                for d, verdict in zip(dims, reply[:-1]):
+                    comps[f"analysis/{d}"][i] = self._normalized(verdict)
+        else:
+            verdicts = self._judge_all(requests)
+        for (k, i), verdict in zip(slots, verdicts):
             comps[k][i] = self._normalized(verdict)
             failed[i] = failed[i] or verdict.score is None
         scale = sum(self.weights.values()) if self.normalize else 1.0

@@ -45,8 +45,11 @@ def test_rescoring_adds_a_reward_that_ranks_the_right_answer_first(tmp_path):
     import argparse
 
     args = argparse.Namespace(samples=str(tmp_path), score=["{name: accuracy}"], manifest=None, steps="1",
-                              out=str(tmp_path / "agreement.json"))
+                              components=["accuracy"], out=str(tmp_path / "agreement.json"))
     assert run(args) == 0
     report = json.loads((tmp_path / "agreement.json").read_text())
-    assert set(report["rewards"]) == {"a", "b", "accuracy"}
+    assert {"a", "b", "accuracy", "accuracy/noise", "accuracy/overall", "accuracy/mean"} <= set(report["rewards"])
+    rescored = [json.loads(line) for line in (tmp_path / "agreement.samples.jsonl").read_text().splitlines()]
+    # the right answer matches on every dimension: the components' mean is 1
+    assert rescored[0]["rewards"]["accuracy/mean"] == pytest.approx(1.0)
     assert (tmp_path / "agreement.samples.jsonl").exists()

@@ -134,7 +134,11 @@ def test_the_unified_judge_with_analysis_lines_is_rewarded_by_its_last_line_only
     reward = LLMJudgeUnified(judge=Recording(), dimensions=DIMS + ["speed"], criteria=["accuracy"], prompts="unified_lines",
                              judge_input="fields")
     out = reward([attacked()], [REF])
-    assert out.values == [pytest.approx(0.75)] and out.components == {"accuracy": [0.75]}
+    assert out.values == [pytest.approx(0.75)] and out.components["accuracy"] == [0.75]
+    # the analysis lines are logged beside the reward (1 - d / 4), per scored dimension; speed has no reference score
+    assert {k: v for k, v in out.components.items() if k.startswith("analysis/")} == {
+        "analysis/noise": [0.0], "analysis/distortion": [0.0], "analysis/continuity": [1.0], "analysis/overall": [1.0],
+        "analysis/speed": [None]}
     assert seen[0].labels == ("Noise", "Distortion", "Continuity", "Overall quality", "Whole assessment")
     fields = dict(seen[0].request.fields)
     assert fields["dimensions"] == "Noise, Distortion, Continuity, Overall quality" and "Speed" not in fields["meanings"]
