@@ -111,11 +111,8 @@ class _JudgeReward(LazyReward):
             raise ValueError(f"{reward}: {what} needs a transformers judge (it reads the key/value cache between verdict "
                              f"lines); got backend {self.judge_config.get('backend')!r}")
 
-    def _judge_all(self, requests: list, last_line: bool = False) -> list[Verdict]:
-        """One verdict per request; with ``last_line``, the requests are ``LinesRequest`` and each verdict is the
-        reply's last line (the lines before it are the judge's analysis, not part of the reward)."""
-        if last_line:
-            return [lines[-1] for lines in self._judge_lines(requests)]
+    def _judge_all(self, requests: list) -> list[Verdict]:
+        """One verdict per request."""
         self.stats["judgements"] += len(requests)
         verdicts = self.model.score(requests) if requests else []
         self._count_failures(verdicts, len(requests))
@@ -123,7 +120,7 @@ class _JudgeReward(LazyReward):
 
     def _judge_lines(self, requests: list) -> list[list[Verdict]]:
         """Every verdict line of each ``LinesRequest``'s reply; the last one is the request's verdict (failures
-        are counted on it)."""
+        are counted on it), the lines before it the judge's analysis."""
         self.stats["judgements"] += len(requests)
         lines = score_lines(self.model, requests) if requests else []
         self._count_failures([verdicts[-1] for verdicts in lines], len(requests))

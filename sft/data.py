@@ -32,11 +32,14 @@ def build_examples(records: list[Record], rubric: Rubric, prompting: str) -> lis
     return out
 
 
-def load_examples(manifest: str | Path, rubric: Rubric, prompting: str, limit: int | None = None):
+def load_records(manifest: str | Path, limit: int | None = None) -> list[Record]:
+    """The clips of ``manifest``, the first ``limit`` of them when set."""
     records = read_manifest(manifest)
-    if limit:
-        records = records[:limit]
-    return build_examples(records, rubric, prompting)
+    return records[:limit] if limit else records
+
+
+def load_examples(manifest: str | Path, rubric: Rubric, prompting: str, limit: int | None = None):
+    return build_examples(load_records(manifest, limit), rubric, prompting)
 
 
 def example_labels(records: list[Record], rubric: Rubric, prompting: str) -> list[dict[str, int | None]]:
@@ -51,13 +54,10 @@ def example_labels(records: list[Record], rubric: Rubric, prompting: str) -> lis
     return out
 
 
-def balance_weights(manifest: str | Path, rubric: Rubric, prompting: str, limit: int | None = None):
-    """``sqrl.data.balance.label_balance_weights`` over the examples ``load_examples`` gives."""
+def balance_weights(records: list[Record], rubric: Rubric, prompting: str):
+    """``sqrl.data.balance.label_balance_weights`` over the examples ``build_examples`` makes of ``records``."""
     from sqrl.data.balance import label_balance_weights
 
-    records = read_manifest(manifest)
-    if limit:
-        records = records[:limit]
     return label_balance_weights(example_labels(records, rubric, prompting))
 
 

@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from sft.config import SFTStageConfig
-from sft.data import AudioCollator, balance_weights, load_examples
+from sft.data import AudioCollator, balance_weights, build_examples, load_records
 from sft.zero3 import zero3_aware
 from sqrl.backbones.config import resolve_dtype
 from sqrl.config import save_config
@@ -154,7 +154,8 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
 
     train_manifest = cfg.data.train_manifest()
     rubric = Rubric(cfg.data.rubric)
-    examples = load_examples(train_manifest, rubric, cfg.data.prompting, cfg.data.limit)
+    records = load_records(train_manifest, cfg.data.limit)
+    examples = build_examples(records, rubric, cfg.data.prompting)
     model, processor, backbone, base = build_model(cfg)
     options = dict(cfg.model.options) if base is None and cfg.model.options else None
     if cfg.model.init:
@@ -194,7 +195,7 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
     )
     trainer_cls = zero3_aware(SFTTrainer)
     if cfg.data.balance == "labels":
-        weights = balance_weights(train_manifest, rubric, cfg.data.prompting, cfg.data.limit)
+        weights = balance_weights(records, rubric, cfg.data.prompting)
         log.info("data.balance: labels: %d examples, effective number %.0f", len(weights), 1 / (weights ** 2).sum())
         trainer_cls = balanced(trainer_cls, weights, cfg.train.seed)
     trainer = trainer_cls(

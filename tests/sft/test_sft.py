@@ -141,7 +141,7 @@ def test_each_example_carries_the_labels_it_teaches(tiny_manifest):
     assert per_dim[:len(DIMENSIONS)] == [{d: records[0].scores[d]} for d in DIMENSIONS]
     whole = example_labels(records, rubric, "all_dimensions")
     assert whole == [r.scores for r in records]
-    w = balance_weights(tiny_manifest, rubric, "per_dimension")
+    w = balance_weights(records, rubric, "per_dimension")
     assert w.shape == (16 * len(DIMENSIONS),) and w.sum() == pytest.approx(1.0)
 
 
