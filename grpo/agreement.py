@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 SAMPLES_FILE = "samples.jsonl"
+log = logging.getLogger(__name__)
 
 
 def read_samples(path: str | Path) -> list[dict[str, Any]]:
@@ -53,10 +55,16 @@ def rescore(samples: list[dict[str, Any]], entries: Sequence[dict], manifest: st
     from sqrl.schema import Record, read_manifest
 
     by_id = {r.id: r for r in read_manifest(manifest)} if manifest else {}
-    refs = []
+    refs, missing = [], set()
     for s in samples:
         rec = by_id.get(s["clip"])
-        refs.append(rec if rec is not None else Record(id=s["clip"], audio="", scores=s["reference"]))
+        if rec is None:
+            missing.add(s["clip"])
+            rec = Record(id=s["clip"], audio="", scores=s["reference"])
+        refs.append(rec)
+    if missing:
+        log.warning("%d clips not in %s: their references carry the logged scores only (no artifacts or description, "
+                    "so a reward that reads those sees none)", len(missing), manifest or "any manifest")
     rs = RewardSet.from_config([{**e, "weight": 0.0} for e in entries])
     scored = rs.score([s["text"] for s in samples], refs)
     for name, values in scored.per_reward.items():
