@@ -33,9 +33,13 @@ def test_each_stage_keeps_its_own_defaults_and_fields_on_the_shared_section():
     assert (sft.lora.dropout, grpo.lora.dropout) == (0.05, 0.0)  # GRPO: deterministic log-probs
     # a YAML lora section without dropout keeps the stage's default
     assert load_config(GRPOConfig, None, ["lora.rank=8"]).lora.dropout == 0.0
-    assert not hasattr(sft.data, "balance") and not hasattr(grpo.data, "eval")
-    with pytest.raises(ConfigError, match="data.balance must be"):
-        load_config(GRPOConfig, None, ["data.balance=rare"])
+    assert not hasattr(grpo.data, "eval")
+    # data.balance is a shared field: both stages take it, with the same default and the same check
+    assert (sft.data.balance, grpo.data.balance) == ("none", "none")
+    for cls in (SFTStageConfig, GRPOConfig):
+        assert load_config(cls, None, ["data.balance=labels"]).data.balance == "labels"
+        with pytest.raises(ConfigError, match="data.balance must be"):
+            load_config(cls, None, ["data.balance=rare"])
 
 
 def test_manifests_come_from_the_config_without_building_a_corpus_when_paths_are_given(tmp_path):
