@@ -58,8 +58,8 @@ class GRPOLoraConfig(LoraConfig):
 
 @dataclass
 class GRPODataConfig(DataConfig):
-    """The shared ``data:`` fields (``sqrl.data.config.DataConfig``; a longer clip is dropped from its
-    step and counted) and how a step draws its clips."""
+    """The shared ``data:`` fields (``sqrl.data.config.DataConfig``, ``balance`` included: how a step draws
+    its clips; a longer clip is dropped from its step and counted) with GRPO's prompting."""
 
     prompting: str = "long_form"
     """The prompt the policy answers (GRPO: the long-form prompt); saved with the policy for ``sqrl eval``."""
@@ -316,7 +316,7 @@ class LoggingConfig:
     samples_every: int = bounded(1, ge=0)
     """Every N steps, write each completion with its reference, rewards, components and advantage to
     ``samples.jsonl`` (what TRL's ``log_completions`` shows), to read what the policy says and what
-    each reward made of it (``benchmarks/reward_agreement.py``); 0: never."""
+    each reward made of it (``sqrl agreement``, grpo/agreement.py); 0: never."""
 
     def __post_init__(self):
         check_ranges(self)

@@ -2,9 +2,9 @@
 
 On the synthetic corpus (and on most real ones) the labels are skewed: most clips are "no noise", 5/5.
 Trained on the natural distribution, an unsure model's most likely answer is the majority score, so
-greedy answers collapse onto it (docs/small.md, "Why the calibrated model misses the greedy goal";
-docs/grpo.md, "Label-balanced sampling"). ``data.balance: labels`` draws the clips under
-``label_balance_weights`` instead, so rare scores come up about as often as common ones.
+greedy answers collapse onto it. ``data.balance: labels`` draws the clips under ``label_balance_weights``
+instead, so rare scores come up about as often as common ones. What it did: docs/grpo.md, "Label-balanced
+sampling" (GRPO), and docs/small.md, "Label-balanced calibration" (ends the collapse, costs PCC there).
 """
 from __future__ import annotations
 
