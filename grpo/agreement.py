@@ -29,13 +29,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-SAMPLES_FILE = "samples.jsonl"
+from grpo.tracking import SAMPLES_FILE, read_metrics
+
 log = logging.getLogger(__name__)
-
-
-def read_samples(path: str | Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def groups_of(samples: Sequence[dict[str, Any]]) -> list[list[int]]:
@@ -177,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     path = path / SAMPLES_FILE if path.is_dir() else path
     if not path.exists():
         raise SystemExit(f"{path} does not exist (a GRPO run writes it when logging.samples_every > 0)")
-    samples = read_samples(path)
+    samples = read_metrics(path)
     if args.steps:
         lo, _, hi = args.steps.partition("-")
         samples = [s for s in samples if int(lo) <= s["step"] <= int(hi or lo)]
