@@ -98,7 +98,13 @@ def bench_sft(args, backbone) -> dict:
            "mel_frames": int(batch["input_features"].shape[-1]),
            "trainable_parameters": sum(p.numel() for p in peft.parameters() if p.requires_grad),
            "step_gflop": round(flops / 1e9, 1), "matmul_peak_gflops": round(peak, 1)}
+    from sqrl.runtime import bf16_is_slow
+
     for name, bf16 in (("fp32", False), ("bf16_autocast", True)):
+        if bf16 and bf16_is_slow("cpu"):  # the scalar bf16 path: hours, and not what the stage would run
+            out[name] = {"skipped": "no native bf16 matmul on this CPU; sft falls back to fp32 (sqrl.runtime)"}
+            print(f"# sft {name}: skipped, no native bf16 on this CPU", file=sys.stderr)
+            continue
         best, median = timed(lambda: step(bf16), args.repeats)
         out[name] = {"step_s": round(best, 3), "step_median_s": round(median, 3),
                      "gflops": round(flops / best / 1e9, 1), "of_peak": round(flops / best / 1e9 / peak, 3)}

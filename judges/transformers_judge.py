@@ -33,6 +33,7 @@ from judges.base import Judge, chunks
 from judges.prompts import JudgeRequest, LocalPrompts
 from judges.verdicts import Verdict, expected_verdict, parse_verdict, score_probs, score_token_table
 from sqrl.fsutil import atomic_dir
+from sqrl.runtime import compute_dtype
 
 log = logging.getLogger("sqrl.judges")
 
@@ -169,7 +170,8 @@ class TransformersJudge(LocalPrompts, Judge):
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype))
+        dtype = compute_dtype(getattr(torch, self.dtype), self.device, f"judge {self.model_path}")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         self._model, self._tok = model.to(self.device).eval(), tok
         self._table = score_token_table(tok)
 

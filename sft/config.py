@@ -79,7 +79,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     bf16_autocast: bool = False
     """Mixed precision with fp32 weights: matmuls in bf16 under autocast (docs/small.md). Needs deepspeed off
-    (its bf16 mode casts the weights)."""
+    (its bf16 mode casts the weights). Ignored, with a warning, on a CPU without native bf16 matmuls
+    (no AVX-512/AMX), where bf16 is ~100x slower than fp32 (``sqrl.runtime.cpu_bf16_native``)."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self):

@@ -26,6 +26,7 @@ from sqrl.backbones.config import resolve_dtype
 from sqrl.config import save_config
 from sqrl.integrity import verify_manifest, write_manifest
 from sqrl.rundir import prepare_out
+from sqrl.runtime import bf16_is_slow, compute_dtype
 from sqrl.models import ModelMeta, load_model, read_meta, write_meta
 from sqrl.prompts import Rubric
 
@@ -109,7 +110,7 @@ class ChecksumCheckpoints(TrainerCallback):
 
 def build_model(cfg: SFTStageConfig):
     """(peft model, processor, backbone, base path) for the stage."""
-    dtype = resolve_dtype(cfg.model.dtype)
+    dtype = compute_dtype(resolve_dtype(cfg.model.dtype), _device(), "model.dtype")
     if cfg.model.init:
         meta = read_meta(cfg.model.init)
         model, processor, backbone = load_model(cfg.model.init, dtype=dtype, trainable=True)
@@ -123,6 +124,25 @@ def build_model(cfg: SFTStageConfig):
         base, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, encoder_mode=lora.encoder_mode
     )
     return model, processor, backbone, cfg.model.path
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def mixed_precision(cfg: SFTStageConfig) -> bool:
+    """The Trainer's ``bf16`` flag: bf16 weights (``model.dtype``) or bf16 autocast over fp32 weights
+    (``train.bf16_autocast``). On a CPU without native bf16 matmuls both fall back to fp32, with a
+    warning (``sqrl.runtime.compute_dtype``): bf16 runs ~100x slower there, not faster."""
+    import torch
+
+    if bf16_is_slow(_device()):
+        if cfg.train.bf16_autocast:
+            compute_dtype(torch.bfloat16, _device(), "train.bf16_autocast")
+        return False
+    return resolve_dtype(cfg.model.dtype) == torch.bfloat16 or cfg.train.bf16_autocast
 
 
 def trainable_summary(model) -> dict[str, int]:
@@ -183,7 +203,7 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
         save_steps=cfg.train.save_steps,
         save_total_limit=cfg.train.save_total_limit,
         report_to=["tensorboard"],
-        bf16=resolve_dtype(cfg.model.dtype) == torch.bfloat16 or cfg.train.bf16_autocast,
+        bf16=mixed_precision(cfg),
         gradient_checkpointing=cfg.train.gradient_checkpointing,
         deepspeed=ds_config,
         remove_unused_columns=False,

@@ -154,3 +154,18 @@ def test_a_fresh_conversion_writes_atomically_and_matches_the_gguf_weights(tmp_p
     b = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), name
+
+
+def test_a_bf16_judge_loads_in_fp32_where_bf16_is_slow(monkeypatch, smollm2_dir, one_thread):
+    import torch
+
+    from sqrl.runtime import CPU_BF16_ENV
+
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    judge = TransformersJudge(model=str(smollm2_dir), dtype="bfloat16")
+    judge.load()
+    assert next(judge._model.parameters()).dtype is torch.float32
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    judge = TransformersJudge(model=str(smollm2_dir), dtype="bfloat16")
+    judge.load()
+    assert next(judge._model.parameters()).dtype is torch.bfloat16

@@ -245,3 +245,18 @@ def test_bf16_autocast_needs_deepspeed_off_and_keeps_fp32_weights():
         TrainConfig(bf16_autocast=True)
     cfg = load_config(SFTStageConfig, Path(__file__).parents[2] / "configs/small/calibration.yaml")
     assert cfg.train.bf16_autocast and not cfg.train.deepspeed.enabled and cfg.model.dtype == "auto"
+
+
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_sft_drops_bf16_autocast_where_bf16_is_slow(monkeypatch, caplog, native):
+    from sft.train import mixed_precision
+    from sqrl.runtime import CPU_BF16_ENV
+
+    monkeypatch.setenv(CPU_BF16_ENV, native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    small = load_config(SFTStageConfig, Path(__file__).parents[2] / "configs/small/calibration.yaml")   # bf16_autocast: true
+    tiny = load_config(SFTStageConfig, Path(__file__).parents[2] / "configs/tiny/calibration.yaml")     # fp32, no autocast
+    with caplog.at_level(logging.WARNING, logger="sqrl.runtime"):
+        assert mixed_precision(small) is (native == "1")
+        assert mixed_precision(tiny) is False
+    assert ("train.bf16_autocast: bfloat16 asked for" in caplog.text) is (native == "0")
