@@ -24,7 +24,7 @@ ROLES = ("policy", "rollout", "reward")
 
 _COMMON = ("SQRL_CACHE", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE",
            "TRANSFORMERS_CACHE", "TRANSFORMERS_VERBOSITY", "SENTENCE_TRANSFORMERS_HOME", "TORCH_HOME",
-           "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS")
+           "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS", "SQRL_CPU_BF16")
 ROLE_ENV: dict[str, tuple[str, ...]] = {
     "policy": _COMMON + ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR"),
     "rollout": _COMMON + ("VLLM_",),  # a trailing "_": every name with that prefix

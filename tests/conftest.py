@@ -79,3 +79,13 @@ def plant_pickle():
         torch.save({"module": _PlantedCallable(marker)}, path)
 
     return plant
+
+
+# ---------------------------------------------------------------------- bf16 on any CPU
+@pytest.fixture(scope="module")
+def native_bf16():
+    """bf16 stays bf16 for the module, even on a CPU where sqrl falls back to fp32 (``sqrl.runtime``): for
+    the tests that check bf16 numerics on purpose (slow without AVX-512, but on tiny models)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SQRL_CPU_BF16", "1")
+        yield

@@ -22,6 +22,11 @@ SAMPLING = SamplingParams(max_new_tokens=10)
 PAPER_LR = 5e-6
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _bf16_on_this_cpu(native_bf16):
+    """These tests check bf16 numerics: bf16 even where sqrl would compute in fp32 (tests/conftest.py)."""
+
+
 def make_policy(tiny_init, dtype: str, lr: float) -> ProbedPolicyWorker:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     worker = ProbedPolicyWorker(str(tiny_init), "tiny-qwen2-audio", lora_rank=8, lora_alpha=None, lora_dropout=0.0,

@@ -44,7 +44,9 @@ def start_policy(tiny_init, stage: int, dtype: str = "float32", lr: float = 2e-3
     """Two ranks of one policy, set up and probing their gradients."""
     from tests.grpo.policy_probe import ProbedPolicyWorker
 
-    cls = ray.remote(ProbedPolicyWorker)
+    # bf16 on purpose: also where the worker would fall back to fp32 on this CPU (sqrl.runtime)
+    env = {"env_vars": {"SQRL_CPU_BF16": "1"}} if dtype == "bfloat16" else {}
+    cls = ray.remote(ProbedPolicyWorker).options(runtime_env=env)
     ranks = [cls.remote(str(tiny_init), "tiny-qwen2-audio", lora_rank=8, lora_alpha=None, lora_dropout=0.0,
                         encoder_mode="trainable", dtype=dtype, lr=lr, loss=LOSS, zero_stage=stage, seed=0,
                         rank=r, world_size=2) for r in range(2)]

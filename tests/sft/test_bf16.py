@@ -22,6 +22,11 @@ SHRINK = {"model.backbone": "tiny-af3", "model.path": "null", "data.eval": "null
           "train.max_steps": 4, "train.save_steps": 100, "train.gradient_checkpointing": "true"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _bf16_on_this_cpu(native_bf16):
+    """These tests check bf16 numerics: bf16 even where sqrl would compute in fp32 (tests/conftest.py)."""
+
+
 def _train(manifest, out, dtype, stage=3):
     """Train with a hook on every module's forward; returns (losses by step, dtypes seen by kind)."""
     seen = collections.defaultdict(set)
