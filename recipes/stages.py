@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -231,7 +232,9 @@ class UntrainedStep(Step):
 # (fixed seconds, seconds per unit) per kind of step, measured on 2 CPU cores: SFT per optimizer step
 # (calibration ~4.6 min for 639 steps, warm-up ~2 min for 213), GRPO per step (accuracy + semantic ~3 s, the
 # SmolLM2 judges 30-60 s), eval per clip (~1 min for 300). A kind not listed falls back to its stage type
-# (sft, grpo); a run's own rate replaces the default once a step of the kind has run.
+# (sft, grpo); a run's own rate replaces the default once a step of the kind has run, and the defaults of the
+# kinds not run yet are scaled by how much slower (or faster) this machine ran the ones it has (on an AVX2-only
+# CPU the tiny calibration took 19 min against the 4.8 estimated).
 DEFAULT_RATES: dict[str, tuple[float, float]] = {
     "calibration": (15.0, 0.43), "calibration_frozen": (15.0, 0.43), "sft_reasoning": (15.0, 0.56),
     "sft": (15.0, 0.5), "merge": (10.0, 0.0), "grpo_accsem": (30.0, 3.0), "grpo_unified": (55.0, 60.0),
@@ -246,15 +249,27 @@ def _fallback(step: Step) -> str:
 class Progress:
     """Runs steps in order and logs a line per step: elapsed time and an estimate of what remains."""
 
+    min_seconds_for_speed = 30.0
+    """A step shorter than this says too little about the machine's speed (start-up costs dominate)."""
+
     def __init__(self, steps: Iterable[Step], tag: str = "sqrl"):
         self.steps = list(steps)
         self.tag = tag
-        self.rates = dict(DEFAULT_RATES)
+        self.rates: dict[str, tuple[float, float]] = {}   # measured in this run, per kind
+        self.ratios: list[float] = []                      # measured / default estimate, one per kind run
         self.t0 = time.perf_counter()
         self.record: dict[str, dict[str, Any]] = {}
 
+    def speed_factor(self) -> float:
+        """How much longer than the defaults this machine has taken so far (geometric mean; 1 before any)."""
+        return math.exp(sum(map(math.log, self.ratios)) / len(self.ratios)) if self.ratios else 1.0
+
     def _rate(self, step: Step) -> tuple[float, float]:
-        return self.rates.get(step.kind) or self.rates.get(_fallback(step), (10.0, 0.0))
+        if step.kind in self.rates:
+            return self.rates[step.kind]
+        fixed, per = DEFAULT_RATES.get(step.kind) or DEFAULT_RATES.get(_fallback(step), (10.0, 0.0))
+        factor = self.speed_factor()
+        return fixed * factor, per * factor
 
     def estimate(self, step: Step) -> float:
         fixed, per = self._rate(step)
@@ -280,6 +295,8 @@ class Progress:
                 step.finish()
             seconds = time.perf_counter() - t
             if not reused:  # this run's own rate replaces the default for the kind
+                if step.kind not in self.rates and step.units > 0 and seconds >= self.min_seconds_for_speed:
+                    self.ratios.append(seconds / (self.estimate(step) / self.speed_factor()))
                 fixed = min(self._rate(step)[0], seconds)
                 per = (seconds - fixed) / step.units if step.units > 0 else 0.0
                 self.rates[step.kind] = (fixed if step.units > 0 else seconds, per)

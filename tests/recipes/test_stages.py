@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,45 @@ def test_the_estimate_uses_the_kind_then_the_stage_type_and_then_what_this_run_m
     # calibration: 15 s + 0.43 s/step; an unknown SFT kind: the SFT default 15 + 0.5/step; GRPO: 55 + 45/step
     assert [progress.estimate(s) for s in progress.steps] == [pytest.approx(58.0), 65.0, 505.0]
     assert progress.remaining(0) == pytest.approx(58.0 + 65.0 + 505.0)
+
+
+def test_kinds_not_run_yet_are_estimated_at_the_speed_this_machine_showed(tmp_path, monkeypatch):
+    """A machine 4x slower than the defaults: after the first step, the next kind's estimate is 4x too."""
+    import recipes.stages as stages
+    from recipes.stages import GRPOStep, SFTStep
+
+    clock = [0.0]
+    monkeypatch.setattr(stages.time, "perf_counter", lambda: clock[0])
+
+    @dataclass
+    class Timed(SFTStep):
+        seconds: float = 0.0
+
+        def done(self) -> bool:
+            return False
+
+        def run(self) -> None:
+            clock[0] += self.seconds
+
+    @dataclass
+    class TimedGRPO(GRPOStep):
+        seconds: float = 0.0
+
+        def done(self) -> bool:
+            return False
+
+        def run(self) -> None:
+            clock[0] += self.seconds
+
+    calib = Timed("calib", tmp_path / "a", kind="calibration", units=100, seconds=4 * 58.0)   # default 58 s
+    tiny = Timed("tiny", tmp_path / "t", kind="sft_reasoning", units=0, seconds=5.0)        # says nothing
+    grpo = TimedGRPO("grpo", tmp_path / "g", kind="grpo_llmjudge", units=10, seconds=1.0)
+    progress = Progress([calib, tiny, grpo])
+    assert progress.estimate(grpo) == pytest.approx(505.0) and progress.speed_factor() == 1.0
+    progress.run_all()
+    assert progress.speed_factor() == pytest.approx(4.0)          # the 0-unit step was not counted
+    assert progress.estimate(calib) == pytest.approx(4 * 58.0)    # measured kinds keep their own rate
+    fresh = SFTStep("warm", tmp_path / "w", kind="sft_reasoning", units=100)
+    assert progress.estimate(fresh) == pytest.approx(5.0 + 0.0)   # its own (0-unit) measurement
+    other = GRPOStep("other", tmp_path / "o", kind="grpo_unified", units=20)
+    assert progress.estimate(other) == pytest.approx(4 * (55.0 + 60.0 * 20))
