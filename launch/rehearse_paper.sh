@@ -31,6 +31,9 @@ zero=${GRPO_ZERO:-3}
 judge=${GRPO_JUDGE:-smollm2}
 dtype=${REHEARSAL_DTYPE:-bfloat16}
 [[ "$dtype" == bfloat16 || "$dtype" == float32 ]] || { echo "REHEARSAL_DTYPE: bfloat16 or float32, not $dtype" >&2; exit 1; }
+# a rehearsal in bf16 stays in bf16 on a CPU without native bf16 matmuls, where sqrl would use fp32 (slow there,
+# but the models are tiny; docs/small.md, "bf16 on a CPU without AVX-512")
+[[ "$dtype" == float32 ]] || export SQRL_CPU_BF16=${SQRL_CPU_BF16:-1}
 [[ -f "$train" ]] || { echo "no manifest at $train (set REHEARSAL_TRAIN)" >&2; exit 1; }
 parts=("${@:2}")
 mkdir -p "$out"
