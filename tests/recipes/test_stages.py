@@ -99,26 +99,22 @@ def test_kinds_not_run_yet_are_estimated_at_the_speed_this_machine_showed(tmp_pa
     clock = [0.0]
     monkeypatch.setattr(stages.time, "perf_counter", lambda: clock[0])
 
-    @dataclass
-    class Timed(SFTStep):
-        seconds: float = 0.0
+    def timed(base):
+        """``base`` whose run takes ``seconds`` on the fake clock."""
 
-        def done(self) -> bool:
-            return False
+        @dataclass
+        class Timed(base):
+            seconds: float = 0.0
 
-        def run(self) -> None:
-            clock[0] += self.seconds
+            def done(self) -> bool:
+                return False
 
-    @dataclass
-    class TimedGRPO(GRPOStep):
-        seconds: float = 0.0
+            def run(self) -> None:
+                clock[0] += self.seconds
 
-        def done(self) -> bool:
-            return False
+        return Timed
 
-        def run(self) -> None:
-            clock[0] += self.seconds
-
+    Timed, TimedGRPO = timed(SFTStep), timed(GRPOStep)
     calib = Timed("calib", tmp_path / "a", kind="calibration", units=100, seconds=4 * 58.0)   # default 58 s
     tiny = Timed("tiny", tmp_path / "t", kind="sft_reasoning", units=0, seconds=5.0)        # says nothing
     grpo = TimedGRPO("grpo", tmp_path / "g", kind="grpo_llmjudge", units=10, seconds=1.0)
