@@ -147,7 +147,7 @@ class PolicyWorker:
         if not torch.distributed.is_initialized():
             deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", auto_mpi_discovery=False, verbose=False)
         torch.manual_seed(self.seed)
-        dtype = compute_dtype(resolve_dtype(a["dtype"]), "cuda" if gpu else "cpu", "policy.dtype")
+        dtype = compute_dtype(resolve_dtype(a["dtype"]), "cuda" if gpu else "cpu", "model.dtype (policy)")
         ds_config = self._ds_config(dtype)
         self._hf_ds = None
         if a["zero_stage"] == 3:  # partition at load time instead of holding the full model on each rank

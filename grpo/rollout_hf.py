@@ -24,8 +24,8 @@ class HFRolloutWorker(RolloutWorker):
 
         self.backbone = get_backbone(backbone)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype_ = compute_dtype(resolve_dtype(dtype), self.device, "rollout dtype")
-        base, self.processor = self.backbone.load(model_path, dtype=dtype_, device=self.device)
+        torch_dtype = compute_dtype(resolve_dtype(dtype), self.device, "model.dtype (hf rollouts)")
+        base, self.processor = self.backbone.load(model_path, dtype=torch_dtype, device=self.device)
         # The same adapter layout as the policy's, so its tensors load by name.
         self.model = self.backbone.apply_lora(base, rank=lora_rank, alpha=lora_alpha, dropout=0.0,
                                               encoder_mode=encoder_mode)
