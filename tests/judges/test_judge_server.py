@@ -81,18 +81,26 @@ def test_served_logit_scores_equal_the_in_process_ones(served, smollm2):
 
 def test_a_hung_then_dead_server_gives_timeouts_retries_and_counted_failures(served):
     url, pid = served
-    # the server hangs (SIGSTOP) in the middle of a batch: requests time out, are retried, then fail
-    hung = judge(url, mode="logit", concurrency=1, timeout_s=1.5, max_attempts=2, backoff_s=0.1)
-    assert hung.score(REQUESTS[:1])[0].error is None  # warm: the batch below starts at full speed
-    batch = [SPEC.request(f"Answer {i}: Noise: 3/5.", reference="Noise: 3/5.") for i in range(24)]
-    stop = threading.Timer(1.0, os.killpg, (pid, signal.SIGSTOP))
+    # the server hangs (SIGSTOP) in the middle of a batch: requests time out, are retried, then fail. The
+    # timeout and the moment of the hang scale with this machine's answer time (an AVX2-only CPU answered
+    # slower than the fixed 1 s the test once assumed, and the hang came before the first answer).
+    warm = judge(url, mode="logit", concurrency=1)
+    assert warm.score(REQUESTS[:1])[0].error is None  # warm: the batch below starts at full speed
+    t0 = time.perf_counter()  # then the time of a warm answer, on two of the batch's kind
+    assert all(v.error is None for v in warm.score(
+        [SPEC.request(f"Warm {i}: Noise: 3/5.", reference="Noise: 3/5.") for i in range(2)]))
+    answer_s = (time.perf_counter() - t0) / 2
+    hung = judge(url, mode="logit", concurrency=1, timeout_s=max(1.5, 2 * answer_s), max_attempts=2, backoff_s=0.1)
+    batch = [SPEC.request(f"Answer {i}: Noise: 3/5.", reference="Noise: 3/5.") for i in range(8)]
+    stop = threading.Timer(2.5 * answer_s, os.killpg, (pid, signal.SIGSTOP))  # after two or three answers
     stop.start()
     verdicts = hung.score(batch)
     stop.join()
     stats = hung.stats.as_dict()
     timed_out = [v.error is not None and v.error.startswith("timeout:") for v in verdicts]
     scored = timed_out.index(True) if any(timed_out) else len(batch)  # one at a time, in order
-    print(f"hung server: {scored} of {len(batch)} answered before the hang; counters {stats}")
+    print(f"hung server: {scored} of {len(batch)} answered before the hang ({answer_s:.2f} s an answer); "
+          f"counters {stats}")
     assert 0 < scored < len(batch), "the hang fell in the middle of the batch"
     assert all(timed_out[scored:]) and not any(timed_out[:scored])
     assert all(v.score is None for v in verdicts[scored:])
