@@ -31,7 +31,6 @@ import torch
 from grpo.algorithm import LossConfig, Normalizer, masked_sums, per_token_objective, reduce_loss
 from grpo.messages import Completion, TrainSample, WeightUpdate
 from grpo.model_io import cast_adapter, completion_inputs, completion_logprobs, load_waves, per_row, resolve_dtype
-from sqrl.runtime import compute_dtype
 
 if TYPE_CHECKING:
     from grpo.config import GRPOConfig
@@ -147,7 +146,7 @@ class PolicyWorker:
         if not torch.distributed.is_initialized():
             deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", auto_mpi_discovery=False, verbose=False)
         torch.manual_seed(self.seed)
-        dtype = compute_dtype(resolve_dtype(a["dtype"]), "cuda" if gpu else "cpu", "model.dtype (policy)")
+        dtype = resolve_dtype(a["dtype"], "cuda" if gpu else "cpu", "model.dtype (policy)")
         ds_config = self._ds_config(dtype)
         self._hf_ds = None
         if a["zero_stage"] == 3:  # partition at load time instead of holding the full model on each rank

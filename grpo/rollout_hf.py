@@ -12,7 +12,6 @@ from grpo.model_io import (cast_adapter, completion_inputs, completion_logprobs,
                            resolve_dtype)
 from grpo.rollout_worker import RolloutWorker, suppressed_token_ids
 from sqrl.logprobs import token_logprobs
-from sqrl.runtime import compute_dtype
 
 
 class HFRolloutWorker(RolloutWorker):
@@ -24,8 +23,8 @@ class HFRolloutWorker(RolloutWorker):
 
         self.backbone = get_backbone(backbone)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        torch_dtype = compute_dtype(resolve_dtype(dtype), self.device, "model.dtype (hf rollouts)")
-        base, self.processor = self.backbone.load(model_path, dtype=torch_dtype, device=self.device)
+        base, self.processor = self.backbone.load(
+            model_path, dtype=resolve_dtype(dtype, self.device, "model.dtype (hf rollouts)"), device=self.device)
         # The same adapter layout as the policy's, so its tensors load by name.
         self.model = self.backbone.apply_lora(base, rank=lora_rank, alpha=lora_alpha, dropout=0.0,
                                               encoder_mode=encoder_mode)

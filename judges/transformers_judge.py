@@ -33,7 +33,6 @@ from judges.base import Judge, chunks
 from judges.prompts import JudgeRequest, LocalPrompts
 from judges.verdicts import Verdict, expected_verdict, parse_verdict, score_probs, score_token_table
 from sqrl.fsutil import atomic_dir
-from sqrl.runtime import compute_dtype
 
 log = logging.getLogger("sqrl.judges")
 
@@ -161,6 +160,8 @@ class TransformersJudge(LocalPrompts, Judge):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from sqrl.backbones.config import resolve_dtype  # lazily: sqrl.backbones brings sqrl.audio along
+
         if self.threads:
             # process-wide: meant for a judge that owns its process (a Ray reward worker). On a shared
             # CPU, two intra-op threads that wait on each other ran 10x slower than one (measured).
@@ -170,7 +171,7 @@ class TransformersJudge(LocalPrompts, Judge):
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        dtype = compute_dtype(getattr(torch, self.dtype), self.device, f"judge {self.model_path}")
+        dtype = resolve_dtype(self.dtype, self.device, f"judge {self.model_path}")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         self._model, self._tok = model.to(self.device).eval(), tok
         self._table = score_token_table(tok)

@@ -110,7 +110,7 @@ class ChecksumCheckpoints(TrainerCallback):
 
 def build_model(cfg: SFTStageConfig):
     """(peft model, processor, backbone, base path) for the stage."""
-    dtype = compute_dtype(resolve_dtype(cfg.model.dtype), _device(), "model.dtype")
+    dtype = resolve_dtype(cfg.model.dtype, _device())
     if cfg.model.init:
         meta = read_meta(cfg.model.init)
         model, processor, backbone = load_model(cfg.model.init, dtype=dtype, trainable=True)

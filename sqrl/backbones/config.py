@@ -22,8 +22,10 @@ def check_dtype(name: str, where: str = "model.dtype") -> None:
         raise ValueError(f"{where} must be one of {', '.join(DTYPES)}, not {name!r}")
 
 
-def resolve_dtype(name: str) -> Any:
-    """The torch dtype of a ``DTYPES`` name: ``auto`` is bf16 on a GPU, fp32 on a CPU.
+def resolve_dtype(name: str, device: Any = None, what: str = "model.dtype") -> Any:
+    """The torch dtype of a ``DTYPES`` name: ``auto`` is bf16 on a GPU, fp32 on a CPU. Given the ``device``
+    it will compute on, bf16 on a CPU without native bf16 matmuls becomes fp32, with a warning naming
+    ``what`` (``sqrl.runtime.compute_dtype``).
 
     >>> str(resolve_dtype("float16"))
     'torch.float16'
@@ -32,8 +34,14 @@ def resolve_dtype(name: str) -> Any:
 
     check_dtype(name, "dtype")
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return getattr(torch, name)
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    else:
+        dtype = getattr(torch, name)
+    if device is None:
+        return dtype
+    from sqrl.runtime import compute_dtype
+
+    return compute_dtype(dtype, device, what)
 
 
 @dataclass
