@@ -116,55 +116,24 @@ def _digit_ids(judge: Any, scale: tuple[int, int]) -> list[int]:
 
 
 def _logit_lines(judge: Any, prompts: list[list[int]], labels: tuple[str, ...], scale: tuple[int, int]) -> list[list[Verdict]]:
-    import torch
-
     digits = _digit_ids(judge, scale)
-    index = torch.tensor(digits)
     # "\nDistortion: " after a digit: Qwen and SmolLM2 keep digits and newlines as their own tokens
     steps = [judge._tok(f"\n{label}: ", add_special_tokens=False)["input_ids"] for label in labels[1:]]
-    out: dict[int, list[Verdict]] = {}
-    for idx, prefix, cache, suffix_ids, mask in judge._batches(prompts, [1] * len(prompts)):
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]
-        rows: list[list[Verdict]] = [[] for _ in idx]
-        replies = [f"{labels[0]}: " for _ in idx]  # the greedy reply so far, kept in each verdict's text
-        feed = suffix_ids
-        for step in range(len(labels)):
-            with torch.inference_mode():
-                res = judge._model(input_ids=feed, attention_mask=mask, position_ids=positions,
-                                   past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = res.past_key_values
-            probs = torch.softmax(res.logits[:, -1].float(), dim=-1)[:, index]
-            best = probs.argmax(-1)
-            for r, vec in enumerate(probs.tolist()):
-                verdict = expected_verdict({scale[0] + j: q for j, q in enumerate(vec)}, judge.min_score_mass)
-                verdict.text = replies[r]
-                rows[r].append(verdict)
-                replies[r] += str(scale[0] + int(best[r])) + (f"\n{labels[step + 1]}: " if step + 1 < len(labels) else "")
-            if step + 1 == len(labels):
-                break
-            # the greedy digit continues the reply, so later lines read like the judge's own text
-            chosen = index[best]
-            tail = torch.tensor(steps[step], dtype=feed.dtype).expand(len(idx), -1)
-            feed = torch.cat([chosen[:, None].to(feed.dtype), tail], dim=1).to(feed.device)
-            mask = torch.cat([mask, torch.ones_like(feed)], dim=1)
-            positions = positions[:, -1:] + 1 + torch.arange(feed.shape[1], device=feed.device)
-            judge.stats.add("tokens/computed", feed.shape[0] * feed.shape[1])
-        for r, k in enumerate(idx):
-            out[k] = rows[r]
-    return [out[k] for k in range(len(prompts))]
+    out = []
+    for vecs in judge._line_dists(prompts, digits, steps):
+        reply = f"{labels[0]}: "  # the greedy reply so far, kept in each verdict's text
+        verdicts = []
+        for step, vec in enumerate(vecs):
+            verdict = expected_verdict({scale[0] + j: q for j, q in enumerate(vec)}, judge.min_score_mass)
+            verdict.text = reply
+            verdicts.append(verdict)
+            best = max(range(len(vec)), key=vec.__getitem__)
+            reply += str(scale[0] + best) + (f"\n{labels[step + 1]}: " if step + 1 < len(labels) else "")
+        out.append(verdicts)
+    return out
 
 
 def _generate_lines(judge: Any, prompts: list[list[int]], labels: tuple[str, ...], scale: tuple[int, int]) -> list[list[Verdict]]:
-    import torch
-
     first = f"{labels[0]}: "
     max_new = 4 + 6 * len(labels)  # a digit, a newline and a label of a few tokens per line
-    out: dict[int, list[Verdict]] = {}
-    for idx, prefix, cache, suffix_ids, mask in judge._batches(prompts, [1] * len(prompts)):
-        full = torch.cat([torch.tensor([prompts[idx[0]][:prefix]] * len(idx), dtype=suffix_ids.dtype), suffix_ids], dim=1)
-        with torch.inference_mode():
-            gen = judge._model.generate(input_ids=full.to(judge._model.device), attention_mask=mask, past_key_values=cache,
-                                        max_new_tokens=max_new, do_sample=False, pad_token_id=judge._tok.pad_token_id)
-        for k, row in zip(idx, gen[:, full.shape[1]:]):
-            out[k] = parse_lines(first + judge._tok.decode(row, skip_special_tokens=True), labels, scale)
-    return [out[k] for k in range(len(prompts))]
+    return [parse_lines(first + reply, labels, scale) for reply in judge._greedy_texts(prompts, max_new)]

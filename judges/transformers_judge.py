@@ -199,20 +199,67 @@ class TransformersJudge(LocalPrompts, Judge):
         return verdicts  # type: ignore[return-value]
 
     def _generate(self, prompts: list[list[int]], scale: tuple[int, int]) -> list[Verdict]:
+        out = []
+        for reply in self._greedy_texts(prompts, self.max_new_tokens):
+            text = self.generate_prefix + reply
+            parsed = parse_verdict(text, scale)
+            out.append(Verdict(parsed.score, parsed.error, text=text))
+        return out
+
+    # ------------------------------------------------------------------ the engine
+    # What a backend that runs the model itself implements: greedy replies, the score-token options at the
+    # end of sequences, and the one-pass verdict lines (judges/onepass.py). Everything above is shared.
+
+    def _greedy_texts(self, prompts: list[list[int]], max_new: int) -> list[str]:
+        """The greedy reply to each prompt (at most ``max_new`` tokens), decoded without special tokens."""
         import torch
 
-        out: dict[int, Verdict] = {}
+        out: dict[int, str] = {}
         for idx, prefix, cache, suffix_ids, mask in self._batches(prompts, [1] * len(prompts)):
             full = torch.cat([torch.tensor([prompts[idx[0]][:prefix]] * len(idx), dtype=suffix_ids.dtype), suffix_ids], dim=1)
             with torch.inference_mode():
                 gen = self._model.generate(
                     input_ids=full.to(self._model.device), attention_mask=mask, past_key_values=cache,
-                    max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self._tok.pad_token_id,
+                    max_new_tokens=max_new, do_sample=False, pad_token_id=self._tok.pad_token_id,
                 )
             for k, row in zip(idx, gen[:, full.shape[1]:]):
-                text = self.generate_prefix + self._tok.decode(row, skip_special_tokens=True)
-                parsed = parse_verdict(text, scale)
-                out[k] = Verdict(parsed.score, parsed.error, text=text)
+                out[k] = self._tok.decode(row, skip_special_tokens=True)
+        return [out[k] for k in range(len(prompts))]
+
+    def _line_dists(self, prompts: list[list[int]], digits: list[int], steps: list[list[int]]) -> list[list[list[float]]]:
+        """One-pass verdict lines: for each prompt, the probabilities of the ``digits`` tokens at each line.
+
+        The first line's options come at the end of the prompt; then the greedy digit (the likeliest of
+        ``digits``) and the next line's label tokens ``steps[j]`` are appended on the key/value cache, and
+        the options read again, ``len(steps) + 1`` lines in all. Probabilities are over the whole vocabulary.
+        """
+        import torch
+
+        index = torch.tensor(digits)
+        out: dict[int, list[list[float]]] = {}
+        for idx, prefix, cache, suffix_ids, mask in self._batches(prompts, [1] * len(prompts)):
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]
+            rows: list[list[list[float]]] = [[] for _ in idx]
+            feed = suffix_ids
+            for step in range(len(steps) + 1):
+                with torch.inference_mode():
+                    res = self._model(input_ids=feed, attention_mask=mask, position_ids=positions,
+                                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache = res.past_key_values
+                probs = torch.softmax(res.logits[:, -1].float(), dim=-1)[:, index]
+                for r, vec in enumerate(probs.tolist()):
+                    rows[r].append(vec)
+                if step == len(steps):
+                    break
+                # the greedy digit continues the reply, so later lines read like the judge's own text
+                chosen = index[probs.argmax(-1)]
+                tail = torch.tensor(steps[step], dtype=feed.dtype).expand(len(idx), -1)
+                feed = torch.cat([chosen[:, None].to(feed.dtype), tail], dim=1).to(feed.device)
+                mask = torch.cat([mask, torch.ones_like(feed)], dim=1)
+                positions = positions[:, -1:] + 1 + torch.arange(feed.shape[1], device=feed.device)
+                self.stats.add("tokens/computed", feed.shape[0] * feed.shape[1])
+            for r, k in enumerate(idx):
+                out[k] = rows[r]
         return [out[k] for k in range(len(prompts))]
 
     def _logit(self, prompts: list[list[int]], scale: tuple[int, int]) -> list[Verdict]:
