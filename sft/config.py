@@ -81,6 +81,10 @@ class TrainConfig:
     """Mixed precision with fp32 weights: matmuls in bf16 under autocast (docs/small.md). Needs deepspeed off
     (its bf16 mode casts the weights). Ignored, with a warning, on a CPU without native bf16 matmuls
     (no AVX-512/AMX), where bf16 is ~100x slower than fp32 (``sqrl.runtime.cpu_bf16_native``)."""
+    score_sigma: float = bounded(0.0, ge=0, le=5)
+    """Ordinal score targets (sft/ordinal.py): at each score digit of an answer the target is a Gaussian over
+    1..5 with this width around the label instead of one-hot (0.5: the label 0.79, each neighbour 0.11).
+    0 (default): plain cross-entropy, as in the paper."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self):

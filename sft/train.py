@@ -218,6 +218,11 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
         weights = balance_weights(records, rubric, cfg.data.prompting)
         log.info("data.balance: labels: %d examples, effective number %.0f", len(weights), 1 / (weights ** 2).sum())
         trainer_cls = balanced(trainer_cls, weights, cfg.train.seed)
+    if cfg.train.score_sigma > 0:
+        from sft.ordinal import with_score_targets
+
+        trainer_cls = with_score_targets(trainer_cls, getattr(processor, "tokenizer", processor), cfg.train.score_sigma)
+        log.info("train.score_sigma %g: soft ordinal targets at the score digits", cfg.train.score_sigma)
     trainer = trainer_cls(
         model=model,
         args=args,

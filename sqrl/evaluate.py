@@ -24,6 +24,7 @@ from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS
 from sqrl.prompts import PROMPTINGS, Rubric
 from sqrl.response import parse
 from sqrl.schema import Assessment, Record, read_manifest
+from sqrl.scoretokens import digit_templates, score_positions, siblings
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,7 @@ class ScoreReader:
     """
 
     def __init__(self, tokenizer: Any):
-        vocab = tokenizer.get_vocab()
-        found: dict[str, dict[int, int]] = {}
-        for tok, tid in vocab.items():
-            digits = [c for c in tok if c.isdigit()]
-            if len(digits) == 1 and digits[0] in "12345":
-                found.setdefault(tok.replace(digits[0], "{}"), {})[int(digits[0])] = tid
-        self.templates = {t: [ids[k] for k in range(1, 6)] for t, ids in found.items() if len(ids) == 5}
+        self.templates = digit_templates(tokenizer)
         self.columns = sorted({i for ids in self.templates.values() for i in ids})
         self._col = {tid: c for c, tid in enumerate(self.columns)}
         self._index = torch.tensor(self.columns, dtype=torch.long)
@@ -69,13 +64,10 @@ class ScoreReader:
 
     def expectation(self, step: int, row: int, token: str) -> tuple[float, float] | None:
         """(expected score, probability mass of 1..5) for the digit token ``token`` generated at ``step``."""
-        digits = [c for c in token if c.isdigit()]
-        if len(digits) != 1 or step >= len(self.steps):
+        found = siblings(self.templates, token)
+        if found is None or step >= len(self.steps):
             return None
-        ids = self.templates.get(token.replace(digits[0], "{}"))
-        if ids is None:
-            return None
-        probs = self.steps[step][row, [self._col[i] for i in ids]].exp()
+        probs = self.steps[step][row, [self._col[i] for i in found[0]]].exp()
         mass = float(probs.sum())
         if mass <= 0:
             return None
@@ -131,19 +123,11 @@ def read_expected(tokenizer: Any, reader: ScoreReader, row: int, ids: list[int])
     Each score digit that ``score_spans`` finds in the text is traced back to the token that wrote it,
     and that step's probabilities of the digits 1..5 give the expectation.
     """
-    from sqrl.response import score_spans
-
     special = set(tokenizer.all_special_ids)
-    kept = [(step, t) for step, t in enumerate(ids) if t >= 0 and t not in special]
-    tokens = [t for _, t in kept]
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
-    ends = [len(tokenizer.decode(tokens[:k + 1], skip_special_tokens=True)) for k in range(len(tokens))]
+    text = tokenizer.decode([t for t in ids if t >= 0 and t not in special], skip_special_tokens=True)
     expected: dict[str, float] = {}
-    for dim, (start, _) in score_spans(text).items():
-        k = next((k for k, end in enumerate(ends) if end > start), None)
-        if k is None:
-            continue
-        value = reader.expectation(kept[k][0], row, tokenizer.convert_ids_to_tokens(tokens[k]))
+    for dim, step in score_positions(tokenizer, ids).items():
+        value = reader.expectation(step, row, tokenizer.convert_ids_to_tokens(ids[step]))
         if value is not None:
             expected[dim] = value[0]
     return text.strip(), expected
