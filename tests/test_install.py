@@ -70,6 +70,7 @@ def _run(args: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_a_wheel_installed_elsewhere_runs_the_stages_with_shipped_configs_and_a_custom_reward(tmp_path):
     python = _install(tmp_path)

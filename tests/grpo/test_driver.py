@@ -222,6 +222,7 @@ def test_resume_refuses_a_tampered_checkpoint_before_any_worker_loads_it(main_ru
         driver.close()
 
 
+@pytest.mark.e2e
 def test_resume_after_kill_9_reproduces_the_uninterrupted_run(cluster, tiny_init, corpus, tmp_path):
     steps = 4
     cfg = make_config(tiny_init, corpus, f"train.steps={steps}", "train.save_every=1", "train.keep_checkpoints=10",

@@ -177,6 +177,7 @@ def test_a_placement_the_cluster_cannot_hold_fails_and_names_the_demand(two_node
     assert {k for k, v in placement_group_table().items() if v["state"] != "REMOVED"} == before  # nothing left held
 
 
+@pytest.mark.e2e
 def test_a_run_spans_both_nodes_and_survives_losing_one_mid_step(two_nodes, tiny_init, corpus, tmp_path):
     cluster, head, spare = two_nodes
     where_log = tmp_path / "where.jsonl"

@@ -406,6 +406,7 @@ def _check_resume(out: Path, cfg: CompareConfig, first: dict) -> None:
         assert row["summary"] == first["rows"][name]["summary"]
 
 
+@pytest.mark.e2e
 def test_compare_end_to_end_on_two_seeds_then_resumes_without_retraining(small_corpus, tmp_path):
     """Every row but the two LLM-judge GRPO rows (see the slow test below)."""
     rows = ["untrained", "calibration", "calibration_frozen", "sft_reasoning", "grpo_accsem"]
@@ -432,6 +433,7 @@ def test_compare_every_row_including_the_llm_judge_rewards(small_corpus, tmp_pat
     _check_resume(out, cfg, results)
 
 
+@pytest.mark.e2e
 def test_compare_with_sft_seed_trains_the_sft_chain_once_then_resumes(small_corpus, tmp_path):
     """sft_seed: one calibration, frozen-encoder calibration, warm-up and merge under shared/; the GRPO row per seed."""
     import yaml

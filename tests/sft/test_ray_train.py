@@ -21,6 +21,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.e2e
 def test_sft_runs_on_two_ray_train_workers(tiny_manifest, tmp_path, ray_cluster):
     cfg = load_config(SFTStageConfig, CONFIG, tiny_overrides(tiny_manifest, **{
         "train.max_steps": 2, "ray.num_workers": 2, "train.batch_size": 2}))
