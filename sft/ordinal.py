@@ -6,9 +6,9 @@ Gaussian over the digits 1..5 centred on the label,
 
     q_k = exp(-(k - y)^2 / (2 sigma^2)) / sum_j exp(-(j - y)^2 / (2 sigma^2)),   k = 1..5,
 
-and the token's loss is the cross-entropy against it, ``-sum_k q_k log p(k)``. Every other token keeps its
-one-hot target. The loss is the mean over a micro-batch's answer tokens (the Trainer divides it by
-``grad_accum``; the plain loss weighs micro-batches by their token counts instead, the same at grad_accum 1). As sigma -> 0 the target becomes one-hot again; at
+and the token's loss is the cross-entropy against it, ``-sum_k q_k log p(k)``, less the target's entropy (so
+its floor is 0, as a one-hot token's; the gradient is the cross-entropy's). Every other token keeps its one-hot
+target, and the loss is normalised as TRL's plain one. As sigma -> 0 the target becomes one-hot again; at
 sigma 0.5 the label keeps 0.79 and each neighbour gets 0.11. Soft, distribution-shaped score targets are how
 DeQA-Score and Q-Align-style quality LLMs train for rank correlation; the expected score
 (``sqrl eval``) reads the same five probabilities back.
@@ -49,61 +49,80 @@ class ScoreTargets:
             ids = labels[row, positions].tolist()
             for k in sorted(score_positions(self.tokenizer, ids).values()):
                 found = siblings(self.templates, self.tokenizer.convert_ids_to_tokens(ids[k]))
-                if found is not None:
+                if found is not None and positions[k] >= 1:  # the first label has no logit before it
                     out.append((row, positions[k], found[0], found[1]))
         return out
 
 
 def ordinal_loss(logits: torch.Tensor, labels: torch.Tensor, scores: list[tuple[int, int, list[int], int]],
-                 sigma: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The causal-LM loss with soft targets at the score digits, and the token accuracy.
+                 sigma: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The summed causal-LM loss over the answer tokens, with soft targets at the score digits.
 
     ``logits[:, t]`` predicts ``labels[:, t + 1]``; ``scores`` are positions in ``labels`` (``ScoreTargets``).
-    Returns ``(loss, {"mean_token_accuracy", "score_tokens"})``.
+    A score digit's term is ``KL(q || p) = sum_k q_k (log q_k - log p_k)``: the cross-entropy against ``q``
+    less the target's own entropy, so its floor is 0 as for the other tokens and the logged loss stays
+    comparable with plain SFT (the gradients are those of the cross-entropy). Only the answer positions'
+    logits are taken to fp32. Returns ``(loss summed over answer tokens, {"tokens", "correct",
+    "entropy", "score_tokens"})``; the caller divides by the token count it normalises with.
     """
-    shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
     mask = shift_labels != -100
-    total = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                            ignore_index=-100, reduction="sum")
+    where = mask.nonzero().tolist()  # (row, column) of each answer token, in the order of ``sel``
+    sel = logits[:, :-1][mask].float()  # (answer tokens, vocab)
+    target_ids = shift_labels[mask]
+    logp = torch.log_softmax(sel, dim=-1)
+    per_token = -logp.gather(1, target_ids[:, None]).squeeze(1)
     if scores:
-        rows = torch.tensor([r for r, _, _, _ in scores], device=logits.device)
-        cols = torch.tensor([p - 1 for _, p, _, _ in scores], device=logits.device)
-        logp = torch.log_softmax(shift_logits[rows, cols], dim=-1)  # (n, vocab)
-        sib = torch.tensor([s for _, _, s, _ in scores], device=logits.device)  # (n, 5)
-        target = torch.tensor([gaussian_targets(y, sigma) for _, _, _, y in scores], device=logits.device)
-        own = torch.tensor([s[y - 1] for _, _, s, y in scores], device=logits.device)
-        hard = -logp.gather(1, own[:, None]).squeeze(1)
-        soft = -(target * logp.gather(1, sib)).sum(-1)
-        total = total + (soft - hard).sum()  # each score digit's one-hot term becomes the soft one
-    count = mask.sum()
-    loss = total / count.clamp(min=1)
+        row_of = {(r, c): i for i, (r, c) in enumerate(where)}
+        idx = torch.tensor([row_of[(r, p - 1)] for r, p, _, _ in scores], device=sel.device)
+        sib = torch.tensor([s for _, _, s, _ in scores], device=sel.device)  # (n, 5)
+        q = torch.tensor([gaussian_targets(y, sigma) for _, _, _, y in scores], device=sel.device)
+        log_q = torch.where(q > 0, q.clamp(min=1e-30).log(), torch.zeros_like(q))
+        soft = (q * (log_q - logp[idx].gather(1, sib))).sum(-1)
+        per_token = per_token.index_put((idx,), soft)  # each score digit's one-hot term becomes the soft one
     with torch.no_grad():
-        correct = ((shift_logits.argmax(-1) == shift_labels) & mask).sum()
-        accuracy = float(correct) / max(int(count), 1)
-    return loss, {"mean_token_accuracy": accuracy, "score_tokens": float(len(scores))}
+        stats = {
+            "tokens": mask.sum(),
+            "correct": (sel.argmax(-1) == target_ids).sum(),
+            "entropy": -(logp.exp() * logp).sum(-1).sum(),
+            "score_tokens": torch.tensor(len(scores), device=sel.device),
+        }
+    return per_token.sum(), stats
 
 
 def with_score_targets(trainer_cls, tokenizer: Any, sigma: float):
     """``trainer_cls`` whose loss uses soft ordinal targets at the score digits (``ordinal_loss``).
 
-    One forward pass with full logits (no fused head: the five digit probabilities are needed); the
-    token accuracy that TRL logs is computed from the same logits.
+    One forward pass with full logits (the fused head that TRL trains with gives only the label's
+    log-probability; the five digits' are needed). The loss is normalised exactly as TRL's plain one (by
+    ``num_items_in_batch`` when the Trainer gives it, else by this micro-batch's answer tokens, and scaled by
+    the number of processes as TRL does), so ``score_sigma`` near 0 trains as plain SFT; the metrics TRL logs
+    (``mean_token_accuracy``, ``entropy``, ``num_tokens``) are computed from the same logits, gathered over
+    ranks, with ``score_tokens`` (the score digits found per micro-batch) beside them.
     """
     targets = ScoreTargets(tokenizer)
     if not targets.templates:
         raise ValueError("train.score_sigma: the tokenizer has no single-token spellings of the digits 1-5")
 
     class ScoreTargetTrainer(trainer_cls):
-        loss_is_scaled_for_ga = False  # a mean over this micro-batch's answer tokens; the Trainer divides by grad_accum
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
             labels = inputs["labels"]
             outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
-            loss, metrics = ordinal_loss(outputs.logits, labels, targets(labels), sigma)
-            for key, value in metrics.items():
-                self._metrics[mode][key].append(value)
+            total, stats = ordinal_loss(outputs.logits, labels, targets(labels), sigma)
+            denom = stats["tokens"] if num_items_in_batch is None else num_items_in_batch
+            loss = total / torch.as_tensor(denom, device=total.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+                loss = loss * (self.accelerator.num_processes // tp)  # as TRL: DDP averages the gradients
+            gathered = {k: self.accelerator.gather_for_metrics(v).sum() for k, v in stats.items()}
+            valid = max(float(gathered["tokens"]), 1.0)
+            self._metrics[mode]["mean_token_accuracy"].append(float(gathered["correct"]) / valid)
+            self._metrics[mode]["entropy"].append(float(gathered["entropy"]) / valid)
+            self._metrics[mode]["score_tokens"].append(float(gathered["score_tokens"]) / self.accelerator.num_processes)
+            if mode == "train" and "attention_mask" in inputs and hasattr(self, "_total_train_tokens"):
+                self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum())
+                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return (loss, outputs) if return_outputs else loss
 
     ScoreTargetTrainer.__name__ = ScoreTargetTrainer.__qualname__ = f"ScoreTarget{trainer_cls.__name__}"

@@ -43,12 +43,14 @@ def score_positions(tokenizer: Any, ids: Sequence[int]) -> dict[str, int]:
     special = set(tokenizer.all_special_ids)
     kept = [k for k, t in enumerate(ids) if t >= 0 and t not in special]
     tokens = [int(ids[k]) for k in kept]
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    # no clean-up of spaces: the prefix lengths below must add up to the same text
+    text = tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     spans = score_spans(text)
     if not spans:
         return {}
     # the end of the text after each token: a decode per prefix (answers are a few hundred tokens)
-    ends = [len(tokenizer.decode(tokens[:j + 1], skip_special_tokens=True)) for j in range(len(tokens))]
+    ends = [len(tokenizer.decode(tokens[:j + 1], skip_special_tokens=True, clean_up_tokenization_spaces=False))
+            for j in range(len(tokens))]
     out: dict[str, int] = {}
     for dim, (start, _) in spans.items():
         j = next((j for j, end in enumerate(ends) if end > start), None)

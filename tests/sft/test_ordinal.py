@@ -57,11 +57,31 @@ def test_the_score_digits_are_found_among_the_label_tokens(tokenizer):
         assert tokenizer.decode([int(labels[0, pos])]).strip() == str(label)
         assert [tokenizer.decode([s]).strip() for s in sib] == ["1", "2", "3", "4", "5"]
         assert sib[label - 1] == int(labels[0, pos])
-    # the "none" of the artifact line and the "/5" are not scores; a prompt (ignored) is never searched
+    # score lines in the prompt (ignored positions) are not searched: only the answer's two digits count
+    prompt = tokenizer("Scores:\n- Speed: 3/5\n- Overall quality: 5/5\n", add_special_tokens=False)["input_ids"]
+    with_prompt = torch.tensor([[IGNORE_INDEX] * len(prompt) + ids])
+    assert [label for _, _, _, label in ScoreTargets(tokenizer)(with_prompt)] == [4, 2]
     assert ScoreTargets(tokenizer)(torch.full_like(labels, IGNORE_INDEX)) == []
 
 
-def test_the_loss_replaces_each_score_digits_term_by_the_soft_one(tokenizer):
+def _reference_terms(logits, labels, scores, soft):
+    """Token by token, in float64: -log p(label), or at a score digit sum_k q_k (log q_k - log p(k))."""
+    at = {(row, pos): (sib, label) for row, pos, sib, label in scores}
+    terms = []
+    for row in range(labels.shape[0]):
+        for t in range(1, labels.shape[1]):
+            if labels[row, t] == IGNORE_INDEX:
+                continue
+            logp = torch.log_softmax(logits[row, t - 1].double(), -1)
+            if soft is not None and (row, t) in at:
+                sib, label = at[(row, t)]
+                terms.append(sum(q * (math.log(q) - logp[s]) for q, s in zip(soft[label], sib) if q > 0))
+            else:
+                terms.append(-logp[labels[row, t]])
+    return terms
+
+
+def test_the_loss_and_its_gradient_replace_each_score_digits_term_by_the_soft_one(tokenizer):
     torch.manual_seed(0)
     labels, _ = _labels(tokenizer)
     labels = torch.cat([labels, labels.roll(2, dims=1)])  # a second row, its score digits elsewhere
@@ -69,29 +89,25 @@ def test_the_loss_replaces_each_score_digits_term_by_the_soft_one(tokenizer):
     logits = torch.randn(2, labels.shape[1], len(tokenizer), requires_grad=True)
     scores = ScoreTargets(tokenizer)(labels)
     assert len(scores) == 4
+    n_tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
 
-    plain, metrics = ordinal_loss(logits, labels, scores, sigma=0.0)
+    plain, stats = ordinal_loss(logits, labels, scores, sigma=0.0)
     reference = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                ignore_index=IGNORE_INDEX)
-    assert plain.detach().item() == pytest.approx(reference.item(), rel=1e-6)  # sigma 0 is the plain causal-LM loss
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+    assert plain.item() == pytest.approx(reference.item(), rel=1e-6)  # sigma 0 is the plain causal-LM loss
+    assert int(stats["tokens"]) == n_tokens and int(stats["score_tokens"]) == 4
+    assert 0 <= int(stats["correct"]) <= n_tokens and float(stats["entropy"]) > 0
 
     soft, _ = ordinal_loss(logits, labels, scores, sigma=0.5)
-    # token by token: -log p(label), except at a score digit: -sum_k q_k log p(k) with q from the hand-worked values
-    at = {(row, pos): (sib, label) for row, pos, sib, label in scores}
-    terms = []
-    for row in range(2):
-        for t in range(1, labels.shape[1]):
-            if labels[row, t] == IGNORE_INDEX:
-                continue
-            logp = torch.log_softmax(logits[row, t - 1].detach().double(), -1)
-            if (row, t) in at:
-                sib, label = at[(row, t)]
-                q = SOFT[label]
-                terms.append(-sum(qk * logp[s] for qk, s in zip(q, sib)))
-            else:
-                terms.append(-logp[labels[row, t]])
-    assert soft.detach().item() == pytest.approx(float(sum(terms) / len(terms)), rel=1e-5)
-    assert metrics["score_tokens"] == 4.0 and 0 <= metrics["mean_token_accuracy"] <= 1
+    soft.backward()
+    twin = logits.detach().clone().requires_grad_(True)
+    terms = _reference_terms(twin, labels, scores, SOFT)
+    expected = sum(terms)
+    expected.backward()
+    assert soft.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(logits.grad, twin.grad.float(), rtol=1e-4, atol=1e-6)  # the soft term trains
+    score_rows = {(r, p - 1) for r, p, _, _ in scores}
+    assert all(twin.grad[r, c].abs().sum() > 0 for r, c in score_rows)
 
     # a model sure of the label pays for it under the soft target and not under the one-hot one
     sure = torch.full_like(logits, -20.0)
@@ -99,11 +115,11 @@ def test_the_loss_replaces_each_score_digits_term_by_the_soft_one(tokenizer):
         for t in range(1, labels.shape[1]):
             if labels[row, t] != IGNORE_INDEX:
                 sure[row, t - 1, labels[row, t]] = 20.0
-    assert ordinal_loss(sure, labels, scores, 0.0)[0].item() < 1e-6
-    # each score digit pays 40 nats (log p = -40 off the label) for the target's mass off its label, 0.2132217
-    n_tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
-    assert ordinal_loss(sure, labels, scores, 0.5)[0].item() == pytest.approx(4 * 0.2132217 * 40 / n_tokens, rel=1e-4)
-    assert ordinal_loss(sure, labels, scores, 0.0)[1]["mean_token_accuracy"] == 1.0
+    assert ordinal_loss(sure, labels, scores, 0.0)[0].item() < 1e-4
+    assert int(ordinal_loss(sure, labels, scores, 0.0)[1]["correct"]) == n_tokens
+    # each score digit: KL(q || p) with log p = -40 off the label, 0 on it
+    kl = {y: sum(q * (math.log(q) - (0.0 if k == y - 1 else -40.0)) for k, q in enumerate(SOFT[y]) if q > 0) for y in (2, 4)}
+    assert ordinal_loss(sure, labels, scores, 0.5)[0].item() == pytest.approx(2 * kl[2] + 2 * kl[4], rel=1e-4)
 
 
 def test_a_calibration_with_score_targets_trains_and_logs_them(tiny_manifest, tmp_path):
@@ -112,7 +128,8 @@ def test_a_calibration_with_score_targets_trains_and_logs_them(tiny_manifest, tm
     run_sft(cfg, tmp_path / "out")
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "loss" in r]
-    assert all(r["score_tokens"] > 0 and math.isfinite(r["loss"]) for r in logged)
+    # all_dimensions prompting: 7 scores per answer, every one found in every example of a step
+    assert all(r["score_tokens"] == 7 * cfg.train.batch_size and math.isfinite(r["loss"]) and r["num_tokens"] > 0 for r in logged)
     assert logged[-1]["loss"] < logged[0]["loss"]
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     with pytest.raises(ValueError, match="score_sigma"):
