@@ -22,8 +22,8 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from sqrl.backbones import IGNORE_INDEX
 from sqrl.scoretokens import digit_templates, score_positions, siblings
 
 
@@ -45,7 +45,7 @@ class ScoreTargets:
     def __call__(self, labels: torch.Tensor) -> list[tuple[int, int, list[int], int]]:
         out = []
         for row in range(labels.shape[0]):
-            positions = (labels[row] != -100).nonzero().flatten().tolist()
+            positions = (labels[row] != IGNORE_INDEX).nonzero().flatten().tolist()
             ids = labels[row, positions].tolist()
             for k in sorted(score_positions(self.tokenizer, ids).values()):
                 found = siblings(self.templates, self.tokenizer.convert_ids_to_tokens(ids[k]))
@@ -66,7 +66,7 @@ def ordinal_loss(logits: torch.Tensor, labels: torch.Tensor, scores: list[tuple[
     "entropy", "score_tokens"})``; the caller divides by the token count it normalises with.
     """
     shift_labels = labels[:, 1:]
-    mask = shift_labels != -100
+    mask = shift_labels != IGNORE_INDEX
     where = mask.nonzero().tolist()  # (row, column) of each answer token, in the order of ``sel``
     sel = logits[:, :-1][mask].float()  # (answer tokens, vocab)
     target_ids = shift_labels[mask]
