@@ -70,45 +70,65 @@ def examples(n: int, prompting: str, offset: int = 0) -> list[dict]:
 
 
 def bench_sft(args, backbone) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
+    import contextlib
 
+    from torch.utils.flop_counter import FlopCounterMode
+    from trl.trainer.utils import add_fused_lm_head
+
+    from sft.compact_head import compact_positions
     from sft.data import AudioCollator
+    from sqrl.backbones import IGNORE_INDEX
 
     model, processor = backbone.load()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # SFTTrainer's loss path
     peft = backbone.apply_lora(model, rank=64, dropout=0.05, encoder_mode="trainable").train()
     batch = AudioCollator(backbone.name, processor, options={"window_s": args.window_s})(
         examples(args.batch, "all_dimensions"))
     opt = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=1e-4)
+    head = peft.get_output_embeddings().weight
+    positions = batch["labels"][:, 1:].numel()
+    labelled = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
-    def step(bf16: bool):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = peft(**batch).loss
+    def head_mode(compact: bool):
+        return compact_positions() if compact else contextlib.nullcontext()
+
+    def step(bf16: bool, compact: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), head_mode(compact):
+            loss = peft(**batch, fused_lm_head=True).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
-            peft(**batch).loss.backward()
-    opt.zero_grad(set_to_none=True)
-    flops = counter.get_total_flops()
     peak = matmul_peak(args.matmul_n, args.repeats)
     out = {"batch": args.batch, "sequence_tokens": int(batch["input_ids"].shape[1]),
+           "positions": positions, "labelled_positions": labelled,
            "mel_frames": int(batch["input_features"].shape[-1]),
            "trainable_parameters": sum(p.numel() for p in peft.parameters() if p.requires_grad),
-           "step_gflop": round(flops / 1e9, 1), "matmul_peak_gflops": round(peak, 1)}
+           "matmul_peak_gflops": round(peak, 1)}
     from sqrl.runtime import bf16_is_slow
 
-    for name, bf16 in (("fp32", False), ("bf16_autocast", True)):
-        if bf16 and bf16_is_slow("cpu"):  # the scalar bf16 path: hours, and not what the stage would run
-            out[name] = {"skipped": "no native bf16 matmul on this CPU; sft falls back to fp32 (sqrl.runtime)"}
-            print(f"# sft {name}: skipped, no native bf16 on this CPU", file=sys.stderr)
-            continue
-        best, median = timed(lambda: step(bf16), args.repeats)
-        out[name] = {"step_s": round(best, 3), "step_median_s": round(median, 3),
-                     "gflops": round(flops / best / 1e9, 1), "of_peak": round(flops / best / 1e9 / peak, 3)}
-        print(f"# sft {name}: {best:.2f} s/step, {flops / best / 1e9:.1f} GFLOP/s of {peak:.1f}", file=sys.stderr)
+    for head_name, compact in (("all_positions", False), ("compact", True)):
+        counter = FlopCounterMode(display=False)
+        with counter, head_mode(compact):
+            peft(**batch, fused_lm_head=True).loss.backward()
+        opt.zero_grad(set_to_none=True)
+        # torch's counter misses TRL's hidden-state gradient of the head (an in-place addmm_): added by hand
+        scored = labelled if compact else positions
+        flops = counter.get_total_flops() + 2 * head.shape[0] * head.shape[1] * scored
+        part = {"step_gflop": round(flops / 1e9, 1), "scored_positions": scored}
+        for name, bf16 in (("fp32", False), ("bf16_autocast", True)):
+            if bf16 and bf16_is_slow("cpu"):  # the scalar bf16 path: hours, and not what the stage would run
+                part[name] = {"skipped": "no native bf16 matmul on this CPU; sft falls back to fp32 (sqrl.runtime)"}
+                print(f"# sft {head_name} {name}: skipped, no native bf16 on this CPU", file=sys.stderr)
+                continue
+            best, median = timed(lambda: step(bf16, compact), args.repeats)
+            part[name] = {"step_s": round(best, 3), "step_median_s": round(median, 3),
+                          "gflops": round(flops / best / 1e9, 1), "of_peak": round(flops / best / 1e9 / peak, 3)}
+            print(f"# sft {head_name} {name}: {best:.2f} s/step, {flops / 1e9:.0f} GFLOP, "
+                  f"{flops / best / 1e9:.1f} GFLOP/s of {peak:.1f}", file=sys.stderr)
+        out[head_name] = part
+    full, compact = out["all_positions"]["fp32"], out["compact"]["fp32"]
+    out["compact_speedup_fp32"] = round(full["step_s"] / compact["step_s"], 3)
     out["load_average_1min"] = round(os.getloadavg()[0], 2)
     return out
 

@@ -54,6 +54,27 @@ def example_labels(records: list[Record], rubric: Rubric, prompting: str) -> lis
     return out
 
 
+# Audio tokens per second of clip in every backbone family here: Whisper's 50 encoder frames a second, pooled by 2.
+AUDIO_TOKENS_PER_SECOND = 25
+
+
+def example_lengths(examples: list[dict[str, Any]], tokenizer, window_s: float) -> list[int]:
+    """Each example's sequence length, estimated without loading audio (``train.group_by_length``): its audio
+    tokens from the file header's duration (capped at the encoder window) plus its prompt and answer tokens.
+    An unreadable file counts as no audio; the collator skips and counts it later."""
+    import soundfile as sf
+
+    lengths = []
+    for ex in examples:
+        try:
+            seconds = min(sf.info(ex["audio"]).duration, window_s)
+        except (RuntimeError, OSError, sf.LibsndfileError):
+            seconds = 0.0
+        text = len(tokenizer(ex["prompt"] + ex["target"], add_special_tokens=False)["input_ids"])
+        lengths.append(int(seconds * AUDIO_TOKENS_PER_SECOND) + text)
+    return lengths
+
+
 def balance_weights(records: list[Record], rubric: Rubric, prompting: str):
     """``sqrl.data.balance.label_balance_weights`` over the examples ``build_examples`` makes of ``records``."""
     from sqrl.data.balance import label_balance_weights

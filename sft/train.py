@@ -19,8 +19,9 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from sft.compact_head import compact_head
 from sft.config import SFTStageConfig
-from sft.data import AudioCollator, balance_weights, build_examples, load_records
+from sft.data import AudioCollator, balance_weights, build_examples, example_lengths, load_records
 from sft.zero3 import zero3_aware
 from sqrl.backbones.config import resolve_dtype
 from sqrl.config import save_config
@@ -181,6 +182,10 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
     if cfg.model.init:
         options = read_meta(cfg.model.init).options
     collator = AudioCollator(backbone.name, processor, cfg.data.max_seconds, options)
+    if cfg.train.group_by_length:
+        window = min(cfg.data.max_seconds, float((options or {}).get("window_s", 30)))
+        for ex, n in zip(examples, example_lengths(examples, getattr(processor, "tokenizer", processor), window)):
+            ex["length"] = n
     log.info("stage %s: %d examples from %s; %s", cfg.stage, len(examples), train_manifest, trainable_summary(model))
 
     from datasets import Dataset
@@ -212,8 +217,10 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
         max_length=None,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
+        **({"train_sampling_strategy": "group_by_length", "length_column_name": "length"}
+           if cfg.train.group_by_length else {}),
     )
-    trainer_cls = zero3_aware(SFTTrainer)
+    trainer_cls = compact_head(zero3_aware(SFTTrainer))  # the LM head scores only answer tokens on a CPU too
     if cfg.data.balance == "labels":
         weights = balance_weights(records, rubric, cfg.data.prompting)
         log.info("data.balance: labels: %d examples, effective number %.0f", len(weights), 1 / (weights ** 2).sum())

@@ -260,3 +260,25 @@ def test_sft_drops_bf16_autocast_where_bf16_is_slow(monkeypatch, caplog, native)
         assert mixed_precision(small) is (native == "1")
         assert mixed_precision(tiny) is False
     assert ("train.bf16_autocast: bfloat16 asked for" in caplog.text) is (native == "0")
+
+
+def test_example_lengths_count_audio_tokens_from_the_header_and_text_tokens(tmp_path, sqrl_cache):
+    from sft.data import AUDIO_TOKENS_PER_SECOND, example_lengths
+
+    tokenizer = get_backbone("tiny-qwen2-audio", window_s=5).load()[1].tokenizer
+    for name, seconds in (("one", 1.0), ("three", 3.0)):
+        sf.write(tmp_path / f"{name}.wav", np.zeros(int(16_000 * seconds), np.float32), 16_000)
+    (tmp_path / "bad.wav").write_bytes(b"not a wav")
+    examples = [{"audio": str(tmp_path / f"{n}.wav"), "prompt": "Rate the clip.", "target": t}
+                for n, t in (("one", "Noise: 4/5"), ("three", "Noise: 2/5 with a long hiss"), ("bad", "x"))]
+    text = [len(tokenizer(e["prompt"] + e["target"], add_special_tokens=False)["input_ids"]) for e in examples]
+    assert example_lengths(examples, tokenizer, window_s=5) == [25 + text[0], 75 + text[1], text[2]]
+    assert AUDIO_TOKENS_PER_SECOND == 25
+    assert example_lengths(examples, tokenizer, window_s=2)[1] == 50 + text[1]  # capped at the encoder window
+
+
+def test_group_by_length_trains_and_refuses_label_balancing(tiny_manifest, tmp_path):
+    with pytest.raises(ValueError, match="group_by_length"):
+        _cfg(tiny_manifest, **{"train.group_by_length": True, "data.balance": "labels"})
+    out = run_sft(_cfg(tiny_manifest, **{"train.group_by_length": True, "train.max_steps": 2}), tmp_path / "g")
+    assert [s for s, _ in _losses(out)] == [1, 2]
