@@ -6,6 +6,7 @@ layout is ``Backbone.build_inputs``'s: logits at position ``t`` predict token ``
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
@@ -35,18 +36,48 @@ def _accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
+def _output_head(model: Any) -> Any | None:
+    """The LM head module of ``model`` (through a DeepSpeed engine and PEFT), or None."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    get = getattr(inner, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, torch.nn.Module) else None
+
+
+@contextlib.contextmanager
+def _head_keeps_last(model: Any, keep: int):
+    """Within the block, the LM head of ``model`` projects only the last ``keep`` positions: what
+    ``logits_to_keep`` does, for a model whose forward lacks it (transformers' Qwen2-Audio). A pre-hook on
+    the head slices its input, so the model's own forward (PEFT, a DeepSpeed engine) runs unchanged."""
+    head = _output_head(model)
+    if head is None:
+        yield False
+        return
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0][:, -keep:], *args[1:]))
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
 def completion_logprobs(model: Any, inputs: dict[str, torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the completion tokens: ``(B, K)`` and the matching ``(B, K)`` mask.
 
     ``inputs`` and ``mask`` are a training batch of ``Backbone.build_inputs`` (``mask``: its
-    ``completion_mask``). Only the positions from the earliest completion start on are kept
-    (``logits_to_keep`` where the model supports it), so a long audio-and-rubric prompt does not
-    cost a vocabulary-wide softmax per token.
+    ``completion_mask``). Only the positions from the earliest completion start on go through the LM
+    head (``logits_to_keep`` where the model supports it, else a hook that slices the head's input), so a
+    long audio-and-rubric prompt does not cost a vocabulary-wide projection and softmax per token.
     """
     input_ids = inputs["input_ids"]
     width = input_ids.shape[1]
     first = int(mask.float().argmax(dim=1).min())  # every row has >= 1 completion token
     keep = width - first + 1
-    extra = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
-    logits = model(**inputs, **extra).logits[:, -keep:-1]
+    if _accepts_logits_to_keep(model):
+        logits = model(**inputs, logits_to_keep=keep).logits
+    else:
+        with _head_keeps_last(model, keep):
+            logits = model(**inputs).logits
+    logits = logits[:, -keep:-1]
     return token_logprobs(logits, input_ids[:, first:]), mask[:, first:]
