@@ -86,9 +86,10 @@ class TrainConfig:
     1..5 with this width around the label instead of one-hot (0.5: the label 0.79, each neighbour 0.11).
     0 (default): plain cross-entropy, as in the paper."""
     group_by_length: bool = False
-    """Batch examples of similar length together (HF's length-grouped sampler: shuffled, then sorted by length
-    within mega-batches of 50 micro-batches). A random batch of 4 synthetic clips is ~13% padding, which costs as
-    much as real tokens on a CPU; grouped, ~1%. Changes the order of the examples, so a run with it is not the
+    """Batch examples of similar length together (``sqrl.data.length_groups``: shuffled, sorted by length within
+    mega-batches of 50 micro-batches, then the batches shuffled; not HF's sampler, which trains each mega-batch
+    longest first and broke calibration here). A random batch of 4 synthetic clips is ~13% padding, which costs
+    as much as real tokens on a CPU; grouped, ~1%. Changes the order of the examples, so a run with it is not the
     same run as one without. Not with ``data.balance: labels`` (both choose the order)."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 

@@ -182,10 +182,10 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
     if cfg.model.init:
         options = read_meta(cfg.model.init).options
     collator = AudioCollator(backbone.name, processor, cfg.data.max_seconds, options)
+    lengths = None
     if cfg.train.group_by_length:
         window = min(cfg.data.max_seconds, float((options or {}).get("window_s", 30)))
-        for ex, n in zip(examples, example_lengths(examples, getattr(processor, "tokenizer", processor), window)):
-            ex["length"] = n
+        lengths = example_lengths(examples, getattr(processor, "tokenizer", processor), window)
     log.info("stage %s: %d examples from %s; %s", cfg.stage, len(examples), train_manifest, trainable_summary(model))
 
     from datasets import Dataset
@@ -217,14 +217,14 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
         max_length=None,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
-        **({"train_sampling_strategy": "group_by_length", "length_column_name": "length"}
-           if cfg.train.group_by_length else {}),
     )
     trainer_cls = compact_head(zero3_aware(SFTTrainer))  # the LM head scores only answer tokens on a CPU too
     if cfg.data.balance == "labels":
         weights = balance_weights(records, rubric, cfg.data.prompting)
         log.info("data.balance: labels: %d examples, effective number %.0f", len(weights), 1 / (weights ** 2).sum())
         trainer_cls = balanced(trainer_cls, weights, cfg.train.seed)
+    if lengths is not None:
+        trainer_cls = length_grouped(trainer_cls, lengths, cfg.train.batch_size, cfg.train.seed)
     if cfg.train.score_sigma > 0:
         from sft.ordinal import with_score_targets
 
@@ -263,15 +263,29 @@ def balanced(trainer_cls, weights, seed: int):
     own samplers know uniform and length-grouped orders only."""
     from sqrl.data.balance import BalancedSampler
 
-    class Balanced(trainer_cls):
+    return _with_sampler(trainer_cls, "Balanced", len(weights), "data.balance", lambda: BalancedSampler(weights, seed))
+
+
+def length_grouped(trainer_cls, lengths, batch_size: int, seed: int):
+    """``trainer_cls`` training batches of similar length in a random order (``train.group_by_length``;
+    ``sqrl.data.length_groups``). Not HF's own length-grouped sampler: it trains each mega-batch's batches
+    longest first, a 50-step sweep that broke calibration where length tells the label (docs/small.md)."""
+    from sqrl.data.length_groups import LengthGroupedSampler
+
+    return _with_sampler(trainer_cls, "LengthGrouped", len(lengths), "train.group_by_length",
+                         lambda: LengthGroupedSampler(lengths, batch_size, seed))
+
+
+def _with_sampler(trainer_cls, prefix: str, n: int, setting: str, make):
+    class WithSampler(trainer_cls):
         def _get_train_sampler(self, train_dataset=None):
             dataset = self.train_dataset if train_dataset is None else train_dataset
-            if len(dataset) != len(weights):
-                raise ValueError(f"data.balance: {len(weights)} weights for {len(dataset)} examples")
-            return BalancedSampler(weights, seed)
+            if len(dataset) != n:
+                raise ValueError(f"{setting}: {n} entries for {len(dataset)} examples")
+            return make()
 
-    Balanced.__name__ = Balanced.__qualname__ = f"Balanced{trainer_cls.__name__}"
-    return Balanced
+    WithSampler.__name__ = WithSampler.__qualname__ = f"{prefix}{trainer_cls.__name__}"
+    return WithSampler
 
 
 def _drop_rows_after(path: Path, step: int) -> None:

@@ -282,3 +282,21 @@ def test_group_by_length_trains_and_refuses_label_balancing(tiny_manifest, tmp_p
         _cfg(tiny_manifest, **{"train.group_by_length": True, "data.balance": "labels"})
     out = run_sft(_cfg(tiny_manifest, **{"train.group_by_length": True, "train.max_steps": 2}), tmp_path / "g")
     assert [s for s, _ in _losses(out)] == [1, 2]
+
+
+def test_group_by_length_uses_sqrls_sampler_not_hfs():
+    """HF's length-grouped sampler trains each mega-batch longest first (a 50-step sweep that broke the small
+    calibration); the stage swaps in sqrl's, whose batches come in random order."""
+    from sft.train import length_grouped
+    from sqrl.data.length_groups import LengthGroupedSampler, length_grouped_order
+
+    class Trainer:
+        train_dataset = list(range(12))
+
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 0, 11, 10]
+    trainer = length_grouped(Trainer, lengths, batch_size=2, seed=4)()
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler)
+    assert list(sampler) == length_grouped_order(lengths, 2, seed=4, epoch=0).tolist()
+    with pytest.raises(ValueError, match="group_by_length: 12 entries for 3 examples"):
+        trainer._get_train_sampler([0, 1, 2])
