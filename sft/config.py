@@ -88,9 +88,9 @@ class TrainConfig:
     group_by_length: bool = False
     """Batch examples of similar length together (``sqrl.data.length_groups``: shuffled, sorted by length within
     mega-batches of 50 micro-batches, then the batches shuffled; not HF's sampler, which trains each mega-batch
-    longest first and broke calibration here). A random batch of 4 synthetic clips is ~13% padding, which costs
-    as much as real tokens on a CPU; grouped, ~1%. Changes the order of the examples, so a run with it is not the
-    same run as one without. Not with ``data.balance: labels`` (both choose the order)."""
+    longest first and broke calibration here). A random batch of 4 small-model calibration examples is ~15%
+    padding, which costs as much as real tokens on a CPU; grouped, 0.7%. Changes the order of the examples, so a
+    run with it is not the same run as one without. Not with ``data.balance: labels`` (both choose the order)."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self):

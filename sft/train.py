@@ -252,6 +252,7 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
         write_meta(out, ModelMeta(backbone=backbone.name, kind="adapter", base=base, stage=cfg.stage, options=options,
                                         base_build=_base_build(backbone, base, cfg)))
         save_config(cfg, out / "sqrl_config.yaml")
+        _plot_training(out)
         if collator.skipped:
             log.warning("skipped clips: %s", dict(collator.skipped))
     return out
@@ -286,6 +287,23 @@ def _with_sampler(trainer_cls, prefix: str, n: int, setting: str, make):
 
     WithSampler.__name__ = WithSampler.__qualname__ = f"{prefix}{trainer_cls.__name__}"
     return WithSampler
+
+
+def _plot_training(out: Path) -> None:
+    """``plots/training.png``: the loss and token accuracy of ``metrics.jsonl`` per logged step. A plot is a
+    convenience: a failure to draw it is logged, never raised after a finished training."""
+    path, rows = out / "metrics.jsonl", []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a torn line from a kill
+    try:
+        from sqrl.plots import training_curves
+
+        training_curves({out.name: rows}, out / "plots" / "training.png")
+    except Exception as exc:  # noqa: BLE001 - matplotlib missing or broken must not fail a trained stage
+        log.warning("could not draw %s: %s", out / "plots" / "training.png", exc)
 
 
 def _drop_rows_after(path: Path, step: int) -> None:

@@ -4,7 +4,7 @@
 scores are jittered so that stacked points show; a missing prediction is drawn at the midpoint 3 as a red
 cross, as the metrics count it) and ``pcc_bars`` (PCC per dimension, one bar per model or variant, with
 optional error bars). ``sqrl compare`` adds ``reward_curves`` (GRPO reward per step, mean and spread over
-seeds).
+seeds); ``sqrl sft`` writes ``training_curves`` (loss and token accuracy per logged step, one line per run).
 """
 from __future__ import annotations
 
@@ -135,6 +135,31 @@ def reward_curves(curves: Mapping[str, Mapping[str, Sequence[float | None]]], pa
         ax.grid(alpha=0.3)
     if not labels:
         fig.add_subplot(1, 1, 1).text(0.5, 0.5, "no GRPO runs", ha="center", va="center")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
+                    keys: Sequence[str] = ("loss", "mean_token_accuracy")) -> Path:
+    """One panel per metric in ``keys``, one line per run: each run is its logged rows (``metrics.jsonl`` of
+    a stage, dicts with ``step`` and the metrics); rows without a metric are skipped for that panel. A sawtooth
+    here is an order effect: docs/small.md, "Length grouping"."""
+    fig = _figure(4.6 * max(1, len(keys)), 3.4)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, max(1, len(keys)), i + 1)
+        drawn = False
+        for label, rows in runs.items():
+            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None and r.get("step") is not None]
+            if pts:
+                x, y = np.array(pts, dtype=float).T
+                ax.plot(x, y, lw=1.1, label=label)
+                drawn = True
+        if drawn:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, f"no {key} logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=key.replace("_", " "), xlabel="step")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,7 +1,7 @@
 """Batches of similar length in a random order (``train.group_by_length``).
 
-Padding costs as much as real tokens on a CPU: a random batch of 4 synthetic clips is ~13% padding, a batch
-of clips of similar length ~1%. HF's own length-grouped sampler (``transformers.trainer_pt_utils.
+Padding costs as much as real tokens on a CPU: a random batch of 4 small-model calibration examples is ~15%
+padding, a batch of examples of similar length 0.7%. HF's own length-grouped sampler (``transformers.trainer_pt_utils.
 get_length_grouped_indices``) shuffles, cuts the order into mega-batches of 50 batches and sorts each one by
 length, longest first, and trains the batches **in that order**: every 50 steps the model sweeps from the
 longest examples down to the shortest. Where length tells the label, that is a curriculum nobody asked for.

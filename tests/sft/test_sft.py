@@ -282,6 +282,7 @@ def test_group_by_length_trains_and_refuses_label_balancing(tiny_manifest, tmp_p
         _cfg(tiny_manifest, **{"train.group_by_length": True, "data.balance": "labels"})
     out = run_sft(_cfg(tiny_manifest, **{"train.group_by_length": True, "train.max_steps": 2}), tmp_path / "g")
     assert [s for s, _ in _losses(out)] == [1, 2]
+    assert (out / "plots" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # loss per step, drawn
 
 
 def test_group_by_length_uses_sqrls_sampler_not_hfs():

@@ -37,3 +37,12 @@ def test_pcc_bars_with_error_bars_and_reward_curves_with_gaps(tmp_path):
               "empty": {"steps": [], "mean": []}}
     assert reward_curves(curves, tmp_path / "r.png").read_bytes()[:8] == PNG
     assert reward_curves({}, tmp_path / "none.png").read_bytes()[:8] == PNG
+
+
+def test_training_curves_draw_each_run_and_skip_rows_without_the_metric(tmp_path):
+    from sqrl.plots import training_curves
+
+    a = [{"step": 5, "loss": 2.0, "mean_token_accuracy": 0.5}, {"step": 10, "loss": 1.0}, {"train_runtime": 3.0}]
+    b = [{"step": 5, "loss": 2.5}, {"step": 10, "loss": None}]
+    assert training_curves({"random order": a, "grouped": b}, tmp_path / "loss.png").read_bytes()[:8] == PNG
+    assert training_curves({}, tmp_path / "empty.png").read_bytes()[:8] == PNG
