@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from sqrl.backbones import IGNORE_INDEX
+from sqrl.logprobs import last_logits
 from sqrl.scoretokens import digit_templates, score_positions, siblings
 
 
@@ -93,8 +94,9 @@ def ordinal_loss(logits: torch.Tensor, labels: torch.Tensor, scores: list[tuple[
 def with_score_targets(trainer_cls, tokenizer: Any, sigma: float):
     """``trainer_cls`` whose loss uses soft ordinal targets at the score digits (``ordinal_loss``).
 
-    One forward pass with full logits (the fused head that TRL trains with gives only the label's
-    log-probability; the five digits' are needed). The loss is normalised exactly as TRL's plain one (by
+    One forward pass with the logits of the answer span (the fused head that TRL trains with gives only the
+    label's log-probability; the five digits' are needed): the LM head projects the positions from the one
+    before the batch's first answer token on, not the audio frames and the prompt. The loss is normalised exactly as TRL's plain one (by
     ``num_items_in_batch`` when the Trainer gives it, else by this micro-batch's answer tokens, and scaled by
     the number of processes as TRL does), so ``score_sigma`` near 0 trains as plain SFT; the metrics TRL logs
     (``mean_token_accuracy``, ``entropy``, ``num_tokens``) are computed from the same logits, gathered over
@@ -108,8 +110,14 @@ def with_score_targets(trainer_cls, tokenizer: Any, sigma: float):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
             labels = inputs["labels"]
-            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
-            total, stats = ordinal_loss(outputs.logits, labels, targets(labels), sigma)
+            # Only the positions from the one before the batch's first answer token on go through the LM head:
+            # the audio frames and the prompt carry no loss (sqrl.logprobs.last_logits).
+            answer_cols = (labels != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+            start = max(int(answer_cols[0]) - 1, 0) if len(answer_cols) else 0
+            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            logits = last_logits(model, {**model_inputs, "use_cache": False}, labels.shape[1] - start)
+            labels = labels[:, start:]
+            total, stats = ordinal_loss(logits, labels, targets(labels), sigma)
             denom = stats["tokens"] if num_items_in_batch is None else num_items_in_batch
             loss = total / torch.as_tensor(denom, device=total.device).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -123,7 +131,7 @@ def with_score_targets(trainer_cls, tokenizer: Any, sigma: float):
             if mode == "train" and "attention_mask" in inputs and hasattr(self, "_total_train_tokens"):
                 self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum())
                 self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-            return (loss, outputs) if return_outputs else loss
+            return (loss, {"logits": logits}) if return_outputs else loss
 
     ScoreTargetTrainer.__name__ = ScoreTargetTrainer.__qualname__ = f"ScoreTarget{trainer_cls.__name__}"
     return ScoreTargetTrainer

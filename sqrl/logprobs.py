@@ -74,10 +74,15 @@ def completion_logprobs(model: Any, inputs: dict[str, torch.Tensor], mask: torch
     width = input_ids.shape[1]
     first = int(mask.float().argmax(dim=1).min())  # every row has >= 1 completion token
     keep = width - first + 1
-    if _accepts_logits_to_keep(model):
-        logits = model(**inputs, logits_to_keep=keep).logits
-    else:
-        with _head_keeps_last(model, keep):
-            logits = model(**inputs).logits
-    logits = logits[:, -keep:-1]
+    logits = last_logits(model, inputs, keep)[:, :-1]
     return token_logprobs(logits, input_ids[:, first:]), mask[:, first:]
+
+
+def last_logits(model: Any, inputs: dict[str, Any], keep: int) -> torch.Tensor:
+    """``model(**inputs).logits[:, -keep:]``, with only those ``keep`` positions through the LM head
+    (``logits_to_keep`` where the model's forward has it, else a pre-hook that slices the head's input).
+    Used by ``completion_logprobs`` and by the SFT stage's ordinal loss (sft/ordinal.py)."""
+    if _accepts_logits_to_keep(model):
+        return model(**inputs, logits_to_keep=keep).logits[:, -keep:]
+    with _head_keeps_last(model, keep):
+        return model(**inputs).logits[:, -keep:]

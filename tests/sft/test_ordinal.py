@@ -134,3 +134,48 @@ def test_a_calibration_with_score_targets_trains_and_logs_them(tiny_manifest, tm
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     with pytest.raises(ValueError, match="score_sigma"):
         load_config(SFTStageConfig, CONFIG, tiny_overrides(tiny_manifest, **{"train.score_sigma": -1}))
+
+
+def test_the_ordinal_loss_projects_only_the_answer_span_and_matches_full_logits(tiny_manifest):
+    """The score-target trainer sends only the positions from the one before the batch's first answer token
+    through the LM head (sqrl.logprobs.last_logits); the loss and every gradient are those of full logits."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sft.data import AudioCollator, build_examples, load_records
+    from sqrl.logprobs import last_logits
+    from sqrl.prompts import Rubric
+
+    torch.manual_seed(0)
+    backbone = get_backbone("tiny-qwen2-audio", window_s=5)
+    base, processor = backbone.load()
+    model = backbone.apply_lora(base, rank=8)
+    model.eval()  # no dropout: the two passes must see the same network
+    examples = build_examples(load_records(tiny_manifest)[:3], Rubric("configs/rubrics/compact.yaml"), "all_dimensions")
+    batch = AudioCollator(backbone.name, processor, 5.0, {"window_s": 5})(examples)
+    labels = batch.pop("labels")
+    targets = ScoreTargets(processor.tokenizer)
+
+    def run(narrow):
+        model.zero_grad()
+        with FlopCounterMode(display=False) as counter:
+            if narrow:
+                start = int((labels != IGNORE_INDEX).any(dim=0).nonzero()[0]) - 1
+                logits, lab = last_logits(model, batch, labels.shape[1] - start), labels[:, start:]
+            else:
+                logits, lab = model(**batch).logits, labels
+            loss, stats = ordinal_loss(logits, lab, targets(lab), sigma=0.5)
+            loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss, stats, grads, counter.get_total_flops(), logits.shape[1]
+
+    full, full_stats, full_grads, full_flops, width = run(False)
+    narrow, narrow_stats, narrow_grads, narrow_flops, kept = run(True)
+    assert kept < width / 2  # the audio frames and the prompt stay out of the head
+    assert int(narrow_stats["score_tokens"]) == int(full_stats["score_tokens"]) == 7 * len(examples)
+    torch.testing.assert_close(narrow, full, rtol=1e-5, atol=1e-6)
+    for key in ("tokens", "correct"):
+        assert int(narrow_stats[key]) == int(full_stats[key])
+    assert full_grads.keys() == narrow_grads.keys() and len(full_grads) > 10
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(narrow_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert narrow_flops < full_flops
