@@ -16,6 +16,15 @@ reward:
 ``--score`` entries are reward config entries (YAML flow mappings, as in ``rewards.entries``); a reward that
 needs a clip's artifacts or description (``semantic``, the judges on fields) looks the clips up by id in
 the run's training manifest (``--manifest`` to name another).
+
+**Models instead of completions** (``--evals``): the greedy answers of several models to the same held-out
+clips (each an ``sqrl eval`` folder), one group per clip, one member per model. Scored with ``--score``, the
+report adds each model's mean reward and its paired difference from the first model, clip by clip, with the
+standard error of that mean difference. A GRPO run's training reward moves with the clips of each step (a few
+clips a step); the same clips before and after training take that noise out:
+
+    sqrl agreement --evals start=runs/c/shared/eval/sft_reasoning --evals grpo=runs/c/seed0/eval/grpo_llmjudge \
+        --score '{name: llm_judge_dimwise, ...}' --manifest data/synth/<corpus>/test.jsonl --limit 40
 """
 from __future__ import annotations
 
@@ -45,6 +54,65 @@ def groups_of(samples: Sequence[dict[str, Any]]) -> list[list[int]]:
     return list(out.values())
 
 
+def samples_from_evals(evals: Sequence[tuple[str, str | Path]], limit: int | None = None) -> list[dict[str, Any]]:
+    """Samples (``samples.jsonl``'s fields) from ``sqrl eval`` folders (or their ``predictions.jsonl``): one group
+    per clip that every model answered, the models in the given order as its members (``source``: the label).
+    The first ``limit`` such clips in the first model's order."""
+    if len(evals) < 2:
+        raise ValueError("--evals needs at least two models to compare")
+    answers = []
+    for label, path in evals:
+        path = Path(path)
+        path = path / "predictions.jsonl" if path.is_dir() else path
+        if not path.exists():
+            raise FileNotFoundError(f"--evals {label}: {path} does not exist (an `sqrl eval` folder writes it)")
+        answers.append({r["id"]: r for r in read_metrics(path)})
+    clips = [c for c in answers[0] if all(c in a for a in answers[1:])]
+    if not clips:
+        raise ValueError("--evals: no clip is answered by every model")
+    samples = []
+    for clip in clips[:limit]:
+        for i, ((label, _), by_id) in enumerate(zip(evals, answers)):
+            row = by_id[clip]
+            samples.append({"step": 0, "clip": clip, "index": i, "source": label, "text": row.get("text") or "",
+                            "reference": (row.get("reference") or {}).get("scores", {}), "truncated": False,
+                            "rewards": {}, "components": {}})
+    return samples
+
+
+def by_source(samples: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """Per model (``source``) and reward: the mean, and the paired difference from the first model over the
+    clips where both have a value, with its standard error (std of the per-clip differences / sqrt(n))."""
+    sources = list(dict.fromkeys(s["source"] for s in samples))
+    value = {(s["clip"], s["source"]): s["rewards"] for s in samples}
+    clips = list(dict.fromkeys(s["clip"] for s in samples))
+    out: dict[str, Any] = {}
+    for name in names:
+        rows = {}
+        for src in sources:
+            vals = [value[(c, src)].get(name) for c in clips]
+            vals = [v for v in vals if v is not None and math.isfinite(v)]
+            pairs = [(value[(c, src)].get(name), value[(c, sources[0])].get(name)) for c in clips]
+            diffs = [a - b for a, b in pairs if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+            rows[src] = {
+                "mean": float(np.mean(vals)) if vals else None, "n": len(vals),
+                "diff": float(np.mean(diffs)) if diffs and src != sources[0] else None,
+                "diff_se": float(np.std(diffs, ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 and src != sources[0] else None,
+            }
+        out[name] = rows
+    return out
+
+
+def source_table(per_source: dict[str, Any]) -> str:
+    lines = ["| reward | model | clips | mean | paired difference from the first ± s.e. |", "|---|---|---|---|---|"]
+    for name, rows in per_source.items():
+        for src, r in rows.items():
+            mean = "-" if r["mean"] is None else f"{r['mean']:.3f}"
+            diff = "-" if r["diff"] is None else f"{r['diff']:+.3f} ± {r['diff_se'] or 0:.3f}"
+            lines.append(f"| {name} | {src} | {r['n']} | {mean} | {diff} |")
+    return "\n".join(lines)
+
+
 def rescore(samples: list[dict[str, Any]], entries: Sequence[dict], manifest: str | Path | None) -> None:
     """Add each entry's values to every sample's ``rewards`` (and its components), in place."""
     from rewards import RewardSet
@@ -61,14 +129,19 @@ def rescore(samples: list[dict[str, Any]], entries: Sequence[dict], manifest: st
     if missing:
         log.warning("%d clips not in %s: their references carry the logged scores only (no artifacts or description, "
                     "so a reward that reads those sees none)", len(missing), manifest or "any manifest")
+    from tqdm.auto import tqdm
+
     rs = RewardSet.from_config([{**e, "weight": 0.0} for e in entries])
-    scored = rs.score([s["text"] for s in samples], refs)
-    for name, values in scored.per_reward.items():
-        for s, v in zip(samples, values):
-            s["rewards"][name] = None if v is None else float(v)
-    for name, values in scored.components.items():
-        for s, v in zip(samples, values):
-            s.setdefault("components", {})[name] = None if v is None else float(v)
+    # a group at a time (a judge shares the clip's prefix across its members), with progress: a CPU judge
+    # takes seconds a completion
+    for idx in tqdm(groups_of(samples), desc="rescore", unit="group"):
+        scored = rs.score([samples[i]["text"] for i in idx], [refs[i] for i in idx])
+        for name, values in scored.per_reward.items():
+            for i, v in zip(idx, values):
+                samples[i]["rewards"][name] = None if v is None else float(v)
+        for name, values in scored.components.items():
+            for i, v in zip(idx, values):
+                samples[i].setdefault("components", {})[name] = None if v is None else float(v)
 
 
 def add_component_rows(samples: list[dict[str, Any]], prefix: str) -> list[str]:
@@ -153,7 +226,11 @@ def table(report: dict[str, Any]) -> str:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("samples", help="a GRPO run directory, or its samples.jsonl")
+    ap.add_argument("samples", nargs="?", default=None, help="a GRPO run directory, or its samples.jsonl")
+    ap.add_argument("--evals", action="append", default=[], metavar="LABEL=DIR",
+                    help="instead of a run: an `sqrl eval` folder's answers as one model (repeat, 2 or more); "
+                         "each held-out clip is a group with one member per model")
+    ap.add_argument("--limit", type=int, default=None, help="with --evals: the first N clips only")
     ap.add_argument("--score", action="append", default=[],
                     help="a reward entry to score the completions with, e.g. '{name: accuracy}' (repeatable)")
     ap.add_argument("--manifest", default=None,
@@ -168,19 +245,37 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    path = Path(args.samples)
-    run_dir = path if path.is_dir() else path.parent
-    path = path / SAMPLES_FILE if path.is_dir() else path
-    if not path.exists():
-        raise SystemExit(f"{path} does not exist (a GRPO run writes it when logging.samples_every > 0)")
-    samples = read_metrics(path)
+    evals, limit = getattr(args, "evals", None) or [], getattr(args, "limit", None)
+    if bool(args.samples) == bool(evals):
+        raise SystemExit("give a GRPO run (samples) or --evals LABEL=DIR twice or more, not both")
+    if evals and not args.score:
+        raise SystemExit("--evals needs --score: eval answers carry no rewards")
+    if evals:
+        pairs = []
+        for item in evals:
+            label, sep, folder = item.partition("=")
+            if not sep or not label or not folder:
+                raise SystemExit(f"--evals {item!r}: expected LABEL=DIR")
+            pairs.append((label, folder))
+        try:
+            samples = samples_from_evals(pairs, limit)
+        except (ValueError, FileNotFoundError) as exc:
+            raise SystemExit(str(exc)) from None
+        path, run_dir = Path(pairs[0][1]), None
+    else:
+        path = Path(args.samples)
+        run_dir = path if path.is_dir() else path.parent
+        path = path / SAMPLES_FILE if path.is_dir() else path
+        if not path.exists():
+            raise SystemExit(f"{path} does not exist (a GRPO run writes it when logging.samples_every > 0)")
+        samples = read_metrics(path)
     if args.steps:
         lo, _, hi = args.steps.partition("-")
         samples = [s for s in samples if int(lo) <= s["step"] <= int(hi or lo)]
     if not samples:
         raise SystemExit(f"no samples in {path}" + (f" for steps {args.steps}" if args.steps else ""))
     if args.score:
-        manifest = Path(args.manifest) if args.manifest else run_manifest(run_dir)
+        manifest = Path(args.manifest) if args.manifest else (run_manifest(run_dir) if run_dir else None)
         if args.manifest and not manifest.exists():
             raise SystemExit(f"--manifest {manifest} does not exist")
         rescore(samples, [yaml.safe_load(e) for e in args.score], manifest)
@@ -189,6 +284,10 @@ def run(args: argparse.Namespace) -> int:
     report = agreement(samples)
     report["source"] = str(path)
     print(table(report))
+    if evals:
+        report["by_model"] = by_source(samples, list(report["rewards"]))
+        print()
+        print(source_table(report["by_model"]))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2))

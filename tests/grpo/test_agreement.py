@@ -53,3 +53,54 @@ def test_rescoring_adds_a_reward_that_ranks_the_right_answer_first(tmp_path):
     # the right answer matches on every dimension: the components' mean is 1
     assert rescored[0]["rewards"]["accuracy/mean"] == pytest.approx(1.0)
     assert (tmp_path / "agreement.samples.jsonl").exists()
+
+
+def test_models_answers_to_the_same_clips_are_compared_clip_by_clip(tmp_path, capsys):
+    """--evals: one group per held-out clip, one member per model; each model's mean reward and its paired
+    difference from the first model with the standard error of the mean difference."""
+    import argparse
+
+    from grpo.agreement import add_arguments
+
+    refs = [Record(id=f"c{i}", audio="", scores={"noise": n, "overall": o}) for i, (n, o) in
+            enumerate([(1, 2), (3, 3), (5, 4), (2, 5)])]
+
+    def write(label, answers):
+        folder = tmp_path / label
+        folder.mkdir()
+        rows = [{"id": r.id, "text": text, "reference": r.to_dict()} for r, text in zip(refs, answers)]
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+        return folder
+
+    def wrong(r, dims):
+        return Record(id=r.id, audio="", scores={d: (s if d not in dims else 6 - s if s != 3 else 1)
+                                                  for d, s in r.scores.items()})
+
+    start = write("start", [render(wrong(r, {"noise", "overall"})) for r in refs])  # both scores wrong
+    after = write("after", [render(refs[0]), render(refs[1]), render(wrong(refs[2], {"noise"})), "no scores"])
+    extra = write("extra", [render(r) for r in refs[:3]])  # answers only three of the clips
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    out = tmp_path / "report.json"
+    args = ap.parse_args(["--evals", f"start={start}", "--evals", f"after={after}", "--evals", f"extra={extra}",
+                          "--score", "{name: accuracy}", "--out", str(out)])
+    assert run(args) == 0
+    report = json.loads(out.read_text())
+    assert report["n_groups"] == 3 and report["n_samples"] == 9  # c3 is not answered by every model
+    acc = report["by_model"]["accuracy"]
+    # accuracy sums the exact matches over the two dimensions: start 0 on every clip; after 2, 2, 1
+    assert acc["start"] == {"mean": 0.0, "n": 3, "diff": None, "diff_se": None}
+    assert acc["after"]["mean"] == pytest.approx(5 / 3) and acc["after"]["diff"] == pytest.approx(5 / 3)
+    assert acc["after"]["diff_se"] == pytest.approx(0.57735 / 3 ** 0.5, rel=1e-4)  # std of (2, 2, 1) / sqrt(3)
+    assert acc["extra"]["diff"] == pytest.approx(2.0) and acc["extra"]["diff_se"] == 0.0
+    assert "paired difference" in capsys.readouterr().out
+    assert (tmp_path / "report.samples.jsonl").exists()
+
+    for bad, message in ((["--evals", f"start={start}", "--score", "{name: accuracy}"], "at least two"),
+                         (["--evals", f"start={start}", "--evals", f"x={tmp_path / 'none'}", "--score", "{name: accuracy}"], "does not exist"),
+                         (["--evals", f"start={start}", "--evals", f"after={after}"], "needs --score"),
+                         (["--evals", "nolabel", "--evals", f"after={after}", "--score", "{name: accuracy}"], "LABEL=DIR"),
+                         ([str(tmp_path), "--evals", f"start={start}", "--score", "{name: accuracy}"], "not both")):
+        with pytest.raises(SystemExit, match=message):
+            run(ap.parse_args(bad))
