@@ -271,8 +271,14 @@ def length_grouped(trainer_cls, lengths, batch_size: int, seed: int):
     """``trainer_cls`` training batches of similar length in a random order (``train.group_by_length``;
     ``sqrl.data.length_groups``). Not HF's own length-grouped sampler: it trains each mega-batch's batches
     longest first, a 50-step sweep that broke calibration where length tells the label (docs/small.md)."""
-    from sqrl.data.length_groups import LengthGroupedSampler
+    import numpy as np
 
+    from sqrl.data.length_groups import LengthGroupedSampler, length_grouped_order, padding_fraction
+
+    grouped = padding_fraction(lengths, length_grouped_order(lengths, batch_size, seed, 0), batch_size)
+    shuffled = padding_fraction(lengths, np.random.default_rng(seed).permutation(len(lengths)), batch_size)
+    log.info("train.group_by_length: batches of similar length in random order; padding %.1f%% of a batch "
+             "(%.1f%% in a random order)", 100 * grouped, 100 * shuffled)
     return _with_sampler(trainer_cls, "LengthGrouped", len(lengths), "train.group_by_length",
                          lambda: LengthGroupedSampler(lengths, batch_size, seed))
 

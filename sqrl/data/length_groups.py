@@ -48,6 +48,15 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, epo
     return np.concatenate([batches[i] for i in rng.permutation(len(batches))] + tail)
 
 
+def padding_fraction(lengths: Sequence[int], order: Sequence[int], batch_size: int) -> float:
+    """The share of a batch's padded positions that are padding, over the batches of ``order`` (each padded
+    to its longest member)."""
+    lengths = np.asarray(lengths)
+    batches = [lengths[np.asarray(order[i:i + batch_size])] for i in range(0, len(order), batch_size)]
+    padded = sum(int(b.max()) * len(b) for b in batches if len(b))
+    return 1.0 - float(sum(int(b.sum()) for b in batches)) / padded if padded else 0.0
+
+
 class LengthGroupedSampler:
     """A ``torch.utils.data.Sampler`` for HF's Trainer: ``length_grouped_order``. The Trainer (through
     accelerate) calls ``set_epoch`` before each epoch; with several data-parallel ranks accelerate deals out

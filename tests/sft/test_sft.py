@@ -277,10 +277,12 @@ def test_example_lengths_count_audio_tokens_from_the_header_and_text_tokens(tmp_
     assert example_lengths(examples, tokenizer, window_s=2)[1] == 50 + text[1]  # capped at the encoder window
 
 
-def test_group_by_length_trains_and_refuses_label_balancing(tiny_manifest, tmp_path):
+def test_group_by_length_trains_and_refuses_label_balancing(tiny_manifest, tmp_path, caplog):
     with pytest.raises(ValueError, match="group_by_length"):
         _cfg(tiny_manifest, **{"train.group_by_length": True, "data.balance": "labels"})
-    out = run_sft(_cfg(tiny_manifest, **{"train.group_by_length": True, "train.max_steps": 2}), tmp_path / "g")
+    with caplog.at_level("INFO", logger="sft.train"):
+        out = run_sft(_cfg(tiny_manifest, **{"train.group_by_length": True, "train.max_steps": 2}), tmp_path / "g")
+    assert "batches of similar length in random order" in caplog.text  # sqrl's sampler, not HF's
     assert [s for s, _ in _losses(out)] == [1, 2]
     assert (out / "plots" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # loss per step, drawn
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from sqrl.data.length_groups import LengthGroupedSampler, length_grouped_order
+from sqrl.data.length_groups import LengthGroupedSampler, length_grouped_order, padding_fraction
 
 
 def _batches(order, batch_size):
@@ -59,3 +59,9 @@ def test_edge_cases():
     assert length_grouped_order([7, 3, 5], 4, 0, 0).tolist() in ([0, 2, 1],)  # one short batch, longest first
     with pytest.raises(ValueError, match="batch_size"):
         length_grouped_order([1, 2], 0, 0, 0)
+
+
+def test_padding_fraction_by_hand():
+    # batches (10, 6), (3, 3), (1): padded to 20 + 6 + 1 = 27 positions, of which 16 + 6 + 1 = 23 real
+    assert padding_fraction([10, 6, 3, 3, 1], [0, 1, 2, 3, 4], batch_size=2) == pytest.approx(1 - 23 / 27)
+    assert padding_fraction([5, 5], [0, 1], 2) == 0.0 and padding_fraction([], [], 4) == 0.0
