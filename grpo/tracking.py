@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from grpo.batch import ScoredGroups
 
-from sqrl.fsutil import atomic_file
+from sqrl.fsutil import atomic_file, read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -176,11 +176,8 @@ def _clean(value: Any) -> Any:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """A run's ``metrics.jsonl`` or ``samples.jsonl`` rows (``sqrl.fsutil.read_jsonl``)."""
+    return read_jsonl(path)
 
 
 def truncate_after(path: Path, step: int) -> None:

@@ -298,16 +298,11 @@ def _with_sampler(trainer_cls, prefix: str, n: int, setting: str, make):
 def _plot_training(out: Path) -> None:
     """``plots/training.png``: the loss and token accuracy of ``metrics.jsonl`` per logged step. A plot is a
     convenience: a failure to draw it is logged, never raised after a finished training."""
-    path, rows = out / "metrics.jsonl", []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a torn line from a kill
     try:
+        from sqrl.fsutil import read_jsonl
         from sqrl.plots import training_curves
 
-        training_curves({out.name: rows}, out / "plots" / "training.png")
+        training_curves({out.name: read_jsonl(out / "metrics.jsonl")}, out / "plots" / "training.png")
     except Exception as exc:  # noqa: BLE001 - matplotlib missing or broken must not fail a trained stage
         log.warning("could not draw %s: %s", out / "plots" / "training.png", exc)
 

@@ -13,13 +13,14 @@ a crash leaves only a hidden ``.NAME.tmp-*`` sibling, never a half-written ``NAM
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from sqrl.scratch import remove_stale, staging_dir
 
@@ -84,3 +85,24 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines log (``metrics.jsonl``, ``samples.jsonl``); [] when the file is absent. A last
+    line cut short by a kill is skipped with a warning; an unreadable line elsewhere is an error naming it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as exc:
+            if number == len(lines):
+                log.warning("%s: skipping its last line, cut short (%s)", path, exc)
+                continue
+            raise ValueError(f"{path}:{number}: not a JSON line ({exc})") from None
+    return rows

@@ -73,3 +73,16 @@ def test_atomic_file_replaces_the_file_only_when_the_write_completes(tmp_path):
     plain.write_text("")
     # the usual permissions of a new file (not mkstemp's private 0600): others can read a manifest
     assert os.stat(path).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
+def test_read_jsonl_skips_a_torn_last_line_and_names_a_bad_one_elsewhere(tmp_path, caplog):
+    from sqrl.fsutil import read_jsonl
+
+    assert read_jsonl(tmp_path / "absent.jsonl") == []
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')  # killed mid-write
+    assert read_jsonl(log) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    assert "cut short" in caplog.text
+    log.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON line"):
+        read_jsonl(log)
