@@ -207,8 +207,9 @@ class EvalStep(Step):
     def run(self) -> None:
         from sqrl.evaluate import evaluate
 
+        # an interrupted evaluation continues from its journal; one of an older model starts over
         evaluate(str(self.model), str(self.manifest), self.out, batch_size=self.batch_size,
-                 max_new_tokens=self.max_new_tokens, limit=self.limit, rubric=self.rubric)
+                 max_new_tokens=self.max_new_tokens, limit=self.limit, rubric=self.rubric, resume="if_same")
 
     def metrics(self) -> dict[str, Any]:
         return json.loads((self.out / "metrics.json").read_text())

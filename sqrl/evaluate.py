@@ -4,6 +4,11 @@ Greedy decoding in batches. The prompt matches how the model was trained (read f
 ``sqrl_config.yaml``; long-form when unknown). An answer that cannot be parsed, or a clip that
 cannot be read, counts against the model (its scores are missing, see sqrl/metrics.py); it is
 never dropped.
+
+An evaluation can be long (minutes a hundred clips on a CPU), so it keeps a journal: ``eval_run.json``
+(what is being evaluated, written first) and ``answers.partial.jsonl`` (each answer as its batch ends).
+``sqrl eval --resume`` continues an interrupted evaluation from its journal, and refuses one made with other
+settings or of a model or manifest changed since; the journal is removed once the results are written.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from tqdm import tqdm
 
 from sqrl.audio import SAMPLING_RATE
 from sqrl.config import arg_range
+from sqrl.fsutil import read_jsonl
 from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS
 from sqrl.prompts import PROMPTINGS, Rubric
 from sqrl.response import parse
@@ -27,6 +33,11 @@ from sqrl.schema import Assessment, Record, read_manifest
 from sqrl.scoretokens import digit_templates, score_positions, siblings
 
 log = logging.getLogger(__name__)
+
+RUN_FILE = "eval_run.json"
+"""The settings of the evaluation in its folder, written before the first answer."""
+JOURNAL = "answers.partial.jsonl"
+"""Answers written so far, one row per generated answer; removed once the results are written."""
 
 
 def training_prompts(model_spec: str | Path) -> tuple[str, str | None]:
@@ -165,19 +176,28 @@ def _combine_expected(parts: list[tuple[str | None, dict[str, float]]]) -> dict[
 
 def predict(generator: Generator, records: list[Record], rubric: Rubric, prompting: str, batch_size: int = 8,
             max_seconds: float = 30.0, progress: bool = True,
-            expected: list[dict[str, float]] | None = None) -> tuple[list[Assessment | None], list[str], int]:
+            expected: list[dict[str, float]] | None = None,
+            journal: str | Path | None = None) -> tuple[list[Assessment | None], list[str], int]:
     """Predictions for ``records``: (assessments, raw texts, unreadable clip count).
 
     With a list as ``expected``, it is filled with each clip's expected scores (``Generator.with_expected_scores``;
-    an empty dict for an unanswered clip)."""
+    an empty dict for an unanswered clip). With a ``journal`` file, the answers it holds (from an interrupted
+    call with the same settings: the caller checks that) are taken as they are, and each new answer is
+    appended to it as its batch ends."""
     from sqrl.audio import AudioError, load_audio
 
     requests = _requests(records, rubric, prompting)
     texts: dict[int, list[tuple[str | None, str]]] = {}
     expectations: dict[int, list[tuple[str | None, dict[str, float]]]] = {}
+    done = _read_journal(journal, records, texts, expectations) if journal is not None else set()
+    answered = len(requests)
+    requests = [r for r in requests if (r[0], r[1]) not in done]
+    if done:
+        log.info("eval: %d answers taken from %s, %d to generate", answered - len(requests), journal, len(requests))
+    sink = open(journal, "a", encoding="utf-8") if journal is not None else None
     unreadable: set[int] = set()
     waves: dict[int, Any] = {}
-    bar = tqdm(total=len(requests), desc="eval", unit="answer", disable=not progress)
+    bar = tqdm(total=answered, initial=answered - len(requests), desc="eval", unit="answer", disable=not progress)
     for start in range(0, len(requests), batch_size):
         chunk = []
         for i, dim, prompt in requests[start:start + batch_size]:
@@ -198,11 +218,18 @@ def predict(generator: Generator, records: list[Record], rubric: Rubric, prompti
             for (i, dim, _), (text, exp) in zip(chunk, answers):
                 texts.setdefault(i, []).append((dim, text))
                 expectations.setdefault(i, []).append((dim, exp))
+                if sink is not None:
+                    sink.write(json.dumps({"index": i, "id": records[i].id, "dim": dim, "text": text,
+                                           "expected": exp}, ensure_ascii=False) + "\n")
+            if sink is not None:
+                sink.flush()
         bar.update(len(requests[start:start + batch_size]))
         # requests come clip by clip: only a clip whose prompts continue in the next batch stays loaded
         following = requests[start + batch_size][0] if start + batch_size < len(requests) else None
         waves = {i: w for i, w in waves.items() if following is not None and i >= following}
     bar.close()
+    if sink is not None:
+        sink.close()
     preds: list[Assessment | None] = []
     raw: list[str] = []
     for i in range(len(records)):
@@ -216,6 +243,62 @@ def predict(generator: Generator, records: list[Record], rubric: Rubric, prompti
         if expected is not None:
             expected.append(_combine_expected(expectations[i]) if i in expectations else {})
     return preds, raw, len(unreadable)
+
+
+def _read_journal(journal: str | Path, records: list[Record], texts: dict, expectations: dict) -> set[tuple[int, Any]]:
+    """Fill ``texts``/``expectations`` from ``journal`` (if it exists); the (record index, dimension) keys it holds.
+
+    Answers come back in request order whatever order they were journaled in (per-dimension answers of one
+    clip are combined in the rubric's order)."""
+    done: set[tuple[int, Any]] = set()
+    if not Path(journal).exists():
+        return done
+    for row in read_jsonl(journal):
+        i = row["index"]
+        if i >= len(records) or records[i].id != row["id"]:
+            raise ValueError(f"{journal}: answer {row['id']!r} at index {i} does not match the manifest; "
+                             "it was written for another manifest (pass --overwrite to start over)")
+        if (i, row["dim"]) in done:
+            continue
+        done.add((i, row["dim"]))
+        texts.setdefault(i, []).append((row["dim"], row["text"]))
+        expectations.setdefault(i, []).append((row["dim"], row["expected"]))
+    return done
+
+
+def run_settings(model_spec: str | Path, manifest: str | Path, **settings: Any) -> dict[str, Any]:
+    """What an evaluation's answers depend on, for ``eval_run.json``: the settings, and the model's and the
+    manifest's files (name, size, modification time) so that a retrained model or a changed manifest shows."""
+    def stamp(path: Path) -> list[Any]:
+        return [path.name, path.stat().st_size, path.stat().st_mtime_ns]
+
+    model = Path(model_spec)
+    if model.is_dir():
+        files = sorted(p for p in model.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json", ".yaml"))
+        model_stamp: Any = [stamp(p) for p in files]
+    else:
+        model_stamp = str(model_spec)  # a backbone name: built deterministically
+    return {"model": str(model_spec), "model_files": model_stamp, "manifest": str(manifest),
+            "manifest_file": stamp(Path(manifest)), **settings}
+
+
+def _start_journal(out: Path, settings: dict[str, Any], resume: bool | str) -> Path:
+    """Write (or, resuming, check) ``eval_run.json``; the journal's path. ``resume="if_same"`` starts over
+    (with a warning) where ``resume=True`` refuses an evaluation made with other settings."""
+    run_file, journal = out / RUN_FILE, out / JOURNAL
+    if resume and run_file.exists():
+        old = json.loads(run_file.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if not changed:
+            return journal
+        what = f"{', '.join(changed)} ({', '.join(f'{k}={old.get(k)!r}' for k in changed)})"
+        if resume != "if_same":
+            raise ValueError(f"--resume: the evaluation in {out} was made with other {what}; "
+                             "pass --overwrite to start over")
+        log.warning("eval: the answers in %s were made with other %s; starting over", out, what)
+    journal.unlink(missing_ok=True)
+    run_file.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    return journal
 
 
 def write_report(out: Path, metrics: dict[str, Any], model: str, data: str) -> None:
@@ -245,28 +328,39 @@ def _fmt(value: Any) -> str:
 
 def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int = 8, max_new_tokens: int = 256,
              prompting: str | None = None, limit: int | None = None, rubric: str | None = None,
-             expected_scores: bool = True) -> dict[str, Any]:
+             expected_scores: bool = True, resume: bool | str = False) -> dict[str, Any]:
     """Evaluate a model directory (or backbone name) on a manifest and write the result files to ``out``.
 
     ``metrics["pcc"]`` etc. are for the greedy answers' integer scores, as the paper reports them. With
     ``expected_scores``, ``metrics["expected"]`` holds PCC/SRCC/MAE of the expected scores read from the
     same greedy pass (see ``Generator.with_expected_scores``; a dimension without one keeps its integer).
+    ``resume``: continue the interrupted evaluation in ``out`` (module docstring), or return the results of
+    a complete one; ``"if_same"`` starts over instead of refusing one made with other settings. Without
+    it a journal there is discarded.
     """
     from sqrl.metrics import compute_metrics, score_metrics
     from sqrl.models import load_model
     from sqrl.plots import pcc_bars, scatter_per_dimension
 
     out = Path(out)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     records = read_manifest(manifest)[:limit] if limit else read_manifest(manifest)
     trained_prompting, trained_rubric = training_prompts(model_spec)
     prompting = prompting or trained_prompting
     rubric = rubric or trained_rubric
+    journal = _start_journal(out, run_settings(model_spec, manifest, prompting=prompting, rubric=rubric,
+                                               max_new_tokens=max_new_tokens, expected_scores=expected_scores,
+                                               limit=limit), resume)
+    if resume and not journal.exists() and (out / "metrics.json").exists() and (out / "predictions.jsonl").exists():
+        log.info("eval: %s is complete (same model, data and settings); nothing to resume", out)
+        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    (out / "plots").mkdir(exist_ok=True)
     model, processor, backbone = load_model(model_spec, dtype=torch.float32)
     generator = Generator(model, processor, backbone, max_new_tokens=max_new_tokens)
     t0 = time.perf_counter()
     expected: list[dict[str, float]] | None = [] if expected_scores else None
-    preds, raw, unreadable = predict(generator, records, Rubric(rubric), prompting, batch_size, expected=expected)
+    preds, raw, unreadable = predict(generator, records, Rubric(rubric), prompting, batch_size, expected=expected,
+                                     journal=journal)
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(preds, records)
     if expected is not None:
@@ -282,6 +376,7 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     scatter_per_dimension(preds, records, out / "plots" / "scatter.png")
     pcc_bars({"model": metrics["pcc"]}, out / "plots" / "pcc.png")
     write_report(out, metrics, str(model_spec), str(manifest))
+    journal.unlink(missing_ok=True)  # predictions.jsonl holds every answer now
     log.info("eval: mean PCC %s, parse rate %s, %.0f s", metrics["pcc"].get("mean"), metrics["parse_rate"], seconds)
     return metrics
 
@@ -304,6 +399,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="manifest JSONL")
     p.add_argument("--out", required=True, help="output directory (absent or empty, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="remove an existing evaluation in OUT first")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted evaluation in OUT (same model, data and settings)")
     p.add_argument("--batch-size", type=arg_range(int, ge=1), default=8)
     p.add_argument("--max-new-tokens", type=arg_range(int, ge=1), default=256)
     p.add_argument("--prompting", choices=PROMPTINGS, default=None, help="default: as the model was trained")
@@ -317,10 +414,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args) -> int:
     from sqrl.rundir import prepare_out
 
-    prepare_out(args.out, overwrite=args.overwrite, can_resume=False, create=False)
+    prepare_out(args.out, resume=args.resume, overwrite=args.overwrite, create=False)
     metrics = evaluate(args.model, args.data, args.out, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, prompting=args.prompting, limit=args.limit,
-                       rubric=args.rubric, expected_scores=not args.no_expected)
+                       rubric=args.rubric, expected_scores=not args.no_expected, resume=args.resume)
     print(json.dumps({"pcc_mean": metrics["pcc"].get("mean"),
                       "pcc_mean_expected": (metrics.get("expected") or {}).get("pcc", {}).get("mean"),
                       "parse_rate": metrics["parse_rate"],

@@ -21,7 +21,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MARKERS = ("sqrl_config.yaml", "sqrl_model.json", "metrics.jsonl", "metrics.json", "checkpoints", "predictions.jsonl",
-           "report.md", "pipeline.yaml", "compare.yaml", "results.json", "stats.json", "train.jsonl", "tensorboard")
+           "report.md", "eval_run.json", "pipeline.yaml", "compare.yaml", "results.json", "stats.json", "train.jsonl", "tensorboard")
 """Entries of which at least one marks a folder as sqrl output (a run, an evaluation, a corpus)."""
 
 

@@ -125,3 +125,77 @@ def test_eval_reports_expected_score_metrics_next_to_the_greedy_ones(tmp_path):
     m = score_metrics(with_expected(greedy, exp), refs)
     assert m["pcc"]["noise"] == pytest.approx(float(np.corrcoef([4.1, 4.3, 4.6, 4.9], [1, 2, 3, 4])[0, 1]))
     assert with_expected([None], [{}]) == [None]
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_an_interrupted_eval_resumes_from_its_journal_and_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("SQRL_CACHE", str(tmp_path / "cache"))
+    from sqrl.evaluate import JOURNAL, RUN_FILE, Generator
+    from sqrl.rundir import check_removable
+
+    manifest = _manifest(tmp_path, n=5)
+    whole = tmp_path / "whole"
+    evaluate("tiny-qwen2-audio", str(manifest), whole, batch_size=2, max_new_tokens=8)
+
+    original = Generator.with_expected_scores
+    calls = []
+
+    def killed_on_the_second_batch(self, waves, prompts):
+        calls.append(len(prompts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is stopped mid-way
+        return original(self, waves, prompts)
+
+    monkeypatch.setattr(Generator, "with_expected_scores", killed_on_the_second_batch)
+    out = tmp_path / "eval"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate("tiny-qwen2-audio", str(manifest), out, batch_size=2, max_new_tokens=8)
+    assert len(_rows(out / JOURNAL)) == 2 and not (out / "metrics.json").exists()
+    check_removable(out)  # the interrupted folder is recognisably sqrl's: --overwrite may replace it
+
+    # other settings: refused, naming what differs; the journal is kept
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        evaluate("tiny-qwen2-audio", str(manifest), out, batch_size=2, max_new_tokens=9, resume=True)
+    assert len(_rows(out / JOURNAL)) == 2
+
+    calls.clear()
+    monkeypatch.setattr(Generator, "with_expected_scores", lambda self, w, p: (calls.append(len(p)), original(self, w, p))[1])
+    metrics = evaluate("tiny-qwen2-audio", str(manifest), out, batch_size=2, max_new_tokens=8, resume=True)
+    assert sum(calls) == 3  # 5 readable clips, 2 answered before the stop
+    assert _rows(out / "predictions.jsonl") == _rows(whole / "predictions.jsonl")
+    assert metrics == json.loads((whole / "metrics.json").read_text()) | {"seconds": metrics["seconds"]}
+    assert not (out / JOURNAL).exists() and (out / RUN_FILE).exists()
+
+    calls.clear()  # resuming a complete evaluation generates nothing
+    assert evaluate("tiny-qwen2-audio", str(manifest), out, batch_size=2, max_new_tokens=8, resume=True) == metrics
+    assert calls == []
+
+
+def test_a_journal_of_other_settings_starts_over_under_if_same_and_a_fresh_run_discards_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SQRL_CACHE", str(tmp_path / "cache"))
+    from sqrl.evaluate import JOURNAL, Generator
+
+    manifest = _manifest(tmp_path, n=2, broken=False)
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "eval_run.json").write_text(json.dumps({"model": "another"}))
+    (out / JOURNAL).write_text(json.dumps({"index": 0, "id": "c0", "dim": None, "text": "noise: 1/5", "expected": {}}) + "\n")
+    calls = []
+    original = Generator.with_expected_scores
+    monkeypatch.setattr(Generator, "with_expected_scores", lambda self, w, p: (calls.append(len(p)), original(self, w, p))[1])
+    evaluate("tiny-qwen2-audio", str(manifest), out, batch_size=2, max_new_tokens=8, resume="if_same")
+    assert sum(calls) == 2  # the other model's answer was not taken
+    assert "noise: 1/5" not in (out / "predictions.jsonl").read_text()
+
+
+def test_a_journal_written_for_another_manifest_is_refused(tmp_path):
+    from sqrl.evaluate import _read_journal
+    from sqrl.schema import Record
+
+    journal = tmp_path / "j.jsonl"
+    journal.write_text(json.dumps({"index": 0, "id": "x", "dim": None, "text": "", "expected": {}}) + "\n")
+    with pytest.raises(ValueError, match="another manifest"):
+        _read_journal(journal, [Record(id="y")], {}, {})
