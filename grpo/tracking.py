@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from grpo.batch import ScoredGroups
 
-from sqrl.fsutil import atomic_file, read_jsonl
+from sqrl.fsutil import read_jsonl, truncate_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -129,8 +129,8 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.samples_path = self.run_dir / SAMPLES_FILE
-        truncate_after(self.path, start_step)
-        truncate_after(self.samples_path, start_step)
+        truncate_jsonl(self.path, start_step)
+        truncate_jsonl(self.samples_path, start_step)
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -178,15 +178,6 @@ def _clean(value: Any) -> Any:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """A run's ``metrics.jsonl`` or ``samples.jsonl`` rows (``sqrl.fsutil.read_jsonl``)."""
     return read_jsonl(path)
-
-
-def truncate_after(path: Path, step: int) -> None:
-    """Drop rows logged after ``step`` (a resumed run logs those steps again); 0 keeps nothing."""
-    if not path.exists():
-        return
-    rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def plot_reward_curve(metrics_path: str | Path, out_png: str | Path, smooth: int = 5) -> Path | None:

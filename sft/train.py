@@ -25,6 +25,7 @@ from sft.data import AudioCollator, balance_weights, build_examples, example_len
 from sft.zero3 import zero3_aware
 from sqrl.backbones.config import resolve_dtype
 from sqrl.config import save_config
+from sqrl.fsutil import read_jsonl, truncate_jsonl
 from sqrl.integrity import verify_manifest, write_manifest
 from sqrl.rundir import prepare_out
 from sqrl.runtime import bf16_is_slow, compute_dtype
@@ -168,7 +169,7 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
     if last is not None:
         verify_manifest(last)  # DeepSpeed unpickles the engine state: nothing changed since it was written
     if resume and os.environ.get("RANK", "0") == "0":  # rank 0 alone writes the log
-        _drop_rows_after(out / "metrics.jsonl", int(last.rsplit("-", 1)[1]) if last else 0)
+        truncate_jsonl(out / "metrics.jsonl", int(last.rsplit("-", 1)[1]) if last else 0)
     ds_config = deepspeed_config(cfg)
     ensure_process_group_env(ds_config is not None)
     torch.manual_seed(cfg.train.seed)
@@ -299,31 +300,11 @@ def _plot_training(out: Path) -> None:
     """``plots/training.png``: the loss and token accuracy of ``metrics.jsonl`` per logged step. A plot is a
     convenience: a failure to draw it is logged, never raised after a finished training."""
     try:
-        from sqrl.fsutil import read_jsonl
         from sqrl.plots import training_curves
 
         training_curves({out.name: read_jsonl(out / "metrics.jsonl")}, out / "plots" / "training.png")
     except Exception as exc:  # noqa: BLE001 - matplotlib missing or broken must not fail a trained stage
         log.warning("could not draw %s: %s", out / "plots" / "training.png", exc)
-
-
-def _drop_rows_after(path: Path, step: int) -> None:
-    """Keep the rows of ``metrics.jsonl`` up to ``step`` (where a resume continues), so the log holds one run."""
-    if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and _row_step(line) <= step]
-    if len(kept) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
-
-
-def _row_step(line: str) -> float:
-    try:
-        return float(json.loads(line).get("step", float("inf")))
-    except (ValueError, AttributeError):
-        return float("inf")  # a torn last line from a kill: dropped
 
 
 def _base_build(backbone, base: str | None, cfg: SFTStageConfig) -> str | None:

@@ -106,3 +106,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                 continue
             raise ValueError(f"{path}:{number}: not a JSON line ({exc})") from None
     return rows
+
+
+def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
+    """Keep the rows of a run log up to ``step`` (where a resumed run continues; 0 keeps none of the logged
+    steps), so the log holds one run. A row without a ``step`` is kept; a torn last line is dropped
+    (``read_jsonl``). The file is replaced in one step (``atomic_file``)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in kept)

@@ -86,3 +86,21 @@ def test_read_jsonl_skips_a_torn_last_line_and_names_a_bad_one_elsewhere(tmp_pat
     log.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON line"):
         read_jsonl(log)
+
+
+def test_truncate_jsonl_keeps_the_rows_up_to_the_resumed_step_and_drops_a_torn_line(tmp_path, caplog):
+    import json
+
+    from sqrl.fsutil import read_jsonl, truncate_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3, 4)] + [{"note": "no step"}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "lo')
+    truncate_jsonl(log, 2)
+    assert read_jsonl(log) == [rows[0], rows[1], rows[4]]
+    assert log.read_text().endswith("\n")  # the next row appended starts on its own line
+    truncate_jsonl(log, 0)
+    assert read_jsonl(log) == [rows[4]]
+    truncate_jsonl(tmp_path / "absent.jsonl", 3)
+    assert not (tmp_path / "absent.jsonl").exists()
+    assert _names(tmp_path) == ["metrics.jsonl"]  # no temporary left
