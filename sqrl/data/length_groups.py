@@ -15,6 +15,11 @@ held-out mean PCC was 0.03 greedy, 0.18 expected, against 0.62 / 0.72 for the sa
 **batches**, so consecutive steps are as unrelated as in a random order; only the members of one batch are
 alike in length. A pure function of (seed, epoch), like ``sqrl.data.balance.epoch_order``, so a resumed run
 skips exactly the batches it trained.
+
+Even so, on that corpus the members of a batch share their labels more than at random (std of the overall label
+within a batch 0.75 against 1.06), and the small calibration with this order (600 steps, one run) reached a
+held-out mean PCC of 0.43 greedy / 0.63 expected against 0.62 / 0.72 in random order: the small config does not
+group. Use it where length does not tell the label, and check.
 """
 from __future__ import annotations
 
