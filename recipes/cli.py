@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "sqrl.backbones.cli",
     "sft.cli",
     "sqrl.evaluate",
+    "sqrl.evaldiff",
     "sqrl.assess",
     "sqrl.baselines",
     "grpo.agreement",

@@ -23,6 +23,7 @@ Decisions (they change numbers, so they are fixed here and documented once):
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -239,4 +240,90 @@ def compute_metrics(predictions: Sequence[Assessment | None], references: Sequen
     out["artifacts"] = artifact_metrics(predictions, references, embed=embed)
     out["long_form"] = {"rouge_l": rouge_l(predictions, references)}
     out["n"] = len(references)
+    return out
+
+
+# ----------------------------------------------------------------------------------- paired bootstrap
+def score_matrix(predictions: Sequence[Assessment | None], dims: Sequence[str] = DIMENSIONS) -> np.ndarray:
+    """``(clips, dims)`` predicted scores as ``score_metrics`` reads them (a missing one is ``MIDPOINT``)."""
+    return np.array([[predicted_score(p, d) or MIDPOINT for d in dims] for p in predictions], dtype=float)
+
+
+def reference_matrix(references: Sequence[Assessment], dims: Sequence[str] = DIMENSIONS) -> np.ndarray:
+    """``(clips, dims)`` reference scores, NaN where a clip has no valid label for a dimension."""
+    return np.array([[float(r.scores[d]) if valid_score(r.scores.get(d)) else np.nan for d in dims]
+                     for r in references], dtype=float)
+
+
+def _weighted_pcc(weights: np.ndarray, pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """PCC of ``pred`` against ``ref`` for each row of clip weights ``(R, n)`` (a bootstrap resample's counts):
+    0 where the prediction is constant, NaN where the reference is (as ``score_metrics``' mean counts them)."""
+    total = weights.sum(axis=1)
+    mp, mr = weights @ pred / total, weights @ ref / total
+    cov = weights @ (pred * ref) / total - mp * mr
+    vp = np.clip(weights @ (pred * pred) / total - mp ** 2, 0, None)
+    vr = np.clip(weights @ (ref * ref) / total - mr ** 2, 0, None)
+    tiny = 1e-12
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pcc = np.where(vp <= tiny, 0.0, cov / np.sqrt(vp * vr))
+    return np.where(vr <= tiny, np.nan, np.clip(pcc, -1.0, 1.0))
+
+
+def paired_bootstrap_pcc(scores: dict[str, np.ndarray], reference: np.ndarray, dims: Sequence[str] = DIMENSIONS,
+                         *, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """PCC per dimension and the mean over ``EVAL_DIMENSIONS`` for several models scored on the same clips, and
+    each model's difference from the first with a paired bootstrap interval: the clips are resampled with
+    replacement, the same resample for every model, ``resamples`` times.
+
+    ``scores``: label -> ``(clips, dims)`` (``score_matrix``; the first label is the baseline); ``reference``:
+    ``(clips, dims)`` (``reference_matrix``). Returns ``{label: {dim: {"pcc", "diff", "low", "high",
+    "p_not_better"}}}`` with ``diff``/``low``/``high`` (the ``level`` percentile interval of the difference) and
+    ``p_not_better`` (the share of resamples where the model is not above the baseline) absent for the baseline.
+    As in ``score_metrics`` (whose values the points equal), a constant prediction has no PCC of its own
+    (``pcc`` None) and counts 0 in the mean, and in the differences; a constant reference drops the dimension
+    from the mean. The interval says how much the test clips alone
+    move the difference; it says nothing of training seeds."""
+    labels = list(scores)
+    if not labels:
+        raise ValueError("no model to compare")
+    n = reference.shape[0]
+    for label, mat in scores.items():
+        if mat.shape != reference.shape:
+            raise ValueError(f"{label}: scores of shape {mat.shape}, references {reference.shape}")
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(float)
+    weights = np.vstack([np.ones((1, n)), counts])  # row 0: the clips as they are (the point estimate)
+    eval_cols = [j for j, d in enumerate(dims) if d in EVAL_DIMENSIONS]
+    per: dict[str, np.ndarray] = {}
+    constant: dict[str, set[int]] = {}
+    for label, mat in scores.items():
+        cols = []
+        constant[label] = set()
+        for j in range(len(dims)):
+            valid = ~np.isnan(reference[:, j])
+            cols.append(_weighted_pcc(weights[:, valid], mat[valid, j], reference[valid, j]))
+            if valid.any() and np.ptp(mat[valid, j]) == 0:
+                constant[label].add(j)
+        pcc = np.stack(cols, axis=1)  # (1 + R, dims)
+        with warnings.catch_warnings():  # a resample where every dimension's reference is constant: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(pcc[:, eval_cols], axis=1)
+        per[label] = np.column_stack([pcc, mean])
+    names = [*dims, "mean"]
+    tail = (1 - level) / 2
+    out: dict[str, Any] = {}
+    for label in labels:
+        rows = {}
+        for j, name in enumerate(names):
+            point = per[label][0, j]
+            row: dict[str, Any] = {"pcc": None if np.isnan(point) or j in constant[label] else float(point)}
+            if label != labels[0]:
+                diff = per[label][:, j] - per[labels[0]][:, j]
+                boot = diff[1:][~np.isnan(diff[1:])]
+                row["diff"] = None if np.isnan(diff[0]) else float(diff[0])
+                if len(boot):
+                    row["low"], row["high"] = (float(v) for v in np.quantile(boot, [tail, 1 - tail]))
+                    row["p_not_better"] = float(np.mean(boot <= 0))
+            rows[name] = row
+        out[label] = rows
     return out

@@ -4,7 +4,8 @@
 scores are jittered so that stacked points show; a missing prediction is drawn at the midpoint 3 as a red
 cross, as the metrics count it) and ``pcc_bars`` (PCC per dimension, one bar per model or variant, with
 optional error bars). ``sqrl compare`` adds ``reward_curves`` (GRPO reward per step, mean and spread over
-seeds); ``sqrl sft`` writes ``training_curves`` (loss and token accuracy per logged step, one line per run).
+seeds); ``sqrl sft`` writes ``training_curves`` (loss and token accuracy per logged step, one line per run);
+``sqrl evaldiff`` draws ``difference_intervals`` (PCC differences between models with bootstrap intervals).
 """
 from __future__ import annotations
 
@@ -160,6 +161,37 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
             ax.text(0.5, 0.5, f"no {key} logged", ha="center", va="center", transform=ax.transAxes)
         ax.set(title=key.replace("_", " "), xlabel="step")
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def difference_intervals(panels: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], path: str | Path) -> Path:
+    """One panel per score kind (``{"greedy": paired_bootstrap_pcc(...), "expected": ...}``): for each model
+    but the first, its PCC difference from the first per dimension and the mean, a dot with its interval
+    (``diff``, ``low``, ``high``); an interval that does not cross 0 is drawn solid. ``sqrl evaldiff``."""
+    fig = _figure(5.2 * max(1, len(panels)), 3.8)
+    for i, (title, result) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, max(1, len(panels)), i + 1)
+        labels = list(result)[1:]
+        names = [n for n in [*DIMENSIONS, "mean"] if n in result[list(result)[0]]]
+        step = 0.7 / max(1, len(labels))
+        for j, label in enumerate(labels):
+            ys = np.arange(len(names)) + (j - (len(labels) - 1) / 2) * step
+            for y, n in zip(ys, names):
+                row = result[label][n]
+                if row.get("diff") is None:
+                    continue
+                low, high = row.get("low", row["diff"]), row.get("high", row["diff"])
+                ax.plot([low, high], [y, y], color=f"C{j}", lw=1.6, ls="-" if low > 0 or high < 0 else ":")
+                ax.plot(row["diff"], y, "o", color=f"C{j}", ms=4, label=label if n == names[0] else None)
+        ax.axvline(0, color="black", lw=0.6)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels([DISPLAY_NAMES.get(n, "Mean (6 dims)") for n in names], fontsize=8)
+        ax.invert_yaxis()
+        ax.set(title=f"{title}: PCC difference from {list(result)[0]}", xlabel="difference (95% interval)")
+        ax.grid(alpha=0.3, axis="x")
+        if labels:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
