@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from sqrl.audio import SAMPLING_RATE
 from sqrl.config import arg_range
-from sqrl.fsutil import read_jsonl
+from sqrl.fsutil import atomic_file, read_jsonl
 from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS
 from sqrl.prompts import PROMPTINGS, Rubric
 from sqrl.response import parse
@@ -247,13 +247,15 @@ def predict(generator: Generator, records: list[Record], rubric: Rubric, prompti
 
 def _read_journal(journal: str | Path, records: list[Record], texts: dict, expectations: dict) -> set[tuple[int, Any]]:
     """Fill ``texts``/``expectations`` from ``journal`` (if it exists); the (record index, dimension) keys it holds.
-
-    Answers come back in request order whatever order they were journaled in (per-dimension answers of one
-    clip are combined in the rubric's order)."""
+    The journal is written back without a last line cut short by the interruption, so that the answers
+    appended next start on a line of their own."""
     done: set[tuple[int, Any]] = set()
     if not Path(journal).exists():
         return done
-    for row in read_jsonl(journal):
+    rows = read_jsonl(journal)
+    with atomic_file(journal) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    for row in rows:
         i = row["index"]
         if i >= len(records) or records[i].id != row["id"]:
             raise ValueError(f"{journal}: answer {row['id']!r} at index {i} does not match the manifest; "
@@ -282,23 +284,28 @@ def run_settings(model_spec: str | Path, manifest: str | Path, **settings: Any) 
             "manifest_file": stamp(Path(manifest)), **settings}
 
 
-def _start_journal(out: Path, settings: dict[str, Any], resume: bool | str) -> Path:
-    """Write (or, resuming, check) ``eval_run.json``; the journal's path. ``resume="if_same"`` starts over
-    (with a warning) where ``resume=True`` refuses an evaluation made with other settings."""
+def _start_journal(out: Path, settings: dict[str, Any], resume: bool | str) -> tuple[Path, bool]:
+    """Write (or, resuming, check) ``eval_run.json``: (the journal's path, whether the folder's evaluation was
+    made with these settings). ``resume="if_same"`` starts over (with a warning) where ``resume=True`` refuses
+    an evaluation made with other settings."""
     run_file, journal = out / RUN_FILE, out / JOURNAL
+    if resume and not run_file.exists():
+        log.info("eval: %s holds no %s to resume from; starting from the first answer", out, RUN_FILE)
     if resume and run_file.exists():
         old = json.loads(run_file.read_text(encoding="utf-8"))
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if not changed:
-            return journal
+            return journal, True
         what = f"{', '.join(changed)} ({', '.join(f'{k}={old.get(k)!r}' for k in changed)})"
         if resume != "if_same":
             raise ValueError(f"--resume: the evaluation in {out} was made with other {what}; "
                              "pass --overwrite to start over")
         log.warning("eval: the answers in %s were made with other %s; starting over", out, what)
     journal.unlink(missing_ok=True)
+    for name in ("metrics.json", "predictions.jsonl"):  # results of other settings (or of an sqrl without
+        (out / name).unlink(missing_ok=True)            # eval_run.json) never stand for this evaluation
     run_file.write_text(json.dumps(settings, indent=2), encoding="utf-8")
-    return journal
+    return journal, False
 
 
 def write_report(out: Path, metrics: dict[str, Any], model: str, data: str) -> None:
@@ -348,10 +355,10 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     trained_prompting, trained_rubric = training_prompts(model_spec)
     prompting = prompting or trained_prompting
     rubric = rubric or trained_rubric
-    journal = _start_journal(out, run_settings(model_spec, manifest, prompting=prompting, rubric=rubric,
+    journal, same = _start_journal(out, run_settings(model_spec, manifest, prompting=prompting, rubric=rubric,
                                                max_new_tokens=max_new_tokens, expected_scores=expected_scores,
                                                limit=limit), resume)
-    if resume and not journal.exists() and (out / "metrics.json").exists() and (out / "predictions.jsonl").exists():
+    if same and not journal.exists() and (out / "metrics.json").exists() and (out / "predictions.jsonl").exists():
         log.info("eval: %s is complete (same model, data and settings); nothing to resume", out)
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     (out / "plots").mkdir(exist_ok=True)

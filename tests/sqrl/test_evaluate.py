@@ -161,10 +161,16 @@ def test_an_interrupted_eval_resumes_from_its_journal_and_ends_as_an_uninterrupt
         evaluate("tiny-qwen2-audio", str(manifest), out, batch_size=2, max_new_tokens=9, resume=True)
     assert len(_rows(out / JOURNAL)) == 2
 
+    with open(out / JOURNAL, "a") as fh:
+        fh.write('{"index": 2, "id": "c2", "dim": nu')  # a kill in the middle of writing a line
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):  # resumed, and stopped again after one more batch
+        evaluate("tiny-qwen2-audio", str(manifest), out, batch_size=2, max_new_tokens=8, resume=True)
+    assert len(_rows(out / JOURNAL)) == 4  # the torn line is gone, the new answers are on lines of their own
     calls.clear()
     monkeypatch.setattr(Generator, "with_expected_scores", lambda self, w, p: (calls.append(len(p)), original(self, w, p))[1])
     metrics = evaluate("tiny-qwen2-audio", str(manifest), out, batch_size=2, max_new_tokens=8, resume=True)
-    assert sum(calls) == 3  # 5 readable clips, 2 answered before the stop
+    assert sum(calls) == 1  # 5 readable clips, 4 answered before the stops
     assert _rows(out / "predictions.jsonl") == _rows(whole / "predictions.jsonl")
     assert metrics == json.loads((whole / "metrics.json").read_text()) | {"seconds": metrics["seconds"]}
     assert not (out / JOURNAL).exists() and (out / RUN_FILE).exists()
@@ -172,6 +178,10 @@ def test_an_interrupted_eval_resumes_from_its_journal_and_ends_as_an_uninterrupt
     calls.clear()  # resuming a complete evaluation generates nothing
     assert evaluate("tiny-qwen2-audio", str(manifest), out, batch_size=2, max_new_tokens=8, resume=True) == metrics
     assert calls == []
+
+    (out / RUN_FILE).unlink()  # results of unknown settings (an sqrl before the journal) are not taken as they are
+    evaluate("tiny-qwen2-audio", str(manifest), out, batch_size=2, max_new_tokens=8, resume=True)
+    assert sum(calls) == 5
 
 
 def test_a_journal_of_other_settings_starts_over_under_if_same_and_a_fresh_run_discards_it(tmp_path, monkeypatch):
