@@ -25,7 +25,7 @@ import numpy as np
 from sqrl.config import arg_range
 from sqrl.dimensions import DIMENSIONS, DISPLAY_NAMES
 from sqrl.fsutil import read_jsonl
-from sqrl.metrics import MIDPOINT, paired_bootstrap_pcc, predicted_score
+from sqrl.metrics import paired_bootstrap_pcc, predicted_score, reference_matrix, score_matrix
 from sqrl.schema import Assessment
 
 log = logging.getLogger(__name__)
@@ -50,28 +50,26 @@ def read_evals(evals: Sequence[tuple[str, str | Path]]) -> tuple[list[str], dict
     dropped = {label: len(r) - len(ids) for (label, _), r in zip(evals, rows) if len(r) != len(ids)}
     if dropped:
         log.warning("evaldiff: clips not answered by every evaluation left out: %s", dropped)
-    reference = np.full((len(ids), len(DIMENSIONS)), np.nan)
-    for i, clip in enumerate(ids):
+    for clip in ids:
         refs = [(r[clip].get("reference") or {}).get("scores", {}) for r in rows]
         if any(ref != refs[0] for ref in refs[1:]):
             raise ValueError(f"--evals: clip {clip!r} has different reference scores in different folders "
                              "(evaluations of different manifests)")
-        for j, d in enumerate(DIMENSIONS):
-            value = refs[0].get(d)
-            if isinstance(value, int) and 1 <= value <= 5:
-                reference[i, j] = value
+    reference = reference_matrix([Assessment(scores=dict((rows[0][c].get("reference") or {}).get("scores", {})))
+                                  for c in ids])
     scores: dict[str, dict[str, np.ndarray]] = {"greedy": {}, "expected": {}}
     for (label, _), by_id in zip(evals, rows):
-        greedy, expected = np.empty_like(reference), np.empty_like(reference)
-        for i, clip in enumerate(ids):
+        greedy, expected = [], []
+        for clip in ids:
             parsed = by_id[clip].get("parsed")
             answer = Assessment(scores=dict(parsed.get("scores") or {})) if parsed else None
-            exp = by_id[clip].get("expected_scores") or {}
-            for j, d in enumerate(DIMENSIONS):
-                greedy[i, j] = predicted_score(answer, d) or MIDPOINT
-                value = exp.get(d) if answer is not None and predicted_score(answer, d) is not None else None
-                expected[i, j] = value if value is not None else greedy[i, j]
-        scores["greedy"][label], scores["expected"][label] = greedy, expected
+            greedy.append(answer)
+            if answer is not None:  # the readout where the answer has a usable score, else the integer
+                exp = by_id[clip].get("expected_scores") or {}
+                answer = Assessment(scores={d: exp.get(d, v) if predicted_score(answer, d) is not None else v
+                                            for d, v in answer.scores.items()})
+            expected.append(answer)
+        scores["greedy"][label], scores["expected"][label] = score_matrix(greedy), score_matrix(expected)
     return ids, scores, reference
 
 
