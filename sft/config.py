@@ -90,8 +90,9 @@ class TrainConfig:
     mega-batches of 50 micro-batches, then the batches shuffled; not HF's sampler, which trains each mega-batch
     longest first and broke calibration here). A random batch of 4 small-model calibration examples is ~15%
     padding, which costs as much as real tokens on a CPU; grouped, 0.7%. Changes the order of the examples, so a
-    run with it is not the same run as one without, and on the synthetic corpus (where length tells the label) it
-    cost the small calibration 0.20 of held-out greedy PCC (docs/small.md): off in every shipped config. Not with
+    run with it is not the same run as one without; on the synthetic corpus (where length tells the label) the small
+    calibration with it ended 0.20 of held-out greedy PCC below the best random-order run (docs/small.md): off in
+    every shipped config. Not with
     ``data.balance: labels`` (both choose the order)."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 

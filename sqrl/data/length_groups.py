@@ -18,8 +18,9 @@ skips exactly the batches it trained.
 
 Even so, on that corpus the members of a batch share their labels more than at random (std of the overall label
 within a batch 0.75 against 1.06), and the small calibration with this order (600 steps, one run) reached a
-held-out mean PCC of 0.43 greedy / 0.63 expected against 0.62 / 0.72 in random order: the small config does not
-group. Use it where length does not tell the label, and check.
+held-out mean PCC of 0.43 greedy / 0.63 expected against 0.62 / 0.72 for the best random-order run (one seed
+each, the latter with older code): the small config does not group. Use it where length does not tell the
+label, and check.
 """
 from __future__ import annotations
 
