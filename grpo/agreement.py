@@ -39,6 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from grpo.tracking import SAMPLES_FILE, read_metrics
+from sqrl.evaldiff import answered_by_all, parse_evals
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,7 @@ def samples_from_evals(evals: Sequence[tuple[str, str | Path]], limit: int | Non
     """Samples (``samples.jsonl``'s fields) from ``sqrl eval`` folders (or their ``predictions.jsonl``): one group
     per clip that every model answered, the models in the given order as its members (``source``: the label).
     The first ``limit`` such clips in the first model's order."""
-    if len(evals) < 2:
-        raise ValueError("--evals needs at least two models to compare")
-    answers = []
-    for label, path in evals:
-        path = Path(path)
-        path = path / "predictions.jsonl" if path.is_dir() else path
-        if not path.exists():
-            raise FileNotFoundError(f"--evals {label}: {path} does not exist (an `sqrl eval` folder writes it)")
-        answers.append({r["id"]: r for r in read_metrics(path)})
-    clips = [c for c in answers[0] if all(c in a for a in answers[1:])]
+    clips, answers = answered_by_all(evals)
     if not clips:
         raise ValueError("--evals: no clip is answered by every model")
     samples = []
@@ -251,12 +243,7 @@ def run(args: argparse.Namespace) -> int:
     if evals and not args.score:
         raise SystemExit("--evals needs --score: eval answers carry no rewards")
     if evals:
-        pairs = []
-        for item in evals:
-            label, sep, folder = item.partition("=")
-            if not sep or not label or not folder:
-                raise SystemExit(f"--evals {item!r}: expected LABEL=DIR")
-            pairs.append((label, folder))
+        pairs = parse_evals(evals)
         try:
             samples = samples_from_evals(pairs, limit)
         except (ValueError, FileNotFoundError) as exc:

@@ -31,10 +31,22 @@ from sqrl.schema import Assessment
 log = logging.getLogger(__name__)
 
 
-def read_evals(evals: Sequence[tuple[str, str | Path]]) -> tuple[list[str], dict[str, dict[str, np.ndarray]], np.ndarray]:
-    """(clip ids, ``{"greedy"|"expected": {label: (clips, dims)}}``, references ``(clips, dims)``) over the clips
-    every folder answered, in the first folder's order. A clip without a parsed answer scores ``MIDPOINT`` (as
-    in ``sqrl eval``'s metrics); an expected score falls back on the greedy integer where there is none."""
+def parse_evals(items: Sequence[str]) -> list[tuple[str, str]]:
+    """``--evals LABEL=DIR`` arguments as (label, folder) pairs; a malformed or repeated label is an error."""
+    pairs = []
+    for item in items:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            raise SystemExit(f"--evals {item!r}: expected LABEL=DIR")
+        pairs.append((label, folder))
+    if len({label for label, _ in pairs}) != len(pairs):
+        raise SystemExit("--evals: every evaluation needs its own label")
+    return pairs
+
+
+def answered_by_all(evals: Sequence[tuple[str, str | Path]]) -> tuple[list[str], list[dict[str, dict[str, Any]]]]:
+    """(the clip ids every evaluation answered, in the first one's order; per evaluation, its
+    ``predictions.jsonl`` rows by clip id). ``evals``: (label, ``sqrl eval`` folder or its predictions.jsonl)."""
     if len(evals) < 2:
         raise ValueError("--evals needs at least two evaluations to compare")
     rows = []
@@ -45,11 +57,19 @@ def read_evals(evals: Sequence[tuple[str, str | Path]]) -> tuple[list[str], dict
             raise FileNotFoundError(f"--evals {label}: {file} does not exist (an `sqrl eval` folder writes it)")
         rows.append({r["id"]: r for r in read_jsonl(file)})
     ids = [c for c in rows[0] if all(c in r for r in rows[1:])]
-    if len(ids) < 3:
-        raise ValueError(f"--evals: {len(ids)} clips answered by every evaluation; at least 3 are needed")
     dropped = {label: len(r) - len(ids) for (label, _), r in zip(evals, rows) if len(r) != len(ids)}
     if dropped:
-        log.warning("evaldiff: clips not answered by every evaluation left out: %s", dropped)
+        log.warning("clips not answered by every evaluation left out: %s", dropped)
+    return ids, rows
+
+
+def read_evals(evals: Sequence[tuple[str, str | Path]]) -> tuple[list[str], dict[str, dict[str, np.ndarray]], np.ndarray]:
+    """(clip ids, ``{"greedy"|"expected": {label: (clips, dims)}}``, references ``(clips, dims)``) over the clips
+    every folder answered, in the first folder's order. A clip without a parsed answer scores ``MIDPOINT`` (as
+    in ``sqrl eval``'s metrics); an expected score falls back on the greedy integer where there is none."""
+    ids, rows = answered_by_all(evals)
+    if len(ids) < 3:
+        raise ValueError(f"--evals: {len(ids)} clips answered by every evaluation; at least 3 are needed")
     for clip in ids:
         refs = [(r[clip].get("reference") or {}).get("scores", {}) for r in rows]
         if any(ref != refs[0] for ref in refs[1:]):
@@ -121,14 +141,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args) -> int:
-    evals = []
-    for item in args.evals:
-        label, sep, path = item.partition("=")
-        if not sep or not label or not path:
-            raise SystemExit(f"sqrl evaldiff: --evals takes LABEL=DIR, got {item!r}")
-        evals.append((label, path))
-    if len({label for label, _ in evals}) != len(evals):
-        raise SystemExit("sqrl evaldiff: every --evals needs its own label")
+    evals = parse_evals(args.evals)
     result = evaldiff(evals, resamples=args.resamples, seed=args.seed)
     print(table(result))
     if args.out:
