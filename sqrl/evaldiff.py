@@ -25,7 +25,7 @@ import numpy as np
 from sqrl.config import arg_range
 from sqrl.dimensions import DIMENSIONS, DISPLAY_NAMES
 from sqrl.fsutil import read_jsonl
-from sqrl.metrics import paired_bootstrap_pcc, predicted_score, reference_matrix, score_matrix
+from sqrl.metrics import paired_bootstrap_pcc, reference_matrix, score_matrix, with_expected
 from sqrl.schema import Assessment
 
 log = logging.getLogger(__name__)
@@ -79,16 +79,9 @@ def read_evals(evals: Sequence[tuple[str, str | Path]]) -> tuple[list[str], dict
                                   for c in ids])
     scores: dict[str, dict[str, np.ndarray]] = {"greedy": {}, "expected": {}}
     for (label, _), by_id in zip(evals, rows):
-        greedy, expected = [], []
-        for clip in ids:
-            parsed = by_id[clip].get("parsed")
-            answer = Assessment(scores=dict(parsed.get("scores") or {})) if parsed else None
-            greedy.append(answer)
-            if answer is not None:  # the readout where the answer has a usable score, else the integer
-                exp = by_id[clip].get("expected_scores") or {}
-                answer = Assessment(scores={d: exp.get(d, v) if predicted_score(answer, d) is not None else v
-                                            for d, v in answer.scores.items()})
-            expected.append(answer)
+        parsed = [by_id[clip].get("parsed") for clip in ids]
+        greedy = [Assessment(scores=dict(p.get("scores") or {})) if p else None for p in parsed]
+        expected = with_expected(greedy, [by_id[clip].get("expected_scores") or {} for clip in ids])
         scores["greedy"][label], scores["expected"][label] = score_matrix(greedy), score_matrix(expected)
     return ids, scores, reference
 

@@ -27,6 +27,7 @@ from sqrl.audio import SAMPLING_RATE
 from sqrl.config import arg_range
 from sqrl.fsutil import atomic_file, read_jsonl
 from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS
+from sqrl.metrics import with_expected
 from sqrl.prompts import PROMPTINGS, Rubric
 from sqrl.response import parse
 from sqrl.schema import Assessment, Record, read_manifest
@@ -386,18 +387,6 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     journal.unlink(missing_ok=True)  # predictions.jsonl holds every answer now
     log.info("eval: mean PCC %s, parse rate %s, %.0f s", metrics["pcc"].get("mean"), metrics["parse_rate"], seconds)
     return metrics
-
-
-def with_expected(preds: list[Assessment | None], expected: list[dict[str, float]]) -> list[Assessment | None]:
-    """Copies of ``preds`` whose scores are the expected scores where there is one (the integer elsewhere)."""
-    out: list[Assessment | None] = []
-    for pred, exp in zip(preds, expected):
-        if pred is None:
-            out.append(None)
-            continue
-        scores = {d: exp.get(d, v) if v is not None else None for d, v in pred.scores.items()}
-        out.append(Assessment(scores=scores, artifacts=list(pred.artifacts), description=pred.description))
-    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:

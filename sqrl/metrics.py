@@ -243,6 +243,18 @@ def compute_metrics(predictions: Sequence[Assessment | None], references: Sequen
     return out
 
 
+def with_expected(preds: list[Assessment | None], expected: list[dict[str, float]]) -> list[Assessment | None]:
+    """Copies of ``preds`` whose scores are the expected scores where there is one (the integer elsewhere)."""
+    out: list[Assessment | None] = []
+    for pred, exp in zip(preds, expected):
+        if pred is None:
+            out.append(None)
+            continue
+        scores = {d: exp.get(d, v) if v is not None else None for d, v in pred.scores.items()}
+        out.append(Assessment(scores=scores, artifacts=list(pred.artifacts), description=pred.description))
+    return out
+
+
 # ----------------------------------------------------------------------------------- paired bootstrap
 def score_matrix(predictions: Sequence[Assessment | None], dims: Sequence[str] = DIMENSIONS) -> np.ndarray:
     """``(clips, dims)`` predicted scores as ``score_metrics`` reads them (a missing one is ``MIDPOINT``)."""
