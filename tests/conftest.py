@@ -59,6 +59,12 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"SQRL_REQUIRE_VLLM=1: a vllm test may not skip ({reason})"
 
 
+def pytest_runtest_setup(item):
+    # `pytest -m gpu` on a machine without CUDA skips, saying why, instead of failing on the first tensor.
+    if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (torch sees none)")
+
+
 # ---------------------------------------------------------------------- tampered checkpoints
 class _PlantedCallable:
     """Unpickling this object opens (creates) ``marker`` for writing: a stand-in for any planted code."""

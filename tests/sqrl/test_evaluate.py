@@ -209,3 +209,26 @@ def test_a_journal_written_for_another_manifest_is_refused(tmp_path):
     journal.write_text(json.dumps({"index": 0, "id": "x", "dim": None, "text": "", "expected": {}}) + "\n")
     with pytest.raises(ValueError, match="another manifest"):
         _read_journal(journal, [Record(id="y")], {}, {})
+
+
+def test_auto_runs_on_cuda_only_where_torch_sees_one_and_cuda_without_one_is_refused():
+    import torch
+
+    from sqrl.evaluate import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+def test_greedy_answers_on_cuda_are_those_of_the_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("SQRL_CACHE", str(tmp_path / "cache"))
+    manifest = _manifest(tmp_path, broken=False)
+    cpu = evaluate("tiny-qwen2-audio", str(manifest), tmp_path / "cpu", batch_size=2, max_new_tokens=16, device="cpu")
+    gpu = evaluate("tiny-qwen2-audio", str(manifest), tmp_path / "gpu", batch_size=2, max_new_tokens=16, device="cuda")
+    texts = [[r["text"] for r in _rows(tmp_path / d / "predictions.jsonl")] for d in ("cpu", "gpu")]
+    assert texts[0] == texts[1]
+    assert gpu["parse_rate"] == cpu["parse_rate"]
