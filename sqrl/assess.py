@@ -265,7 +265,7 @@ def assess(model_spec: str | os.PathLike, files: Sequence[str | os.PathLike], *,
     prompting = prompting or trained_prompting
     rubric_obj = Rubric(rubric or trained_rubric)
     limit = max_seconds if max_seconds is not None else model_max_seconds(model_spec)
-    model, processor, backbone = load_model(model_spec, dtype=torch.float32)
+    model, processor, backbone = load_model(model_spec, dtype=torch.float32, merge=True)
     generator = Generator(model, processor, backbone, max_new_tokens=max_new_tokens)
     return judge(generator, expand_inputs(files), rubric_obj, prompting, batch_size=batch_size,
                  max_seconds=limit, progress=progress)

@@ -66,13 +66,19 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
 
 
 def load_model(
-    spec: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu", trainable: bool = False
+    spec: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu", trainable: bool = False,
+    merge: bool = False,
 ) -> tuple[Any, Any, Any]:
     """Load ``(model, processor, backbone)`` from an sqrl model directory or a backbone name.
 
     An adapter directory comes back as a ``PeftModel`` over its base (``trainable`` keeps the
-    adapter weights trainable); a full directory or a backbone name as the plain model.
+    adapter weights trainable); a full directory or a backbone name as the plain model. ``merge`` folds
+    an adapter into the base weights in memory (peft's ``merge_and_unload``, as ``sqrl merge`` does on
+    disk): the same function up to float rounding, one matmul per adapted layer instead of three, and the
+    plain model class. For inference only (``sqrl eval``, ``sqrl assess``).
     """
+    if merge and trainable:
+        raise ValueError("load_model: merge is for inference; a trainable adapter stays unmerged")
     from sqrl.backbones import get_backbone
 
     spec_path = Path(spec)
@@ -96,7 +102,9 @@ def load_model(
             )
     base, processor = backbone.load(meta.base, dtype=dtype, device=device)
     model = backbone.load_adapter(base, spec_path, is_trainable=trainable)
-    log.info("loaded adapter %s over %s", spec_path, meta.base or meta.backbone)
+    log.info("loaded adapter %s over %s%s", spec_path, meta.base or meta.backbone, " (merged)" if merge else "")
+    if merge:
+        model = model.merge_and_unload()
     return model, processor, backbone
 
 

@@ -230,6 +230,24 @@ def test_merge_keeps_the_logits(calibrated, tmp_path):
     assert not any("lora" in n for n, _ in model.named_parameters())
 
 
+def test_an_adapter_merged_in_memory_keeps_the_logits_and_the_greedy_answers(calibrated, tiny_manifest):
+    from sqrl.evaluate import Generator
+    from sqrl.models import probe_logits
+
+    adapter, processor, backbone = load_model(calibrated)
+    merged, _, _ = load_model(calibrated, merge=True)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    diff = (probe_logits(adapter, processor, backbone) - probe_logits(merged, processor, backbone)).abs().max()
+    assert float(diff) < 1e-4
+    rows = [json.loads(line) for line in Path(tiny_manifest).read_text().splitlines()[:4]]
+    waves = [sf.read(Path(tiny_manifest).parent / r["audio"], dtype="float32")[0] for r in rows]
+    prompts = ["Rate the noise of this recording from 1 to 5."] * len(waves)
+    answers = [Generator(m, processor, backbone, max_new_tokens=24)(waves, prompts) for m in (adapter, merged)]
+    assert answers[0] == answers[1] and any(a.strip() for a in answers[0])
+    with pytest.raises(ValueError, match="merge is for inference"):
+        load_model(calibrated, merge=True, trainable=True)
+
+
 def test_warmup_continues_the_calibration_adapter(tiny_manifest, calibrated, tmp_path):
     cfg = _cfg(tiny_manifest, **{"model.init": str(calibrated), "data.prompting": "long_form",
                                  "stage": "warmup", "train.max_steps": 2})
