@@ -12,6 +12,7 @@ from grpo.model_io import (cast_adapter, completion_inputs, completion_logprobs,
                            resolve_dtype)
 from grpo.rollout_worker import RolloutWorker, suppressed_token_ids
 from sqrl.logprobs import token_logprobs
+from sqrl.runtime import resolve_device
 
 
 class HFRolloutWorker(RolloutWorker):
@@ -22,7 +23,7 @@ class HFRolloutWorker(RolloutWorker):
         from sqrl.backbones import get_backbone
 
         self.backbone = get_backbone(backbone)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(resolve_device(device))
         base, self.processor = self.backbone.load(
             model_path, dtype=resolve_dtype(dtype, self.device, "model.dtype (hf rollouts)"), device=self.device)
         # The same adapter layout as the policy's, so its tensors load by name.

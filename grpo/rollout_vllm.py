@@ -45,6 +45,7 @@ import torch
 from grpo.messages import ClipRequest, Completion, RolloutBatch, SamplingParams, WeightUpdate
 from grpo.model_io import SAMPLING_RATE, load_waves, readable_requests
 from grpo.rollout_worker import RolloutWorker, suppressed_token_ids
+from sqrl.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ class VLLMRolloutWorker(RolloutWorker):
         if self.weight_sync == "lora":
             lora, update = split_llm_lora(update)
             self._swap_lora(lora, update)
-        merged = merge_update(update, self._base, "cuda" if torch.cuda.is_available() else "cpu")
+        merged = merge_update(update, self._base, resolve_device("auto"))
         if merged:
             self.llm.collective_rpc(_reload, args=([(vllm_name(k), v) for k, v in merged.items()],))
         # Cached prompt KV and encoder outputs were computed with the old weights.

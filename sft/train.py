@@ -28,7 +28,7 @@ from sqrl.config import save_config
 from sqrl.fsutil import read_jsonl, truncate_jsonl
 from sqrl.integrity import verify_manifest, write_manifest
 from sqrl.rundir import prepare_out
-from sqrl.runtime import bf16_is_slow, compute_dtype
+from sqrl.runtime import bf16_is_slow, compute_dtype, resolve_device
 from sqrl.models import ModelMeta, load_model, read_meta, write_meta
 from sqrl.prompts import Rubric
 
@@ -129,9 +129,7 @@ def build_model(cfg: SFTStageConfig):
 
 
 def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device("auto")
 
 
 def mixed_precision(cfg: SFTStageConfig) -> bool:

@@ -30,6 +30,7 @@ from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS
 from sqrl.metrics import with_expected
 from sqrl.prompts import PROMPTINGS, Rubric
 from sqrl.response import parse
+from sqrl.runtime import resolve_device
 from sqrl.schema import Assessment, Record, read_manifest
 from sqrl.scoretokens import digit_templates, score_positions, siblings
 
@@ -395,15 +396,6 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     journal.unlink(missing_ok=True)  # predictions.jsonl holds every answer now
     log.info("eval: mean PCC %s, parse rate %s, %.0f s", metrics["pcc"].get("mean"), metrics["parse_rate"], seconds)
     return metrics
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; ``"cuda"`` without one is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: torch sees no CUDA device (this torch: {torch.__version__})")
-    return device
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -74,6 +74,18 @@ def _bf16_timed_probe() -> bool:
     return seconds(torch.bfloat16) < 8 * seconds(torch.float32)
 
 
+def resolve_device(device: str | None = "auto") -> str:
+    """``"auto"`` (or None) -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; a CUDA device asked for where
+    torch sees none is an error, not a silent fall back to the CPU."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device}: torch sees no CUDA device (this torch: {torch.__version__})")
+    return str(device)
+
+
 def bf16_is_slow(device: object = "cpu") -> bool:
     """True on a CPU device whose bf16 matmuls take the scalar path (``cpu_bf16_native`` is False)."""
     return str(device).split(":")[0] == "cpu" and not cpu_bf16_native()

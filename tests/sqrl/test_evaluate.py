@@ -214,9 +214,9 @@ def test_a_journal_written_for_another_manifest_is_refused(tmp_path):
 def test_auto_runs_on_cuda_only_where_torch_sees_one_and_cuda_without_one_is_refused():
     import torch
 
-    from sqrl.evaluate import resolve_device
+    from sqrl.runtime import resolve_device
 
-    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("cpu") == "cpu" and resolve_device(None) == resolve_device("auto")
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
