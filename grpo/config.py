@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grpo.algorithm import LOSS_TYPES, SCALE_REWARDS
-from sqrl.backbones.config import LoraConfig, check_dtype
+from sqrl.backbones.config import LoraConfig, check_attn_implementation, check_dtype
 from sqrl.config import bounded, check_ranges
 from sqrl.data.config import DataConfig
 
@@ -43,9 +43,13 @@ class ModelConfig:
     dtype: str = "auto"
     """auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16; rollouts use the same."""
     gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+    """transformers' attention kernel of the policy (its update; rollouts keep the default), as in the SFT
+    stages: ``eager``, ``sdpa``, ...; None: transformers' default (sdpa)."""
 
     def __post_init__(self):
         check_dtype(self.dtype)
+        check_attn_implementation(self.attn_implementation)
 
 
 @dataclass

@@ -113,13 +113,13 @@ class PolicyWorker:
                  lora_dropout: float, encoder_mode: str, dtype: str, loss: LossConfig, lr: float,
                  weight_decay: float = 0.0, adam_betas: Sequence[float] = (0.9, 0.999), max_grad_norm: float = 1.0,
                  zero_stage: int = 2, offload_optimizer: bool = False, gradient_checkpointing: bool = False,
-                 num_iterations: int = 1, max_seconds: float | None = None, seed: int = 0,
+                 attn_implementation: str | None = None, num_iterations: int = 1, max_seconds: float | None = None, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
         self.args = dict(model_path=model_path, backbone=backbone, lora_rank=lora_rank, lora_alpha=lora_alpha,
                          lora_dropout=lora_dropout, encoder_mode=encoder_mode, dtype=dtype, lr=lr,
                          weight_decay=weight_decay, adam_betas=tuple(adam_betas), max_grad_norm=max_grad_norm,
                          zero_stage=zero_stage, offload_optimizer=offload_optimizer,
-                         gradient_checkpointing=gradient_checkpointing)
+                         gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation)
         self.loss = loss
         self.num_iterations = num_iterations
         self.max_seconds = max_seconds
@@ -154,7 +154,8 @@ class PolicyWorker:
 
             self._hf_ds = HfDeepSpeedConfig(ds_config)
         self.backbone = get_backbone(a["backbone"])
-        base, self.processor = self.backbone.load(a["model_path"], dtype=dtype, device="cuda" if gpu else "cpu")
+        base, self.processor = self.backbone.load(a["model_path"], dtype=dtype, device="cuda" if gpu else "cpu",
+                                                  attn_implementation=a["attn_implementation"])
         if self._hf_ds is not None:
             rebuild_rotary_buffers(base)
         model = self.backbone.apply_lora(base, rank=a["lora_rank"], alpha=a["lora_alpha"], dropout=a["lora_dropout"],
@@ -349,7 +350,8 @@ def build_policy_workers(cfg: GRPOConfig, init: str, backbone: str, place: Calla
         encoder_mode=lora.encoder_mode, dtype=cfg.model.dtype, loss=loss, lr=cfg.policy.lr,
         weight_decay=cfg.policy.weight_decay, adam_betas=cfg.policy.adam_betas, max_grad_norm=cfg.policy.max_grad_norm,
         zero_stage=cfg.policy.zero_stage, offload_optimizer=cfg.policy.offload_optimizer,
-        gradient_checkpointing=cfg.model.gradient_checkpointing, num_iterations=algo.num_iterations,
+        gradient_checkpointing=cfg.model.gradient_checkpointing, attn_implementation=cfg.model.attn_implementation,
+        num_iterations=algo.num_iterations,
         max_seconds=cfg.data.max_seconds, seed=cfg.train.seed, rank=r, world_size=W) for r in range(W)]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqrl.backbones.config import LoraConfig, check_dtype
+from sqrl.backbones.config import LoraConfig, check_attn_implementation, check_dtype
 from sqrl.data.config import DataConfig
 from sqrl.config import bounded, check_ranges
 
@@ -23,9 +23,13 @@ class ModelConfig:
     keeps training. Overrides ``path`` and ``backbone``."""
     dtype: str = "auto"
     """auto (bf16 on GPU, fp32 on CPU), float32 or bfloat16."""
+    attn_implementation: str | None = None
+    """transformers' attention kernel for the whole model (``eager``, ``sdpa``, ...); None: transformers'
+    default (sdpa). The same function either way; ``eager`` is the faster one for the small backbone on a CPU."""
 
     def __post_init__(self):
         check_dtype(self.dtype)
+        check_attn_implementation(self.attn_implementation)
 
 
 @dataclass

@@ -115,12 +115,13 @@ def build_model(cfg: SFTStageConfig):
     dtype = resolve_dtype(cfg.model.dtype, _device())
     if cfg.model.init:
         meta = read_meta(cfg.model.init)
-        model, processor, backbone = load_model(cfg.model.init, dtype=dtype, trainable=True)
+        model, processor, backbone = load_model(cfg.model.init, dtype=dtype, trainable=True,
+                                                attn_implementation=cfg.model.attn_implementation)
         return model, processor, backbone, meta.base
     from sqrl.backbones import get_backbone
 
     backbone = get_backbone(cfg.model.backbone, **cfg.model.options)
-    base, processor = backbone.load(cfg.model.path, dtype=dtype)
+    base, processor = backbone.load(cfg.model.path, dtype=dtype, attn_implementation=cfg.model.attn_implementation)
     lora = cfg.lora
     model = backbone.apply_lora(
         base, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, encoder_mode=lora.encoder_mode

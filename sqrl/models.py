@@ -67,7 +67,7 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
 
 def load_model(
     spec: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu", trainable: bool = False,
-    merge: bool = False,
+    merge: bool = False, attn_implementation: str | None = None,
 ) -> tuple[Any, Any, Any]:
     """Load ``(model, processor, backbone)`` from an sqrl model directory or a backbone name.
 
@@ -75,7 +75,8 @@ def load_model(
     adapter weights trainable); a full directory or a backbone name as the plain model. ``merge`` folds
     an adapter into the base weights in memory (peft's ``merge_and_unload``, as ``sqrl merge`` does on
     disk): the same function up to float rounding, one matmul per adapted layer instead of three, and the
-    plain model class. For inference only (``sqrl eval``, ``sqrl assess``).
+    plain model class. For inference only (``sqrl eval``, ``sqrl assess``). ``attn_implementation`` as in
+    ``Backbone.load``.
     """
     if merge and trainable:
         raise ValueError("load_model: merge is for inference; a trainable adapter stays unmerged")
@@ -86,12 +87,12 @@ def load_model(
         if spec_path.exists():
             raise FileNotFoundError(f"{spec}: no {META_FILE}; not an sqrl model directory")
         backbone = get_backbone(str(spec))
-        model, processor = backbone.load(None, dtype=dtype, device=device)
+        model, processor = backbone.load(None, dtype=dtype, device=device, attn_implementation=attn_implementation)
         return model, processor, backbone
     meta = read_meta(spec_path)
     backbone = get_backbone(meta.backbone, **(meta.options or {}))
     if meta.kind == "full":
-        model, processor = backbone.load(str(spec_path), dtype=dtype, device=device)
+        model, processor = backbone.load(str(spec_path), dtype=dtype, device=device, attn_implementation=attn_implementation)
         return model, processor, backbone
     if meta.base is None and meta.base_build and backbone.spec is not None:
         built = backbone.build_dir().name
@@ -100,7 +101,7 @@ def load_model(
                 f"{spec_path} was trained on build {meta.base_build}, but this sqrl builds {built} "
                 "(the offline build changed: transformers version, sources, tokenizer corpus or build code); retrain it"
             )
-    base, processor = backbone.load(meta.base, dtype=dtype, device=device)
+    base, processor = backbone.load(meta.base, dtype=dtype, device=device, attn_implementation=attn_implementation)
     model = backbone.load_adapter(base, spec_path, is_trainable=trainable)
     log.info("loaded adapter %s over %s%s", spec_path, meta.base or meta.backbone, " (merged)" if merge else "")
     if merge:

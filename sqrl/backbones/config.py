@@ -12,6 +12,10 @@ from sqrl.config import bounded, check_ranges
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 """``model.dtype`` values; ``auto`` is bf16 on a GPU, fp32 on a CPU (``resolve_dtype``)."""
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+"""``model.attn_implementation`` values (transformers' names); None keeps transformers' default (``sdpa``).
+On a CPU ``eager`` trains the small backbone's short sequences faster than SDPA's flash kernel, whose
+backward dominated a calibration step's attention time (docs/small.md, "Faster calibration steps")."""
 ENCODER_MODES = ("trainable", "frozen", "lora")
 """``lora.encoder_mode`` values, as ``Backbone.apply_lora`` applies them."""
 
@@ -20,6 +24,12 @@ def check_dtype(name: str, where: str = "model.dtype") -> None:
     """A ``ValueError`` naming ``where`` unless ``name`` is one of ``DTYPES``."""
     if name not in DTYPES:
         raise ValueError(f"{where} must be one of {', '.join(DTYPES)}, not {name!r}")
+
+
+def check_attn_implementation(name: str | None, where: str = "model.attn_implementation") -> None:
+    """A ``ValueError`` naming ``where`` unless ``name`` is None or one of ``ATTN_IMPLEMENTATIONS``."""
+    if name is not None and name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"{where} must be one of {', '.join(ATTN_IMPLEMENTATIONS)} (or unset), not {name!r}")
 
 
 def resolve_dtype(name: str, device: Any = None, what: str = "model.dtype") -> Any:

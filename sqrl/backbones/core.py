@@ -91,12 +91,14 @@ class Backbone:
         raise ValueError(f"backbone {self.name!r} is not built offline")
 
     def load(self, path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32,
-             device: str | torch.device = "cpu") -> tuple[Any, Any]:
+             device: str | torch.device = "cpu", attn_implementation: str | None = None) -> tuple[Any, Any]:
         """Return ``(model, processor)``.
 
         ``path`` is a directory written by ``save_pretrained`` (a tiny build, a merged checkpoint, a
         downloaded checkpoint) or, when you have network, a hub id. ``path=None`` builds or reuses the
         cached offline build; real entries need a path, since sqrl never downloads on its own.
+        ``attn_implementation`` (``eager``, ``sdpa``, ...) picks transformers' attention kernel for the
+        encoder and the LM; None keeps transformers' default.
         """
         if path is None:
             if self.spec is None:
@@ -105,7 +107,8 @@ class Backbone:
             path = self.build_dir()
         path = str(path)
         self._check_checkpoint(path)
-        model = self.family.model_cls.from_pretrained(path, dtype=dtype).to(device)
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = self.family.model_cls.from_pretrained(path, dtype=dtype, **kwargs).to(device)
         self.freeze_fixed(model)
         processor = self.family.processor_cls.from_pretrained(path)
         self._check_window(model, processor, path)

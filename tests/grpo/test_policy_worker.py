@@ -134,3 +134,15 @@ def test_checkpoint_restores_weights_and_optimizer_state(policy, completions, tm
     policy.load(str(tmp_path / "ckpt"))
     train_once(policy, completions)  # the same update from the restored weights and Adam moments
     assert max_diff(policy.logprobs(completions[:2]), first) < 1e-6
+
+
+def test_a_policy_on_eager_attention_scores_as_the_sdpa_rollouts(tiny_init, completions):
+    worker = PolicyWorker(str(tiny_init), "tiny-qwen2-audio", lora_rank=8, lora_alpha=None, lora_dropout=0.0,
+                          encoder_mode="trainable", dtype="float32", lr=2e-3, attn_implementation="eager",
+                          loss=LossConfig("grpo", beta=0.04, max_completion_length=SAMPLING.max_new_tokens))
+    worker.setup(*free_address())
+    assert worker.engine.module.get_base_model().config.text_config._attn_implementation == "eager"
+    fresh = HFRolloutWorker(str(tiny_init), "tiny-qwen2-audio", 8, None, "trainable", dtype="float32")
+    fixed = completions[:3]
+    # both start at the base model's function (LoRA B = 0); only the attention kernel differs
+    assert max_diff(worker.logprobs(fixed), fresh.logprobs(fixed)) < 1e-5

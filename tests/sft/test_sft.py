@@ -321,3 +321,26 @@ def test_group_by_length_uses_sqrls_sampler_not_hfs():
     assert list(sampler) == length_grouped_order(lengths, 2, seed=4, epoch=0).tolist()
     with pytest.raises(ValueError, match="group_by_length: 12 entries for 3 examples"):
         trainer._get_train_sampler([0, 1, 2])
+
+
+def test_attn_implementation_reaches_encoder_and_lm_and_keeps_the_loss(tiny_manifest, calibrated, sqrl_cache):
+    from sft.train import build_model
+
+    examples = load_examples(tiny_manifest, Rubric("configs/rubrics/compact.yaml"), "all_dimensions")[:3]
+    losses = {}
+    for impl in ("sdpa", "eager"):
+        torch.manual_seed(0)  # the same random LoRA init for both
+        model, processor, backbone, _ = build_model(_cfg(tiny_manifest, **{"model.attn_implementation": impl}))
+        inner = model.get_base_model()
+        assert {inner.config.text_config._attn_implementation, inner.config.audio_config._attn_implementation} == {impl}
+        batch = AudioCollator(backbone.name, processor, options={"window_s": 5})(examples)
+        model.eval()  # no LoRA dropout: the two kernels alone differ
+        with torch.no_grad():
+            losses[impl] = float(model(**batch).loss)
+    assert losses["eager"] == pytest.approx(losses["sdpa"], abs=1e-5)
+    # a run directory (the warm-up's model.init) takes it too
+    adapter, _, _ = load_model(calibrated, attn_implementation="eager")
+    assert adapter.get_base_model().config.text_config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="model.attn_implementation must be one of"):
+        _cfg(tiny_manifest, **{"model.attn_implementation": "flash"})
+
