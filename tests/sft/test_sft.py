@@ -344,3 +344,29 @@ def test_attn_implementation_reaches_encoder_and_lm_and_keeps_the_loss(tiny_mani
     with pytest.raises(ValueError, match="model.attn_implementation must be one of"):
         _cfg(tiny_manifest, **{"model.attn_implementation": "flash"})
 
+
+@pytest.mark.parametrize("encoder_mode", ["trainable", "frozen"])
+def test_frozen_linears_in_bf16_give_the_same_step_under_autocast(tiny_manifest, sqrl_cache, encoder_mode):
+    from sft.train import build_model, frozen_linears_to_bf16
+
+    examples = load_examples(tiny_manifest, Rubric("configs/rubrics/compact.yaml"), "all_dimensions")[:3]
+    runs = []
+    for cast in (False, True):
+        torch.manual_seed(0)
+        model, processor, backbone, _ = build_model(_cfg(tiny_manifest, **{"lora.encoder_mode": encoder_mode,
+                                                                           "lora.dropout": 0.0}))
+        trained = {n: p.clone() for n, p in model.named_parameters() if p.requires_grad}
+        if cast:
+            assert frozen_linears_to_bf16(model) > 0
+            assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+            assert model.get_output_embeddings().weight.dtype == torch.float32
+        batch = AudioCollator(backbone.name, processor, options={"window_s": 5})(examples)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        runs.append((float(loss), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, trained))
+    (loss0, grads0, init0), (loss1, grads1, init1) = runs
+    assert all(torch.equal(init0[n], init1[n]) for n in init0)  # the same start
+    assert loss1 == loss0
+    assert grads0.keys() == grads1.keys()
+    assert all(torch.equal(grads0[n], grads1[n]) for n in grads0)
