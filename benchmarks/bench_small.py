@@ -12,6 +12,8 @@ Issue #15's three figures, each against a baseline measured in the same run:
   the same clips one at a time (generated tokens/s; ``min_new_tokens`` = ``max_new_tokens``, so both
   produce the same number of tokens). Each clip alone and each batch is timed ``--repeats`` times after one
   warm-up generation; the best is kept.
+* ``sft_speed``: the same step through the stage's loss path (compact head, bf16 autocast) as the config
+  stood before 2026-12-05 and with LoRA dropout 0, eager attention and bf16 frozen weights added in turn.
 * ``merge``: what ``sqrl eval`` gains by folding a trained adapter into the base weights before generating
   (``load_model(merge=True)``): greedy generation of ``--new-tokens`` tokens for a batch of ``--batches[0]``
   clips with the adapter of ``--adapter`` (a small calibration) unmerged (peft's LoRA layers) and merged, and
@@ -24,6 +26,7 @@ the median beside them and the load average. One JSON object is printed (and wri
 
     .venv/bin/python benchmarks/bench_small.py --parts sft generate
     .venv/bin/python benchmarks/bench_small.py --parts merge --batches 16 --new-tokens 160 --threads 2
+    .venv/bin/python benchmarks/bench_small.py --parts sft_speed --threads 2 --repeats 3
     .venv-vllm/bin/python benchmarks/bench_small.py --parts rollout
 """
 from __future__ import annotations
@@ -138,6 +141,65 @@ def bench_sft(args, backbone) -> dict:
     return out
 
 
+def bench_sft_speed(args, backbone) -> dict:
+    """The calibration step through the stage's loss path (compact fused head, bf16 autocast), as the config
+    stood before 2026-12-05 and with each of three cheaper settings added in turn: LoRA dropout 0 (peft
+    draws a Bernoulli mask per LoRA layer, ~5 ns an element on a CPU: 4x the LoRA-A matmul it feeds), eager
+    attention (SDPA's flash kernel is slow in the backward at these lengths), frozen linear weights stored in
+    bf16 (``sft.train.frozen_linears_to_bf16``: autocast's per-call casts skipped, the same numbers).
+    Variants are interleaved round by round, so a busy machine slows them alike; best and median of
+    ``--repeats``. The loss of the first timed step of each variant is reported: dropout aside, equal."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from sft.compact_head import compact_positions
+    from sft.data import AudioCollator
+    from sft.train import frozen_linears_to_bf16
+    from sqrl.runtime import bf16_is_slow
+
+    if bf16_is_slow("cpu"):
+        return {"skipped": "no native bf16 matmul on this CPU; sft falls back to fp32 (sqrl.runtime)"}
+    variants = {"as_before": {}, "dropout_0": {"dropout": 0.0},
+                "dropout_0+eager": {"dropout": 0.0, "attn": "eager"},
+                "dropout_0+eager+bf16_frozen": {"dropout": 0.0, "attn": "eager", "bf16_frozen": True}}
+    built = {}
+    for name, v in variants.items():  # one model each: the bf16 cast is not undone
+        torch.manual_seed(0)
+        model, processor = backbone.load(attn_implementation=v.get("attn"))
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+        peft = backbone.apply_lora(model, rank=64, dropout=v.get("dropout", 0.05), encoder_mode="trainable").train()
+        if v.get("bf16_frozen"):
+            frozen_linears_to_bf16(peft)
+        opt = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=1e-4)
+        built[name] = (peft, opt)
+    batch = AudioCollator(backbone.name, processor, options={"window_s": args.window_s})(
+        examples(args.batch, "all_dimensions"))
+
+    def step(name) -> float:
+        peft, opt = built[name]
+        with torch.autocast("cpu", dtype=torch.bfloat16), compact_positions():
+            loss = peft(**batch, fused_lm_head=True).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    losses = {name: step(name) for name in variants}  # warm-up, and the loss of the same first step
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name in variants:
+            t0 = time.perf_counter()
+            step(name)
+            walls[name].append(time.perf_counter() - t0)
+    base = min(walls["as_before"])
+    out = {name: {"step_s": round(min(w), 3), "step_median_s": round(statistics.median(w), 3),
+                  "speedup": round(base / min(w), 3), "first_loss": round(losses[name], 5)}
+           for name, w in walls.items()}
+    for name, row in out.items():
+        print(f"# sft_speed {name}: {row['step_s']:.2f} s/step ({row['speedup']:.2f}x)", file=sys.stderr)
+    out["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return out
+
+
 def bench_generate(args, backbone) -> dict:
     from sqrl.audio import load_audio
 
@@ -228,7 +290,7 @@ def bench_rollout(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["sft", "generate", "rollout"],
-                    choices=["sft", "generate", "merge", "rollout"])
+                    choices=["sft", "sft_speed", "generate", "merge", "rollout"])
     ap.add_argument("--adapter", default=str(ROOT / "runs/small/calibration"),
                     help="a small calibration adapter, for --parts merge")
     ap.add_argument("--window-s", type=int, default=6, help="encoder window (the CPU configs' 6 s)")
@@ -249,6 +311,8 @@ def main() -> None:
               "torch": torch.__version__, "cpu_count": os.cpu_count()}
     if "sft" in args.parts:
         result["sft"] = bench_sft(args, backbone)
+    if "sft_speed" in args.parts:
+        result["sft_speed"] = bench_sft_speed(args, backbone)
     if "generate" in args.parts:
         result["generate"] = bench_generate(args, backbone)
     if "merge" in args.parts:
