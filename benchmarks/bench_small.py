@@ -13,7 +13,7 @@ Issue #15's three figures, each against a baseline measured in the same run:
   produce the same number of tokens). Each clip alone and each batch is timed ``--repeats`` times after one
   warm-up generation; the best is kept.
 * ``sft_speed``: the same step through the stage's loss path (compact head, bf16 autocast) as the config
-  stood before 2026-12-05 and with LoRA dropout 0, eager attention and bf16 frozen weights added in turn.
+  stood until 2026-12-04 and with LoRA dropout 0, eager attention and bf16 frozen weights added in turn.
 * ``merge``: what ``sqrl eval`` gains by folding a trained adapter into the base weights before generating
   (``load_model(merge=True)``): greedy generation of ``--new-tokens`` tokens for a batch of ``--batches[0]``
   clips with the adapter of ``--adapter`` (a small calibration) unmerged (peft's LoRA layers) and merged, and
@@ -143,7 +143,7 @@ def bench_sft(args, backbone) -> dict:
 
 def bench_sft_speed(args, backbone) -> dict:
     """The calibration step through the stage's loss path (compact fused head, bf16 autocast), as the config
-    stood before 2026-12-05 and with each of three cheaper settings added in turn: LoRA dropout 0 (peft
+    stood until 2026-12-04 and with each of three cheaper settings added in turn: LoRA dropout 0 (peft
     draws a Bernoulli mask per LoRA layer, ~5 ns an element on a CPU: 4x the LoRA-A matmul it feeds), eager
     attention (SDPA's flash kernel is slow in the backward at these lengths), frozen linear weights stored in
     bf16 (``sft.train.frozen_linears_to_bf16``: autocast's per-call casts skipped, the same numbers).
