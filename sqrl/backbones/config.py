@@ -15,7 +15,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 """``model.attn_implementation`` values (transformers' names); None keeps transformers' default (``sdpa``).
 On a CPU ``eager`` trains the small backbone's short sequences faster than SDPA's flash kernel, whose
-backward dominated a calibration step's attention time (docs/small.md, "Faster calibration steps")."""
+backward dominated a calibration step's attention time (docs/small.md, "Three more")."""
 ENCODER_MODES = ("trainable", "frozen", "lora")
 """``lora.encoder_mode`` values, as ``Backbone.apply_lora`` applies them."""
 
