@@ -113,8 +113,8 @@ class PolicyWorker:
                  lora_dropout: float, encoder_mode: str, dtype: str, loss: LossConfig, lr: float,
                  weight_decay: float = 0.0, adam_betas: Sequence[float] = (0.9, 0.999), max_grad_norm: float = 1.0,
                  zero_stage: int = 2, offload_optimizer: bool = False, gradient_checkpointing: bool = False,
-                 attn_implementation: str | None = None, num_iterations: int = 1, max_seconds: float | None = None, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 attn_implementation: str | None = None, num_iterations: int = 1, max_seconds: float | None = None,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
         self.args = dict(model_path=model_path, backbone=backbone, lora_rank=lora_rank, lora_alpha=lora_alpha,
                          lora_dropout=lora_dropout, encoder_mode=encoder_mode, dtype=dtype, lr=lr,
                          weight_decay=weight_decay, adam_betas=tuple(adam_betas), max_grad_norm=max_grad_norm,

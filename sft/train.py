@@ -150,8 +150,8 @@ def frozen_linears_to_bf16(model) -> int:
     """Store the frozen weights of ``model``'s linear layers in bf16, for a run under bf16 autocast over fp32
     weights (``train.bf16_autocast``); returns how many layers. Autocast casts them to bf16 before every
     matmul anyway (in the forward, and the backward's input gradient reuses that copy), so the step computes
-    the same numbers, without a cast of each frozen weight before each matmul (~9% of a small calibration step on a CPU,
-    docs/small.md) and with half their memory. Trained parameters stay fp32 (the optimizer's master
+    the same numbers, without a cast of each frozen weight before each matmul (~9% of a small calibration
+    step on a CPU, docs/small.md) and with half their memory. Trained parameters stay fp32 (the optimizer's master
     weights), and so does the LM head, which TRL's fused loss reads outside the linear layers."""
     head = model.get_output_embeddings()
     count = 0
