@@ -5,7 +5,9 @@ Three kinds of prompt:
 - ``all_dimensions()``: every dimension and the artifact list at once (cheaper; the tiny default);
 - ``long_form()``: the full structured answer with a long description (warm-up and GRPO).
 
-Each prompt pairs with the target that ``targets`` renders through ``sqrl.response.render``.
+Each prompt pairs with the target that ``targets`` renders through ``sqrl.response.render``, in the
+rubric's ``answer_order``: ``scores_first`` (default) or ``artifacts_first`` (the artifact block, then the
+scores). A rubric YAML may name a ``base:`` rubric whose values it overrides (``sqrl.config.read_yaml``).
 """
 from __future__ import annotations
 
@@ -13,15 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sqrl.config import find_config, shipped
+from sqrl.config import find_config, read_yaml, shipped
 from sqrl.dimensions import ARTIFACT_DIMENSION, DIMENSIONS, DISPLAY_NAMES, SCORE_MAX, SCORE_MIN
 from sqrl.response import render
 from sqrl.schema import Record
 
 DEFAULT_RUBRIC = shipped("rubrics", "qualispeech.yaml")
 PROMPTINGS = ("per_dimension", "all_dimensions", "long_form")
+ANSWER_ORDERS = ("scores_first", "artifacts_first")
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,11 @@ class Rubric:
     def __init__(self, path: str | Path | None = None):
         # configs name rubrics as configs/rubrics/...: the working folder's file, else the one shipped with sqrl
         self.path = find_config(path) if path else DEFAULT_RUBRIC
-        with open(self.path, encoding="utf-8") as fh:
-            data: dict[str, Any] = yaml.safe_load(fh)
+        data: dict[str, Any] = read_yaml(self.path)
+        self.answer_order: str = data.get("answer_order", "scores_first")
+        if self.answer_order not in ANSWER_ORDERS:
+            raise ValueError(f"{self.path}: answer_order must be one of {', '.join(ANSWER_ORDERS)}, "
+                             f"not {self.answer_order!r}")
         self.scale: str = data["scale"]
         self.dimensions: dict[str, Any] = data["dimensions"]
         self.artifacts: dict[str, str] = data["artifacts"]
@@ -51,6 +55,10 @@ class Rubric:
             crit = {int(k) for k in self.dimensions[dim]["criteria"]}
             if crit != set(range(SCORE_MIN, SCORE_MAX + 1)):
                 raise ValueError(f"{self.path}: {dim} needs criteria for scores {SCORE_MIN}-{SCORE_MAX}")
+
+    @property
+    def artifacts_first(self) -> bool:
+        return self.answer_order == "artifacts_first"
 
     def _criteria(self, dim: str) -> str:
         crit = self.dimensions[dim]["criteria"]
@@ -91,11 +99,13 @@ class Rubric:
                 if record.scores.get(dim) is None:
                     continue
                 kinds = [k for k, d in ARTIFACT_DIMENSION.items() if d == dim]
-                target = render(record, dimensions=[dim], artifacts=kinds or False, description=False)
+                target = render(record, dimensions=[dim], artifacts=kinds or False, description=False,
+                                artifacts_first=self.artifacts_first)
                 out.append(Example(self.per_dimension(dim), target, dim))
             return out
         if prompting == "all_dimensions":
-            return [Example(self.all_dimensions(), render(record, description=False))]
+            return [Example(self.all_dimensions(),
+                            render(record, description=False, artifacts_first=self.artifacts_first))]
         if prompting == "long_form":
-            return [Example(self.long_form(), render(record))]
+            return [Example(self.long_form(), render(record, artifacts_first=self.artifacts_first))]
         raise ValueError(f"unknown prompting {prompting!r}; choose one of {', '.join(PROMPTINGS)}")

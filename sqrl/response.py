@@ -70,12 +70,15 @@ def render(
     dimensions: Iterable[str] | None = None,
     artifacts: bool | Iterable[str] = True,
     description: bool = True,
+    artifacts_first: bool = False,
 ) -> str:
     """Render an ``Assessment`` (or ``Record``) as the canonical answer text.
 
     ``dimensions`` limits the score lines (default: every dimension that has a score);
     ``artifacts`` is True (all kinds), False, or the kinds to list; kinds without artifacts are
     written as ``none``. ``description`` adds the long-form description when there is one.
+    ``artifacts_first`` puts the artifact block before the scores (a rubric's ``answer_order``), so a
+    model writes what it heard before the scores that follow from it; ``parse`` reads either order.
 
     >>> from sqrl.schema import Assessment
     >>> print(render(Assessment(scores={"noise": 2}), artifacts=False))
@@ -83,20 +86,20 @@ def render(
     - Noise: 2/5
     """
     dims = list(dimensions) if dimensions is not None else list(DIMENSIONS)
-    lines = []
     score_lines = [
         f"- {DISPLAY_NAMES[d]}: {answer.scores[d]}/5" for d in dims if answer.scores.get(d) is not None
     ]
-    if score_lines:
-        lines += ["Scores:", *score_lines]
+    scores = ["Scores:", *score_lines] if score_lines else []
+    artifact_lines = []
     if artifacts:
         kinds = list(ARTIFACT_KINDS) if artifacts is True else list(artifacts)
-        lines.append("Artifacts:")
+        artifact_lines.append("Artifacts:")
         for kind in kinds:
             found = [a for a in answer.artifacts if a.kind == kind]
             if not found:
-                lines.append(f"- {ARTIFACT_DISPLAY_NAMES[kind]}: none")
-            lines += [render_artifact(a) for a in found]
+                artifact_lines.append(f"- {ARTIFACT_DISPLAY_NAMES[kind]}: none")
+            artifact_lines += [render_artifact(a) for a in found]
+    lines = artifact_lines + scores if artifacts_first else scores + artifact_lines
     if description and answer.description:
         lines.append(f"Description: {answer.description.strip()}")
     return "\n".join(lines)

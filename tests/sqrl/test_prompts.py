@@ -1,7 +1,7 @@
 import pytest
 
 from sqrl.dimensions import DIMENSIONS
-from sqrl.prompts import Rubric
+from sqrl.prompts import DEFAULT_RUBRIC, Rubric
 from sqrl.response import parse
 from sqrl.schema import Artifact, Record
 
@@ -45,8 +45,6 @@ def test_long_form_targets_include_the_description_and_all_dimensions_do_not():
 def test_a_rubric_missing_a_score_criterion_is_rejected(tmp_path):
     import yaml
 
-    from sqrl.prompts import DEFAULT_RUBRIC
-
     data = yaml.safe_load(DEFAULT_RUBRIC.read_text())
     del data["dimensions"]["noise"]["criteria"][3]
     bad = tmp_path / "bad.yaml"
@@ -58,3 +56,24 @@ def test_a_rubric_missing_a_score_criterion_is_rejected(tmp_path):
 def test_an_unknown_prompting_mode_is_rejected():
     with pytest.raises(ValueError, match="prompting"):
         Rubric().examples(_record(), "sideways")
+
+
+def test_a_rubric_can_ask_for_artifacts_before_scores_on_top_of_a_base(tmp_path):
+    (tmp_path / "first.yaml").write_text(
+        "base: %s\nanswer_order: artifacts_first\ntemplates: {all_dimensions: 'Artifacts, then scores.'}\n"
+        % DEFAULT_RUBRIC)
+    rubric = Rubric(tmp_path / "first.yaml")
+    assert rubric.artifacts_first and not Rubric().artifacts_first
+    assert rubric.all_dimensions() == "Artifacts, then scores."
+    assert rubric.long_form() == Rubric().long_form()  # the base's other templates stay
+    for prompting in ("all_dimensions", "long_form", "per_dimension"):
+        for first, plain in zip(rubric.examples(_record(), prompting), Rubric().examples(_record(), prompting)):
+            assert parse(first.target) == parse(plain.target)
+            if "Artifacts:" in first.target:
+                assert first.target.startswith("Artifacts:") and plain.target.startswith("Scores:")
+
+
+def test_an_unknown_answer_order_is_rejected(tmp_path):
+    (tmp_path / "bad.yaml").write_text("base: %s\nanswer_order: sideways\n" % DEFAULT_RUBRIC)
+    with pytest.raises(ValueError, match="answer_order"):
+        Rubric(tmp_path / "bad.yaml")

@@ -2,7 +2,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sqrl.dimensions import ARTIFACT_KINDS, DIMENSIONS
-from sqrl.response import parse, render
+from sqrl.response import parse, render, score_spans
 from sqrl.schema import Artifact, Assessment, Record
 
 CANONICAL = """Scores:
@@ -32,6 +32,19 @@ def test_render_writes_the_canonical_format():
     )
     assert render(record) == CANONICAL
     assert parse(CANONICAL) == record.assessment()
+
+
+def test_artifacts_first_puts_the_artifact_block_before_the_scores_and_parses_the_same():
+    lines = CANONICAL.splitlines()
+    scores, artifacts, description = lines[:8], lines[8:12], lines[12:]
+    expected = "\n".join(artifacts + scores + description)
+    record = parse(CANONICAL)
+    text = render(record, artifacts_first=True)
+    assert text == expected
+    assert parse(text) == record
+    # the expected-score reader finds every score digit after the artifact block too
+    spans = score_spans(text)
+    assert {d: text[a:b] for d, (a, b) in spans.items()} == {d: str(v) for d, v in record.scores.items()}
 
 
 def test_render_can_limit_dimensions_and_sections():
@@ -167,9 +180,9 @@ def records(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(records())
-def test_parse_recovers_any_rendered_record(record):
-    assert parse(render(record)) == record.assessment()
+@given(records(), st.booleans())
+def test_parse_recovers_any_rendered_record(record, artifacts_first):
+    assert parse(render(record, artifacts_first=artifacts_first)) == record.assessment()
 
 
 @settings(max_examples=300, deadline=None)
