@@ -88,6 +88,7 @@ class Judgement:
             "scores": {d: answer.scores.get(d) for d in DIMENSIONS},
             "artifacts": [a.to_dict() for a in answer.artifacts],
             "description": answer.description,
+            "voice": answer.voice,
             "missing_scores": self.missing_scores,
             "text": self.text if self.ok else None,
             "error": self.error,
@@ -306,6 +307,8 @@ def format_table(results: Sequence[Judgement], width: int | None = None) -> str:
                 lines += wrap.wrap(f"{ARTIFACT_DISPLAY_NAMES[a.kind]} {a.start:.2f}-{a.end:.2f} s{text}")
         else:
             lines.append("  no artifacts named")
+        if r.assessment.voice:
+            lines += wrap.wrap(f"Voice: {r.assessment.voice}")
         unreadable = len(r.missing_scores) == len(r.asked)  # then the raw answer below says it all
         if r.assessment.description and not unreadable:
             lines += wrap.wrap(f"Description: {r.assessment.description}")

@@ -326,6 +326,11 @@ def write_report(out: Path, metrics: dict[str, Any], model: str, data: str) -> N
     lines += ["", "## Artifacts (Table 3)", "", "| kind | F1 | IoU | similarity |", "|---|---|---|---|"]
     for kind, row in metrics["artifacts"].items():
         lines.append(f"| {kind} | {_fmt(row.get('f1'))} | {_fmt(row.get('iou'))} | {_fmt(row.get('similarity'))} |")
+    voice = metrics.get("voice") or {}
+    if voice.get("n"):
+        lines += ["", f"Voice line ({voice['n']} clips whose reference names the voice): stated "
+                  f"{_fmt(voice.get('stated'))}, equal to the reference {_fmt(voice.get('exact'))}, "
+                  f"similarity {_fmt(voice.get('similarity'))}."]
     lines += ["", f"Long-form ROUGE-L: {_fmt(metrics['long_form'].get('rouge_l'))}", "",
               "![PCC per dimension](plots/pcc.png)", "", "![predicted vs true](plots/scatter.png)", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -17,6 +17,11 @@ Decisions (they change numbers, so they are fixed here and documented once):
   have zero total length has no usable time and is left out). ``similarity`` is the mean
   ``(cos + 1) / 2`` of the all-MiniLM-L6-v2 embeddings of the predicted vs reference description (the kind's
   texts joined in time order) over clips where both detect. ``None`` when no clip qualifies.
+* **Voice** (the voice line, ``Assessment.voice``) over clips whose reference names the voice: ``stated``
+  is the fraction of answers with a voice line, ``exact`` the fraction equal to the reference (case and
+  spacing ignored; the synthetic corpus writes one fixed phrase per kind and level), ``similarity`` the mean
+  eq.-5 similarity with the empty-text rule (a missing line scores 0). ``n`` is 0 and the rest ``None`` when
+  no reference names the voice.
 * **ROUGE-L** is the mean F-measure (``rouge-score``, stemming on) over clips with a reference description; a
   missing predicted description scores 0.
 """
@@ -201,6 +206,28 @@ def text_similarity(pred: Sequence[str], ref: Sequence[str]) -> list[float]:
     return [float(x) for x in out]  # type: ignore[arg-type]
 
 
+def voice_metrics(predictions: Sequence[Assessment | None], references: Sequence[Assessment],
+                  *, embed: bool = True) -> dict[str, float | int | None]:
+    """``{"n", "stated", "exact", "similarity"}`` for the voice line (module docstring);
+    ``embed=False`` skips the embedder.
+
+    >>> from sqrl.schema import Record
+    >>> refs = [Record(voice="natural"), Record(voice="strongly robotic"), Record()]
+    >>> m = voice_metrics([Assessment(voice="Natural"), Assessment(), None], refs, embed=False)
+    >>> m["n"], m["stated"], m["exact"]
+    (2, 0.5, 0.5)
+    """
+    pairs = [((p.voice if p is not None else None) or "", r.voice.strip())
+             for p, r in zip(predictions, references) if r.voice and r.voice.strip()]
+    if not pairs:
+        return {"n": 0, "stated": None, "exact": None, "similarity": None}
+    norm = lambda t: " ".join(t.lower().split())  # noqa: E731
+    return {"n": len(pairs),
+            "stated": float(np.mean([bool(p) for p, _ in pairs])),
+            "exact": float(np.mean([norm(p) == norm(r) for p, r in pairs])),
+            "similarity": float(np.mean(text_similarity(*zip(*pairs)))) if embed else None}
+
+
 # --------------------------------------------------------------------------------------- long form
 def rouge_l(predictions: Sequence[Assessment | None], references: Sequence[Assessment]) -> float | None:
     """Mean ROUGE-L F-measure over clips with a reference description; a missing prediction scores 0."""
@@ -220,7 +247,7 @@ def compute_metrics(predictions: Sequence[Assessment | None], references: Sequen
     """All metrics for ``predictions`` (parsed model answers; ``None`` for a failed generation) against
     ``references`` (the manifest's records), JSON-ready and NaN-free. Keys: ``pcc`` and ``srcc`` (per dimension
     and ``mean``), ``mae`` (per dimension), ``parse_rate``, ``artifacts`` (``{kind: {f1, iou, similarity}}``),
-    ``long_form`` (``{rouge_l}``), ``n``. See the module docstring for the rules on missing values.
+    ``voice`` (``{n, stated, exact, similarity}``), ``long_form`` (``{rouge_l}``), ``n``. See the module docstring for the rules on missing values.
 
     >>> from sqrl.schema import Record
     >>> refs = [Record(scores={"noise": s}) for s in (1, 2, 3)]
@@ -238,6 +265,7 @@ def compute_metrics(predictions: Sequence[Assessment | None], references: Sequen
     out: dict[str, Any] = score_metrics(predictions, references)
     out["parse_rate"] = parse_rate(predictions, references)
     out["artifacts"] = artifact_metrics(predictions, references, embed=embed)
+    out["voice"] = voice_metrics(predictions, references, embed=embed)
     out["long_form"] = {"rouge_l": rouge_l(predictions, references)}
     out["n"] = len(references)
     return out
@@ -251,7 +279,8 @@ def with_expected(preds: list[Assessment | None], expected: list[dict[str, float
             out.append(None)
             continue
         scores = {d: exp.get(d, v) if v is not None else None for d, v in pred.scores.items()}
-        out.append(Assessment(scores=scores, artifacts=list(pred.artifacts), description=pred.description))
+        out.append(Assessment(scores=scores, artifacts=list(pred.artifacts), description=pred.description,
+                              voice=pred.voice))
     return out
 
 

@@ -7,7 +7,9 @@ Three kinds of prompt:
 
 Each prompt pairs with the target that ``targets`` renders through ``sqrl.response.render``, in the
 rubric's ``answer_order``: ``scores_first`` (default) or ``artifacts_first`` (the artifact block, then the
-scores). A rubric YAML may name a ``base:`` rubric whose values it overrides (``sqrl.config.read_yaml``).
+scores). ``voice_line: true`` ends the artifact block with the voice's character (``- Voice: slightly
+robotic``), the evidence for naturalness. A rubric YAML may name a ``base:`` rubric whose values it
+overrides (``sqrl.config.read_yaml``).
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ class Rubric:
         if self.answer_order not in ANSWER_ORDERS:
             raise ValueError(f"{self.path}: answer_order must be one of {', '.join(ANSWER_ORDERS)}, "
                              f"not {self.answer_order!r}")
+        self.voice_line = data.get("voice_line", False)
+        if not isinstance(self.voice_line, bool):
+            raise ValueError(f"{self.path}: voice_line must be true or false, not {self.voice_line!r}")
         self.scale: str = data["scale"]
         self.dimensions: dict[str, Any] = data["dimensions"]
         self.artifacts: dict[str, str] = data["artifacts"]
@@ -69,6 +74,8 @@ class Rubric:
         artifact = ""
         if kinds:
             artifact = self.templates["per_dimension_artifact"].format(artifact_name=self.artifacts[kinds[0]])
+        elif dim == "naturalness" and self.voice_line:
+            artifact = self.templates.get("per_dimension_voice", " First describe the voice.")
         return self.templates["per_dimension"].format(
             question=self.dimensions[dim]["question"],
             scale=self.scale,
@@ -100,12 +107,14 @@ class Rubric:
                     continue
                 kinds = [k for k, d in ARTIFACT_DIMENSION.items() if d == dim]
                 target = render(record, dimensions=[dim], artifacts=kinds or False, description=False,
-                                artifacts_first=self.artifacts_first)
+                                artifacts_first=self.artifacts_first, voice=self.voice_line)
                 out.append(Example(self.per_dimension(dim), target, dim))
             return out
         if prompting == "all_dimensions":
             return [Example(self.all_dimensions(),
-                            render(record, description=False, artifacts_first=self.artifacts_first))]
+                            render(record, description=False, artifacts_first=self.artifacts_first,
+                                   voice=self.voice_line))]
         if prompting == "long_form":
-            return [Example(self.long_form(), render(record, artifacts_first=self.artifacts_first))]
+            return [Example(self.long_form(), render(record, artifacts_first=self.artifacts_first,
+                                                     voice=self.voice_line))]
         raise ValueError(f"unknown prompting {prompting!r}; choose one of {', '.join(PROMPTINGS)}")

@@ -16,6 +16,10 @@ The canonical answer that calibration and warm-up teach::
     - Unnatural pause [1.20-1.50 s]: the speech stops mid-word
     Description: The speech is ...
 
+A rubric with ``voice_line: true`` ends the artifact block with the voice's character, the evidence
+for the naturalness score (``- Voice: slightly robotic``, ``- Voice: natural``); ``parse`` reads it into
+``Assessment.voice`` wherever it stands outside the description.
+
 ``parse`` reads that and what models really write around it: any case and spacing, ``4/5``,
 ``4 out of 5``, ``score: 4``, markdown bold, headers and bullets, a leading ``<think>...</think>``,
 intervals as ``1.2-1.5s``, ``1.2 s to 1.5 s``, ``from 0-1.7s``, several per line, and "none" or
@@ -49,6 +53,7 @@ from sqrl.dimensions import (
 )
 from sqrl.schema import Artifact, Assessment
 
+VOICE_NAME = "Voice"
 MAX_PARSE_CHARS = 20_000  # longer answers are truncated before parsing; keeps parse linear and bounded
 
 # ----------------------------------------------------------------------------------------- render
@@ -71,6 +76,7 @@ def render(
     artifacts: bool | Iterable[str] = True,
     description: bool = True,
     artifacts_first: bool = False,
+    voice: bool = False,
 ) -> str:
     """Render an ``Assessment`` (or ``Record``) as the canonical answer text.
 
@@ -79,6 +85,8 @@ def render(
     written as ``none``. ``description`` adds the long-form description when there is one.
     ``artifacts_first`` puts the artifact block before the scores (a rubric's ``answer_order``), so a
     model writes what it heard before the scores that follow from it; ``parse`` reads either order.
+    ``voice`` ends the artifact block with ``- Voice: <answer.voice>`` when the answer has a voice and
+    naturalness is among ``dimensions`` (a rubric's ``voice_line``).
 
     >>> from sqrl.schema import Assessment
     >>> print(render(Assessment(scores={"noise": 2}), artifacts=False))
@@ -99,6 +107,10 @@ def render(
             if not found:
                 artifact_lines.append(f"- {ARTIFACT_DISPLAY_NAMES[kind]}: none")
             artifact_lines += [render_artifact(a) for a in found]
+    if voice and answer.voice and "naturalness" in dims:
+        if not artifact_lines:
+            artifact_lines.append("Artifacts:")
+        artifact_lines.append(f"- {VOICE_NAME}: {answer.voice.strip()}")
     lines = artifact_lines + scores if artifacts_first else scores + artifact_lines
     if description and answer.description:
         lines.append(f"Description: {answer.description.strip()}")
@@ -190,6 +202,21 @@ _HEADER = re.compile(
 )
 
 
+# "Voice: slightly robotic", "Feeling of voice - hoarse"; not "Voice quality: 3/5" (no dimension is named
+# "voice", and a score-like value is not a description of the voice).
+_VOICE_LINE = re.compile(r"^(?:feeling\s+of\s+(?:the\s+)?voice|voice)\s*[:=–—-]\s*(?P<text>\S.*)$", re.I | re.S)
+
+
+def _parse_voice(line: str) -> str | None:
+    match = _VOICE_LINE.match(line)
+    if not match:
+        return None
+    text = " ".join(match["text"].split()).strip(" .;,")
+    if not text or re.fullmatch(r"\d+(?:\s*/\s*\d+)?", text):
+        return None
+    return text
+
+
 def _clean_line(line: str) -> str:
     line = _MARKDOWN.sub("", line).strip()
     line = re.sub(r"^(?:#+\s*|[-*•+]\s+|\d+[.)]\s+)", "", line)
@@ -205,7 +232,7 @@ def _score_match(line: str) -> tuple[str, int | None, re.Match] | None:
     dim = _canonical(match["name"], _DIM_ALIASES)
     value: int | None = None
     on_scale = match["scale"] is None or match["scale"].lower() in (str(SCORE_MAX), "five")
-    if on_scale and not match["tail"] and re.fullmatch(r"\d", match["value"]):
+    if on_scale and not match["tail"] and re.fullmatch(r"[0-9]", match["value"]):
         number = int(match["value"])
         value = number if SCORE_MIN <= number <= SCORE_MAX else None
     return dim, value, match
@@ -338,7 +365,12 @@ def parse(text: object) -> Assessment:
 
 
 def _consume(line: str, section: str | None, result: Assessment) -> bool:
-    """Read one cleaned line as a score or an artifact claim; True when it was one."""
+    """Read one cleaned line as a score, an artifact claim or the voice line; True when it was one."""
+    voice = _parse_voice(line)
+    if voice is not None:
+        if result.voice is None:
+            result.voice = voice
+        return True
     if section != "artifacts":
         score = _parse_score(line)
         if score is not None:

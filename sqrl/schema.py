@@ -5,11 +5,13 @@ A manifest is a JSONL file, one clip a line::
     {"id": "c0001", "audio": "wav/c0001.wav",
      "scores": {"speed": 3, "naturalness": 4, "noise": 2, ...},
      "artifacts": [{"kind": "noise", "start": 0.0, "end": 1.7, "text": "a steady hiss"}],
-     "description": "The speech is clear but ...", "meta": {...}}
+     "voice": "slightly robotic", "description": "The speech is clear but ...", "meta": {...}}
 
 ``audio`` is relative to the manifest's folder unless absolute. Every field but ``audio`` and
-``id`` may be missing; a missing score is ``None``. Validation errors name the file, line and
-field (``ManifestError``).
+``id`` may be missing; a missing score is ``None``. ``voice`` is a short phrase on the voice's own
+character, the evidence behind the naturalness score (QualiSpeech's "feeling of voice"); a synthetic
+corpus written before the field existed gets it from ``meta.degradations.naturalness``
+(``sqrl.data.labels.voice_text``). Validation errors name the file, line and field (``ManifestError``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from sqrl.data.labels import voice_text
 from sqrl.dimensions import ARTIFACT_KINDS, DIMENSIONS, SCORE_MAX, SCORE_MIN, valid_score
 from sqrl.fsutil import atomic_file
 
@@ -43,29 +46,35 @@ def empty_scores() -> dict[str, int | None]:
 
 @dataclass
 class Assessment:
-    """What a model said about a clip: scores per dimension, artifacts and a long description.
+    """What a model said about a clip: scores per dimension, artifacts, the voice and a long description.
 
-    Produced by ``sqrl.response.parse``; any field the text lacked is ``None`` (scores) or empty.
+    Produced by ``sqrl.response.parse``; any field the text lacked is ``None`` (scores, voice) or empty.
+    ``voice`` is a short phrase on the voice's character ("natural", "strongly robotic"): whole-clip
+    evidence for the naturalness score, as an artifact line is for noise, distortion and continuity.
     """
 
     scores: dict[str, int | None] = field(default_factory=empty_scores)
     artifacts: list[Artifact] = field(default_factory=list)
     description: str | None = None
+    voice: str | None = None
 
     def artifacts_of(self, kind: str) -> list[Artifact]:
         return [a for a in self.artifacts if a.kind == kind]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "scores": dict(self.scores),
             "artifacts": [a.to_dict() for a in self.artifacts],
             "description": self.description,
         }
+        if self.voice is not None:  # absent rather than null, so manifests without it stay as they were
+            out["voice"] = self.voice
+        return out
 
 
 @dataclass
 class Record(Assessment):
-    """A clip with its reference annotation (the same three fields as an ``Assessment``)."""
+    """A clip with its reference annotation (the same fields as an ``Assessment``)."""
 
     audio: str = ""
     id: str = ""
@@ -79,7 +88,7 @@ class Record(Assessment):
         return out
 
     def assessment(self) -> Assessment:
-        return Assessment(dict(self.scores), list(self.artifacts), self.description)
+        return Assessment(dict(self.scores), list(self.artifacts), self.description, self.voice)
 
 
 class ManifestError(ValueError):
@@ -148,14 +157,37 @@ def record_from_dict(obj: Any, source: str = "<dict>", line: int = 0) -> Record:
     meta = obj.get("meta", {}) or {}
     if not isinstance(meta, dict):
         raise fail("meta", "must be an object")
+    voice = obj.get("voice")
+    if voice is not None and (not isinstance(voice, str) or "\n" in voice):
+        raise fail("voice", "must be a single-line string or null")
+    voice = (voice or "").strip() or None
+    if voice is None:
+        voice = _synth_voice(meta)
     return Record(
         scores=scores,
         artifacts=artifacts,
         description=description.strip() if description else None,
+        voice=voice,
         audio=audio,
         id=str(rid),
         meta=meta,
     )
+
+
+def _synth_voice(meta: dict[str, Any]) -> str | None:
+    """The voice phrase of a synthetic clip whose manifest predates the ``voice`` field, from the
+    degradation it records (``meta.degradations.naturalness``: ``None`` for an untouched voice)."""
+    degradations = meta.get("degradations")
+    if not str(meta.get("generator", "")).startswith("sqrl-synth") or not isinstance(degradations, dict) \
+            or "naturalness" not in degradations:
+        return None
+    nat = degradations["naturalness"]
+    if nat is not None and not (isinstance(nat, dict) and "kind" in nat and "level" in nat):
+        return None
+    try:
+        return voice_text(nat)
+    except (KeyError, TypeError):
+        return None
 
 
 def read_manifest(path: str | os.PathLike, resolve_audio: bool = True) -> list[Record]:

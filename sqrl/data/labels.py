@@ -189,6 +189,25 @@ NATURALNESS_TEXT = {
                "A {sev} pitch jitter makes the voice waver unnaturally.",
                "The voice warbles with {sev} pitch instability."),
 }
+# The answer's voice line (``Assessment.voice``): one fixed phrase per kind and level, like a score line, so
+# that the model names what it hears in the voice before it scores naturalness.
+VOICE_NATURAL = "natural"
+VOICE_ADVERB = {4: "slightly", 3: "clearly", 2: "strongly", 1: "severely"}
+VOICE_KIND = {"monotone": "monotone", "robotic": "robotic", "warble": "warbling"}
+
+
+def voice_text(naturalness: dict | None) -> str:
+    """The voice phrase for a clip's naturalness degradation (``meta.degradations.naturalness``):
+    ``natural`` for none, else adverb of the level and adjective of the kind.
+
+    >>> voice_text(None), voice_text({"kind": "robotic", "level": 2})
+    ('natural', 'strongly robotic')
+    """
+    if naturalness is None:
+        return VOICE_NATURAL
+    return f"{VOICE_ADVERB[int(naturalness['level'])]} {VOICE_KIND[naturalness['kind']]}"
+
+
 SPEED_TEXT = {
     1: ("The speaker talks very slowly.", "The speaking rate is far too slow.", "The pace is extremely slow."),
     2: ("The pace is somewhat slow.", "The speaker talks a little slowly.", "Speech is slightly slower than normal."),

@@ -252,8 +252,8 @@ def render_clip(job: dict) -> RenderedClip:
         measured_snr_db=noise["measured_snr_db"] if noise else None,
         duration=round(duration, 4), gain_db=round(20 * np.log10(gain), 2), sample_rate=sr,
     )
-    record = Record(scores=scores, artifacts=arts, description=description, audio=f"wav/{job['id']}.wav",
-                    id=job["id"], meta=_rounded(meta))
+    record = Record(scores=scores, artifacts=arts, description=description, voice=labels.voice_text(nat),
+                    audio=f"wav/{job['id']}.wav", id=job["id"], meta=_rounded(meta))
     return RenderedClip(wave, clean, record)
 
 

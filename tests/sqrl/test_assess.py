@@ -22,8 +22,8 @@ from sqrl.prompts import Rubric
 
 REPO = Path(__file__).resolve().parents[2]
 SR = 16_000
-KEYS = {"file", "duration", "judged_seconds", "warnings", "scores", "artifacts", "description", "missing_scores",
-        "text", "error"}
+KEYS = {"file", "duration", "judged_seconds", "warnings", "scores", "artifacts", "description", "voice",
+        "missing_scores", "text", "error"}
 
 
 @pytest.fixture(scope="module")

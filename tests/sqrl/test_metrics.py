@@ -16,6 +16,7 @@ from sqrl.metrics import (
     rouge_l,
     score_metrics,
     text_similarity,
+    voice_metrics,
 )
 from sqrl.schema import Artifact, Assessment, Record
 
@@ -160,10 +161,24 @@ def test_rouge_l_equals_the_longest_common_subsequence_f_measure():
     assert rouge_l(preds, [rec(), rec()]) is None
 
 
+def test_voice_metrics_count_stated_exact_and_similar_lines_over_clips_with_a_reference_voice():
+    refs = [Record(audio="a", voice="natural"), Record(audio="b", voice="strongly robotic"),
+            Record(audio="c", voice="slightly warbling"), Record(audio="d")]
+    preds = [Assessment(voice=" Natural "), Assessment(voice="strongly monotone"), None,
+             Assessment(voice="robotic")]
+    m = voice_metrics(preds, refs)
+    assert (m["n"], m["stated"], m["exact"]) == (3, pytest.approx(2 / 3), pytest.approx(1 / 3))
+    sims = text_similarity([" Natural ", "strongly monotone", ""], ["natural", "strongly robotic", "slightly warbling"])
+    assert sims[2] == 0.0 and 0.5 < sims[1] < 1.0
+    assert m["similarity"] == pytest.approx(sum(sims) / 3)
+    assert voice_metrics(preds, [Record(audio=x) for x in "abcd"], embed=False) == {
+        "n": 0, "stated": None, "exact": None, "similarity": None}
+
+
 def test_compute_metrics_returns_exactly_the_documented_keys_and_serialises_to_json():
     refs = [Record(audio="a", scores={"noise": 2}, description="noisy")]
     m = compute_metrics([Assessment()], refs, embed=False)
-    assert set(m) == {"pcc", "srcc", "mae", "parse_rate", "artifacts", "long_form", "n"}
+    assert set(m) == {"pcc", "srcc", "mae", "parse_rate", "artifacts", "voice", "long_form", "n"}
     assert set(m["pcc"]) == set(DIMENSIONS) | {"mean"}
     assert set(m["artifacts"]) == {"noise", "distortion", "unnatural_pause"}
     assert set(m["long_form"]) == {"rouge_l"}

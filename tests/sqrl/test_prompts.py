@@ -77,3 +77,28 @@ def test_an_unknown_answer_order_is_rejected(tmp_path):
     (tmp_path / "bad.yaml").write_text("base: %s\nanswer_order: sideways\n" % DEFAULT_RUBRIC)
     with pytest.raises(ValueError, match="answer_order"):
         Rubric(tmp_path / "bad.yaml")
+
+
+def test_a_voice_line_rubric_asks_for_the_voice_and_writes_it_before_the_scores():
+    rubric = Rubric("configs/rubrics/compact_voice.yaml")
+    assert rubric.voice_line and rubric.artifacts_first
+    record = Record(scores={"naturalness": 2, "noise": 4}, voice="strongly warbling", audio="a.wav")
+    (example,) = rubric.examples(record, "all_dimensions")
+    assert "the voice" in example.prompt
+    lines = example.target.splitlines()
+    assert lines.index("- Voice: strongly warbling") < lines.index("- Naturalness: 2/5")
+    assert parse(example.target).voice == "strongly warbling"
+    by_dim = {e.dimension: e for e in rubric.examples(record, "per_dimension")}
+    assert "voice" in by_dim["naturalness"].prompt
+    assert by_dim["naturalness"].target == "Artifacts:\n- Voice: strongly warbling\nScores:\n- Naturalness: 2/5"
+    assert "Voice" not in by_dim["noise"].target and "voice" not in by_dim["noise"].prompt
+    # the rubrics without the key write no voice line
+    assert "Voice" not in Rubric("configs/rubrics/compact_artifacts_first.yaml").examples(
+        record, "all_dimensions")[0].target
+
+
+def test_voice_line_must_be_a_boolean(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: %s\nvoice_line: 'yes'\n" % DEFAULT_RUBRIC)
+    with pytest.raises(ValueError, match="voice_line must be true or false"):
+        Rubric(bad)

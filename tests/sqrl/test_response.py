@@ -47,6 +47,42 @@ def test_artifacts_first_puts_the_artifact_block_before_the_scores_and_parses_th
     assert {d: text[a:b] for d, (a, b) in spans.items()} == {d: str(v) for d, v in record.scores.items()}
 
 
+def test_the_voice_line_ends_the_artifact_block_and_is_read_back_in_either_order():
+    record = parse(CANONICAL)
+    record.voice = "strongly robotic"
+    for artifacts_first in (False, True):
+        text = render(record, artifacts_first=artifacts_first, voice=True)
+        lines = text.splitlines()
+        assert lines[lines.index("- Unnatural pause [1.20-1.50 s]: the speech stops mid-word") + 1] \
+            == "- Voice: strongly robotic"
+        assert parse(text) == record
+        spans = score_spans(text)
+        assert {d: text[a:b] for d, (a, b) in spans.items()} == {d: str(v) for d, v in record.scores.items()}
+    # without naturalness among the dimensions there is nothing for the voice to be evidence of
+    assert "Voice" not in render(record, dimensions=["noise"], artifacts=["noise"], voice=True)
+    # naturalness alone: an artifact block that holds only the voice
+    assert render(record, dimensions=["naturalness"], artifacts=False, description=False, voice=True,
+                  artifacts_first=True) == "Artifacts:\n- Voice: strongly robotic\nScores:\n- Naturalness: 4/5"
+    # an answer without a voice writes no line rather than an empty one
+    record.voice = None
+    assert "Voice" not in render(record, voice=True)
+
+
+def test_parse_reads_the_voice_line_as_models_write_it_and_nothing_else():
+    assert parse("- **Voice**: slightly monotone.").voice == "slightly monotone"
+    assert parse("Feeling of voice - hoarse,  a little  breathy").voice == "hoarse, a little breathy"
+    assert parse("Artifacts:\n- Noise: none\n- VOICE = natural\nScores:\n- Noise: 5/5").voice == "natural"
+    # a score-like value is not a description of the voice, and "voice quality" is no voice line
+    assert parse("Voice: 4/5").voice is None
+    assert parse("Voice quality: 3/5\nNoise: 2/5").voice is None
+    assert parse("Voice:").voice is None
+    # the first voice line wins; a voice line does not end the scores or swallow a score
+    a = parse("Voice: natural\nNoise: 2/5\nVoice: robotic\nNaturalness: 5/5")
+    assert (a.voice, a.scores["noise"], a.scores["naturalness"]) == ("natural", 2, 5)
+    # inside the description it is prose, not the evidence line
+    assert parse("Scores:\n- Noise: 3/5\nDescription: Clear.\nVoice: robotic").voice is None
+
+
 def test_render_can_limit_dimensions_and_sections():
     a = Assessment(scores={**dict.fromkeys(DIMENSIONS), "noise": 2, "overall": 4}, description="text")
     assert render(a, dimensions=["noise"], artifacts=False, description=False) == "Scores:\n- Noise: 2/5"
@@ -109,6 +145,13 @@ def test_a_placeholder_earns_no_format_or_accuracy_reward():
     ref = Record(scores=dict(zip(DIMENSIONS, [5, 5, 5, 3, 2, 1, 4])), audio="a.wav")
     assert Format()([text], [ref]).values == [0.0]
     assert Accuracy()([text], [ref]).values == [0.0]
+
+
+def test_a_digit_of_another_script_is_not_a_score():
+    # int("๑") == 1 in Python: a Thai (or Arabic-Indic, fullwidth) digit must not pass as the score 1
+    for digit in ("๑", "١", "１"):
+        assert parse(f"- Noise: {digit}/5").scores["noise"] is None
+        assert score_spans(f"- Noise: {digit}/5") == {}
 
 
 def test_parse_keeps_the_first_value_when_a_dimension_repeats():
@@ -176,13 +219,19 @@ def records(draw):
     # the canonical order groups artifacts by kind
     artifacts.sort(key=lambda a: ARTIFACT_KINDS.index(a.kind))
     description = draw(st.one_of(st.none(), _SAFE_TEXT.filter(lambda s: s.strip())))
-    return Record(scores=scores, artifacts=artifacts, description=description, audio="a.wav")
+    # a voice phrase as a rubric's voice line writes it: words, not a bare number, no trailing stop
+    voice = draw(st.one_of(st.none(), _SAFE_TEXT.filter(
+        lambda s: s and s == s.strip(" .;,") and not s.replace(" ", "").isdigit())))
+    return Record(scores=scores, artifacts=artifacts, description=description, voice=voice, audio="a.wav")
 
 
 @settings(max_examples=300, deadline=None)
-@given(records(), st.booleans())
-def test_parse_recovers_any_rendered_record(record, artifacts_first):
-    assert parse(render(record, artifacts_first=artifacts_first)) == record.assessment()
+@given(records(), st.booleans(), st.booleans())
+def test_parse_recovers_any_rendered_record(record, artifacts_first, voice):
+    expected = record.assessment()
+    if not voice:
+        expected.voice = None
+    assert parse(render(record, artifacts_first=artifacts_first, voice=voice)) == expected
 
 
 @settings(max_examples=300, deadline=None)

@@ -101,6 +101,7 @@ def test_imported_records_round_trip_through_read_manifest(qualispeech):
                          "continuity": 4, "overall": 3}
     assert [(x.kind, x.start, x.end, x.text) for x in a1.artifacts] == [("noise", 0.0, 1.7, "Sound similar to wind")]
     assert a1.description.startswith("A calm male voice") and a1.meta["feeling_of_voice"] == "calm, male"
+    assert a1.voice == "calm, male"  # the voice line's reference
     assert "import_flags" not in a1.meta
     assert (b2.scores["speed"], b2.scores["naturalness"], b2.scores["noise"]) == (4, 1, 5)
     assert b2.scores["listening_effort"] is None and b2.scores["continuity"] is None

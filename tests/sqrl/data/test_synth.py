@@ -21,7 +21,8 @@ from sqrl.data.synth import (SynthConfig, corpus_dir, ensure_corpus, plan_corpus
                              synthesize_corpus)
 from sqrl.data.tts import Utterance, synthesize
 from sqrl.dimensions import DIMENSIONS
-from sqrl.schema import read_manifest
+from sqrl.data.labels import VOICE_ADVERB, VOICE_KIND
+from sqrl.schema import ManifestError, read_manifest, record_from_dict
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[3]
@@ -113,6 +114,9 @@ def test_labels_agree_with_the_parameters_in_meta(rendered):
         n_gaps = len(deg["continuity"]["gaps"]) if deg["continuity"] else 0
         assert len([a for a in clip.record.artifacts if a.kind == "unnatural_pause"]) == n_gaps
         assert (scores["noise"] == 5) == (deg["noise"] is None)
+        nat = deg["naturalness"]
+        assert clip.record.voice == ("natural" if nat is None else
+                                     f"{VOICE_ADVERB[nat['level']]} {VOICE_KIND[nat['kind']]}")
 
 
 def test_plan_holds_out_voices_and_sentences():
@@ -152,6 +156,25 @@ def test_corpus_manifests_round_trip_through_read_manifest(corpus):
         assert 1.0 <= rec.meta["pesq"] <= 4.65
     raw = json.loads((out / "train.jsonl").read_text().splitlines()[0])
     assert raw["audio"].startswith("wav/")  # relative, so the folder can move
+    assert raw["voice"] == train[0].voice and raw["voice"]
+
+
+def test_a_manifest_written_before_the_voice_field_gets_it_from_the_degradation_in_meta(corpus, tmp_path):
+    out, _ = corpus
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    voices = [row.pop("voice") for row in rows]
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert [r.voice for r in read_manifest(old, resolve_audio=False)] == voices
+    # only the synthetic corpus's own meta is read so: another source's "degradations" is left alone
+    rows[0]["meta"]["generator"] = "someone else"
+    assert record_from_dict(rows[0]).voice is None
+    # a voice written in the manifest wins, and a bad one is an error that names the field
+    rows[0]["voice"] = "hoarse"
+    assert record_from_dict(rows[0]).voice == "hoarse"
+    rows[0]["voice"] = "two\nlines"
+    with pytest.raises(ManifestError, match="voice"):
+        record_from_dict(rows[0])
 
 
 def test_corpus_readme_reports_rules_histograms_and_sanity_figures(corpus):
