@@ -240,6 +240,7 @@ class Driver:
 
     def _prompt(self) -> str:
         rubric = Rubric(self.cfg.data.rubric)
+        check_answer_format(rubric, self.init)
         if self.cfg.data.prompting == "per_dimension":
             raise ValueError("GRPO needs one prompt per clip: data.prompting long_form or all_dimensions")
         return rubric.long_form() if self.cfg.data.prompting == "long_form" else rubric.all_dimensions()
@@ -317,6 +318,32 @@ def reward_python_path(folders: Sequence[str]) -> list[str]:
     module of a custom reward, as they would run it with ``python -m``)."""
     out = [str(Path(f).expanduser().resolve()) for f in folders]
     return list(dict.fromkeys([*out, os.getcwd()]))
+
+
+def check_answer_format(rubric: Rubric, init: Path) -> None:
+    """Refuse a GRPO rubric whose answer format differs from the one the start model was trained to write
+    (``answer_order``, ``voice_line``): the policy would be asked for one format, sample another, and the
+    group advantages would train the format before anything else. A start model that does not name its
+    rubric is not checked."""
+    cfg_file = init / "sqrl_config.yaml"
+    if not cfg_file.is_file():
+        return
+    import yaml
+
+    trained = ((yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}).get("rubric")
+    try:
+        model_rubric = Rubric(trained)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("cannot read the rubric %s that %s was trained with (%s); its answer format is not checked",
+                    trained, init, exc)
+        return
+    ours = (rubric.answer_order, rubric.voice_line)
+    theirs = (model_rubric.answer_order, model_rubric.voice_line)
+    if ours != theirs:
+        raise ValueError(
+            f"data.rubric {rubric.path} asks for answer_order={ours[0]}, voice_line={ours[1]}, but model.init "
+            f"{init} was trained with {model_rubric.path} (answer_order={theirs[0]}, voice_line={theirs[1]}); "
+            f"set data.rubric={trained or model_rubric.path}")
 
 
 def start_model(init: str) -> Path:

@@ -190,3 +190,26 @@ def test_rollouts_drop_a_clip_too_short_for_the_encoder_and_name_its_file(tmp_pa
     assert batch.failed["short"].startswith(f"{tmp_path / 'short.wav'}: too short for the model")
     # the policy and reward workers load through the same rule
     assert set(load_waves([r.audio for r in requests])[1]) == {str(tmp_path / "short.wav"), str(tmp_path / "text.wav")}
+
+
+def test_grpo_refuses_a_rubric_whose_answer_format_is_not_the_start_models(tmp_path, caplog):
+    from grpo.driver import check_answer_format
+    from sqrl.prompts import Rubric
+
+    init = tmp_path / "calibrated"
+    init.mkdir()
+    check_answer_format(Rubric("configs/rubrics/compact_voice.yaml"), init)  # no config: nothing to compare
+    (init / "sqrl_config.yaml").write_text("data: {rubric: configs/rubrics/compact_artifacts_first.yaml}\n")
+    check_answer_format(Rubric("configs/rubrics/compact_artifacts_first.yaml"), init)
+    with pytest.raises(ValueError, match=r"voice_line=True.*voice_line=False.*set data.rubric="
+                                         r"configs/rubrics/compact_artifacts_first.yaml"):
+        check_answer_format(Rubric("configs/rubrics/compact_voice.yaml"), init)
+    with pytest.raises(ValueError, match="answer_order=scores_first"):
+        check_answer_format(Rubric("configs/rubrics/compact.yaml"), init)
+    # the same format under another file (the full rubric and the compact one) is fine
+    (init / "sqrl_config.yaml").write_text("data: {rubric: null}\n")
+    check_answer_format(Rubric("configs/rubrics/compact.yaml"), init)
+    # a start model whose rubric file is gone is not checked, and the log says so
+    (init / "sqrl_config.yaml").write_text("data: {rubric: /nowhere/gone.yaml}\n")
+    check_answer_format(Rubric("configs/rubrics/compact_voice.yaml"), init)
+    assert "is not checked" in caplog.text
