@@ -135,6 +135,29 @@ class RaySession:
             ray.shutdown()
 
 
+def same_model(a: str | Path, b: str | Path) -> bool:
+    """Whether two model folders are the same model: the same path however spelled, or copies whose files
+    (names, sizes and sha256) are equal, e.g. a compare run's ``shared/`` copied into a second folder so that
+    another seed trains in parallel. A folder that is gone counts as different."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    if a == b:
+        return True
+    if not (a.is_dir() and b.is_dir()):
+        return False
+    from sqrl.integrity import sha256_file
+
+    def files(folder: Path) -> dict[str, int]:
+        return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+    fa, fb = files(a), files(b)
+    if fa != fb:
+        return False
+    same = all(sha256_file(a / name) == sha256_file(b / name) for name in sorted(fa))
+    if same:
+        log.info("%s and %s are copies of one model (every file's sha256 equal)", a, b)
+    return same
+
+
 @dataclass
 class GRPOStep(Step):
     """Train a GRPO stage from ``config`` with ``overrides`` (``model.init`` among them); resumed when an
@@ -162,7 +185,7 @@ class GRPOStep(Step):
 
             was = ((yaml.safe_load(saved.read_text()) or {}).get("model") or {}).get("init")
             planned = self.load().model.init
-            if was and planned and Path(was).resolve() != Path(planned).resolve():
+            if was and planned and not same_model(was, planned):
                 raise ValueError(f"{self.out} is a finished GRPO run from {was}, but this plan starts it from "
                                  f"{planned}; rerun with --overwrite, or use another output folder")
         return True

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,33 @@ def test_a_finished_grpo_run_from_another_start_model_is_an_error_not_reused(tmp
         step.done()
     (run / "sqrl_config.yaml").write_text(f"model:\n  init: {tmp_path / 'shared' / '..' / 'shared' / 'merged'}\n")
     assert step.done()  # the same start model, however spelled
+
+
+def test_a_finished_grpo_run_from_a_byte_identical_copy_of_the_start_model_is_reused(tmp_path):
+    """A second seed trained in another folder that holds a copy of ``shared/`` joins the first folder."""
+    planned, copy = tmp_path / "shared" / "merged", tmp_path / "copy" / "shared" / "merged"
+    for folder in (planned, copy):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights" * 100)
+        (folder / "sub" / "config.json").write_text("{}")
+    run = tmp_path / "seed1" / "grpo_accsem"
+    run.mkdir(parents=True)
+    (run / "sqrl_config.yaml").write_text(f"model:\n  init: {copy}\n")
+    (run / META_FILE).write_text("{}")
+    step = GRPOStep("seed1/grpo_accsem", run, config="configs/tiny/grpo_accsem_dimwise.yaml",
+                    overrides=[f"model.init={planned}", "model.bootstrap=null"])
+    assert step.done()
+    (copy / "model.safetensors").write_bytes(b"weightz" * 100)  # same size, other bytes
+    with pytest.raises(ValueError, match="finished GRPO run from"):
+        step.done()
+    (copy / "model.safetensors").write_bytes(b"weights" * 100)
+    (copy / "extra.bin").write_bytes(b"x")  # one more file
+    with pytest.raises(ValueError, match="finished GRPO run from"):
+        step.done()
+    (copy / "extra.bin").unlink()
+    shutil.rmtree(copy)  # the recorded start model is gone: not the same
+    with pytest.raises(ValueError, match="finished GRPO run from"):
+        step.done()
 
 
 def test_an_evaluation_is_fresh_while_it_is_not_older_than_its_model(tmp_path):
