@@ -43,7 +43,7 @@ from rewards import RewardSet
 from rewards.base import add_import_path
 from sqrl.config import save_config
 from sqrl.models import META_FILE, ModelMeta, read_meta, write_meta
-from sqrl.prompts import Rubric
+from sqrl.prompts import Rubric, answer_format_mismatch
 from sqrl.rundir import prepare_out
 from sqrl.schema import Record
 
@@ -323,27 +323,10 @@ def reward_python_path(folders: Sequence[str]) -> list[str]:
 def check_answer_format(rubric: Rubric, init: Path) -> None:
     """Refuse a GRPO rubric whose answer format differs from the one the start model was trained to write
     (``answer_order``, ``voice_line``): the policy would be asked for one format, sample another, and the
-    group advantages would train the format before anything else. A start model that does not name its
-    rubric is not checked."""
-    cfg_file = init / "sqrl_config.yaml"
-    if not cfg_file.is_file():
-        return
-    import yaml
-
-    trained = ((yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}).get("rubric")
-    try:
-        model_rubric = Rubric(trained)
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("cannot read the rubric %s that %s was trained with (%s); its answer format is not checked",
-                    trained, init, exc)
-        return
-    ours = (rubric.answer_order, rubric.voice_line)
-    theirs = (model_rubric.answer_order, model_rubric.voice_line)
-    if ours != theirs:
-        raise ValueError(
-            f"data.rubric {rubric.path} asks for answer_order={ours[0]}, voice_line={ours[1]}, but model.init "
-            f"{init} was trained with {model_rubric.path} (answer_order={theirs[0]}, voice_line={theirs[1]}); "
-            f"set data.rubric={trained or model_rubric.path}")
+    group advantages would train the format before anything else."""
+    problem = answer_format_mismatch(rubric, init)
+    if problem:
+        raise ValueError(f"model.init: {problem}")
 
 
 def start_model(init: str) -> Path:

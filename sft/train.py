@@ -30,7 +30,7 @@ from sqrl.integrity import verify_manifest, write_manifest
 from sqrl.rundir import prepare_out
 from sqrl.runtime import bf16_is_slow, compute_dtype, resolve_device
 from sqrl.models import ModelMeta, load_model, read_meta, write_meta
-from sqrl.prompts import Rubric
+from sqrl.prompts import Rubric, answer_format_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,8 @@ def run_sft(cfg: SFTStageConfig, out: str | Path, resume: bool = False, overwrit
 
     train_manifest = cfg.data.train_manifest()
     rubric = Rubric(cfg.data.rubric)
+    if cfg.model.init and (problem := answer_format_mismatch(rubric, cfg.model.init)):
+        log.warning("model.init: %s (this stage will teach its own format instead)", problem)
     records = load_records(train_manifest, cfg.data.limit)
     examples = build_examples(records, rubric, cfg.data.prompting)
     model, processor, backbone, base = build_model(cfg)

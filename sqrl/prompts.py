@@ -118,3 +118,30 @@ class Rubric:
             return [Example(self.long_form(), render(record, artifacts_first=self.artifacts_first,
                                                      voice=self.voice_line))]
         raise ValueError(f"unknown prompting {prompting!r}; choose one of {', '.join(PROMPTINGS)}")
+
+
+def answer_format_mismatch(rubric: Rubric, model_dir: str | Path) -> str | None:
+    """Why ``rubric``'s answer format (``answer_order``, ``voice_line``) is not the one the model in
+    ``model_dir`` was trained to write (the rubric in its ``sqrl_config.yaml``), or ``None`` when it is, or
+    when the model does not say. GRPO refuses the mismatch; SFT warns (a warm-up may retrain the format)."""
+    import logging
+
+    import yaml
+
+    cfg_file = Path(model_dir) / "sqrl_config.yaml"
+    if not cfg_file.is_file():
+        return None
+    trained = ((yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}).get("rubric")
+    try:
+        model_rubric = Rubric(trained)
+    except (OSError, ValueError, KeyError) as exc:
+        logging.getLogger(__name__).warning("cannot read the rubric %s that %s was trained with (%s); its answer "
+                                            "format is not checked", trained, model_dir, exc)
+        return None
+    ours = (rubric.answer_order, rubric.voice_line)
+    theirs = (model_rubric.answer_order, model_rubric.voice_line)
+    if ours == theirs:
+        return None
+    return (f"data.rubric {rubric.path} asks for answer_order={ours[0]}, voice_line={ours[1]}, but {model_dir} "
+            f"was trained with {model_rubric.path} (answer_order={theirs[0]}, voice_line={theirs[1]}); "
+            f"set data.rubric={trained or model_rubric.path}")

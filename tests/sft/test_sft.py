@@ -248,12 +248,20 @@ def test_an_adapter_merged_in_memory_keeps_the_logits_and_the_greedy_answers(cal
         load_model(calibrated, merge=True, trainable=True)
 
 
-def test_warmup_continues_the_calibration_adapter(tiny_manifest, calibrated, tmp_path):
+def test_warmup_continues_the_calibration_adapter(tiny_manifest, calibrated, tmp_path, caplog):
     cfg = _cfg(tiny_manifest, **{"model.init": str(calibrated), "data.prompting": "long_form",
                                  "stage": "warmup", "train.max_steps": 2})
-    out = run_sft(cfg, tmp_path / "warm")
+    with caplog.at_level(logging.WARNING):
+        out = run_sft(cfg, tmp_path / "warm")
     meta = read_meta(out)
     assert meta.stage == "warmup" and meta.options == {"window_s": 5}
+    assert "answer_order" not in caplog.text  # the same rubric as the calibration: nothing to warn about
+    # a warm-up asked for another answer format than its start model writes says so, and trains it
+    cfg = _cfg(tiny_manifest, **{"model.init": str(calibrated), "data.prompting": "long_form", "stage": "warmup",
+                                 "train.max_steps": 1, "data.rubric": "configs/rubrics/compact_voice.yaml"})
+    with caplog.at_level(logging.WARNING):
+        run_sft(cfg, tmp_path / "warm_voice")
+    assert "voice_line=True" in caplog.text and "will teach its own format" in caplog.text
 
 
 def test_bf16_autocast_needs_deepspeed_off_and_keeps_fp32_weights():

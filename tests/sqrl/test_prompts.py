@@ -102,3 +102,18 @@ def test_voice_line_must_be_a_boolean(tmp_path):
     bad.write_text("base: %s\nvoice_line: 'yes'\n" % DEFAULT_RUBRIC)
     with pytest.raises(ValueError, match="voice_line must be true or false"):
         Rubric(bad)
+
+
+def test_answer_format_mismatch_names_both_formats_and_the_rubric_to_set(tmp_path):
+    from sqrl.prompts import answer_format_mismatch
+
+    model = tmp_path / "model"
+    model.mkdir()
+    voice = Rubric("configs/rubrics/compact_voice.yaml")
+    assert answer_format_mismatch(voice, model) is None  # a model that does not say is not checked
+    (model / "sqrl_config.yaml").write_text("data: {rubric: configs/rubrics/compact.yaml}\n")
+    problem = answer_format_mismatch(voice, model)
+    assert "answer_order=artifacts_first, voice_line=True" in problem
+    assert "answer_order=scores_first, voice_line=False" in problem
+    assert problem.endswith("set data.rubric=configs/rubrics/compact.yaml")
+    assert answer_format_mismatch(Rubric(), model) is None  # the full rubric writes the same format as compact
