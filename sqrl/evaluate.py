@@ -26,7 +26,7 @@ from tqdm import tqdm
 from sqrl.audio import SAMPLING_RATE
 from sqrl.config import arg_range
 from sqrl.fsutil import atomic_file, read_jsonl
-from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS
+from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS, SCORE_MAX, SCORE_MIN
 from sqrl.metrics import with_expected
 from sqrl.prompts import PROMPTINGS, Rubric
 from sqrl.response import parse
@@ -84,7 +84,10 @@ class ScoreReader:
         mass = float(probs.sum())
         if mass <= 0:
             return None
-        return float((probs * torch.arange(1, 6)).sum() / mass), mass
+        # in float32, sum(k p(k)) / mass can land a few ulps outside 1-5 (5.0000005 when p(5) ~ 1); such a
+        # value is no score to the metrics (``predicted_score``), so it is clamped onto the scale
+        value = float((probs * torch.arange(1, 6)).sum() / mass)
+        return min(max(value, float(SCORE_MIN)), float(SCORE_MAX)), mass
 
 
 class Generator:

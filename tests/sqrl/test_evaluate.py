@@ -113,6 +113,31 @@ def test_the_readout_traces_each_score_digit_to_its_token_and_takes_the_expectat
     assert set(expected) == {"noise", "distortion"}
 
 
+def test_an_expected_score_never_leaves_the_scale_by_float_rounding(tmp_path, monkeypatch):
+    """p(5) ~ 1 gave 5.0000005 in float32, which the metrics then dropped as no score (filled with 3): a
+    confident model's continuity lost 0.04 expected PCC that way (docs/small.md, "A voice line")."""
+    import torch
+
+    from sqrl.backbones import get_backbone
+    from sqrl.evaluate import ScoreReader
+    from sqrl.metrics import predicted_score
+    from sqrl.schema import Assessment
+
+    monkeypatch.setenv("SQRL_CACHE", str(tmp_path / "cache"))
+    reader = ScoreReader(get_backbone("tiny-qwen2-audio", window_s=5).load()[1].tokenizer)
+    template, digit_ids = next(iter(reader.templates.items()))
+    logits = torch.tensor([-3.1693, -3.0363, 1.4782, 6.9827, 23.5115])
+    probs = torch.log_softmax(logits, -1).exp()
+    assert float((probs * torch.arange(1, 6)).sum() / float(probs.sum())) > 5  # the float32 overshoot
+    logp = torch.full((1, len(reader.columns)), -60.0)
+    for k, tid in enumerate(digit_ids):
+        logp[0, reader._col[tid]] = torch.log_softmax(logits, -1)[k]
+    reader.steps.append(logp)
+    value, mass = reader.expectation(0, 0, template.format("5"))
+    assert value == 5.0 and mass == pytest.approx(1.0)
+    assert predicted_score(Assessment(scores={"noise": value}), "noise") == 5.0
+
+
 def test_eval_reports_expected_score_metrics_next_to_the_greedy_ones(tmp_path):
     from sqrl.evaluate import with_expected
     from sqrl.metrics import score_metrics
