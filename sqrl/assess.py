@@ -5,7 +5,7 @@
 
 For every file: a 1-5 score per dimension, the artifacts heard with their time intervals, and the
 description (when the model was trained to write one). The model is asked with the prompt it was
-trained with (``evaluate.training_prompts``), audio of any rate or channel count is mixed to mono and
+trained with (``prompts.training_prompts``), audio of any rate or channel count is mixed to mono and
 resampled to 16 kHz as ``sqrl eval`` does, and clips are generated greedily in batches.
 
 A file that cannot be judged (missing, not audio, empty, NaN samples, longer than the limit, or
@@ -35,8 +35,8 @@ import yaml
 from sqrl.audio import AUDIO_EXTENSIONS, SAMPLING_RATE, AudioError, find_audio_files, load_audio
 from sqrl.config import arg_range
 from sqrl.dimensions import ARTIFACT_DISPLAY_NAMES, DIMENSIONS
-from sqrl.evaluate import Generator, _combine, training_prompts
-from sqrl.prompts import PROMPTINGS, Rubric
+from sqrl.evaluate import Generator, _combine
+from sqrl.prompts import PROMPTINGS, Rubric, training_prompts
 from sqrl.schema import Assessment
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm import tqdm
 
 from sqrl.audio import SAMPLING_RATE
@@ -28,7 +27,7 @@ from sqrl.config import arg_range
 from sqrl.fsutil import atomic_file, read_jsonl
 from sqrl.dimensions import ARTIFACT_DIMENSION, EVAL_DIMENSIONS, SCORE_MAX, SCORE_MIN
 from sqrl.metrics import with_expected
-from sqrl.prompts import PROMPTINGS, Rubric
+from sqrl.prompts import PROMPTINGS, Rubric, training_prompts
 from sqrl.response import parse
 from sqrl.runtime import resolve_device
 from sqrl.schema import Assessment, Record, read_manifest
@@ -40,19 +39,6 @@ RUN_FILE = "eval_run.json"
 """The settings of the evaluation in its folder, written before the first answer."""
 JOURNAL = "answers.partial.jsonl"
 """Answers written so far, one row per generated answer; removed once the results are written."""
-
-
-def training_prompts(model_spec: str | Path) -> tuple[str, str | None]:
-    """(prompting, rubric path) a model directory was trained with; long_form and the default rubric
-    when it does not say. Evaluating with other prompts than training measures the prompt, not the model."""
-    cfg_file = Path(model_spec) / "sqrl_config.yaml"
-    prompting, rubric = "long_form", None
-    if cfg_file.exists():
-        data = (yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}
-        if data.get("prompting") in PROMPTINGS:
-            prompting = data["prompting"]
-        rubric = data.get("rubric")
-    return prompting, rubric
 
 
 class ScoreReader:

@@ -120,18 +120,30 @@ class Rubric:
         raise ValueError(f"unknown prompting {prompting!r}; choose one of {', '.join(PROMPTINGS)}")
 
 
-def answer_format_mismatch(rubric: Rubric, model_dir: str | Path) -> str | None:
-    """Why ``rubric``'s answer format (``answer_order``, ``voice_line``) is not the one the model in
-    ``model_dir`` was trained to write (the rubric in its ``sqrl_config.yaml``), or ``None`` when it is, or
-    when the model does not say. GRPO refuses the mismatch; SFT warns (a warm-up may retrain the format)."""
-    import logging
-
+def training_prompts(model_spec: str | Path) -> tuple[str, str | None]:
+    """(prompting, rubric path) a model directory was trained with; long_form and the default rubric
+    when it does not say. Evaluating with other prompts than training measures the prompt, not the model."""
     import yaml
 
-    cfg_file = Path(model_dir) / "sqrl_config.yaml"
-    if not cfg_file.is_file():
+    cfg_file = Path(model_spec) / "sqrl_config.yaml"
+    prompting, rubric = "long_form", None
+    if cfg_file.exists():
+        data = (yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}
+        if data.get("prompting") in PROMPTINGS:
+            prompting = data["prompting"]
+        rubric = data.get("rubric")
+    return prompting, rubric
+
+
+def answer_format_mismatch(rubric: Rubric, model_dir: str | Path) -> str | None:
+    """Why ``rubric``'s answer format (``answer_order``, ``voice_line``) is not the one the model in
+    ``model_dir`` was trained to write (``training_prompts``), or ``None`` when it is, or when the model does
+    not say (no ``sqrl_config.yaml``). GRPO refuses the mismatch; SFT warns (a warm-up may retrain the format)."""
+    import logging
+
+    if not (Path(model_dir) / "sqrl_config.yaml").is_file():
         return None
-    trained = ((yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}).get("rubric")
+    trained = training_prompts(model_dir)[1]
     try:
         model_rubric = Rubric(trained)
     except (OSError, ValueError, KeyError) as exc:

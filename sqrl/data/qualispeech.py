@@ -247,7 +247,8 @@ def row_to_record(row: dict, cols: dict[str, str], audio_dir: Path, line: int) -
             "raw": {col: row.get(cols[col]) for col in ARTIFACT_COLUMNS}}
     if flags:
         meta["import_flags"] = flags
-    return Record(scores=scores, artifacts=artifacts, description=description, voice=" ".join((meta["feeling_of_voice"] or "").split()) or None,
+    voice = " ".join((meta["feeling_of_voice"] or "").split()) or None  # the reference of the answer's voice line
+    return Record(scores=scores, artifacts=artifacts, description=description, voice=voice,
                   audio=str(path.resolve()), id=clip_id, meta=meta)
 
 

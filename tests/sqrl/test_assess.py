@@ -179,7 +179,7 @@ def test_directories_expand_to_their_audio_and_an_empty_one_is_reported(clips, t
 
 
 def test_the_model_is_asked_with_its_training_prompt(model_dir):
-    from sqrl.evaluate import training_prompts
+    from sqrl.prompts import training_prompts
 
     prompting, rubric = training_prompts(model_dir)
     assert (prompting, rubric) == ("all_dimensions", "configs/rubrics/compact.yaml")
