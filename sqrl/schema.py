@@ -162,7 +162,10 @@ def record_from_dict(obj: Any, source: str = "<dict>", line: int = 0) -> Record:
         raise fail("voice", "must be a single-line string or null")
     voice = (voice or "").strip() or None
     if voice is None:
-        voice = _synth_voice(meta)
+        try:
+            voice = _synth_voice(meta)
+        except ValueError as exc:
+            raise fail("meta.degradations.naturalness", str(exc)) from None
     return Record(
         scores=scores,
         artifacts=artifacts,
@@ -176,18 +179,18 @@ def record_from_dict(obj: Any, source: str = "<dict>", line: int = 0) -> Record:
 
 def _synth_voice(meta: dict[str, Any]) -> str | None:
     """The voice phrase of a synthetic clip whose manifest predates the ``voice`` field, from the
-    degradation it records (``meta.degradations.naturalness``: ``None`` for an untouched voice)."""
+    degradation it records (``meta.degradations.naturalness``: ``None`` for an untouched voice); a record
+    that is not synthetic has none. ``ValueError`` for a synthetic record whose degradation is not one."""
     degradations = meta.get("degradations")
     if not str(meta.get("generator", "")).startswith("sqrl-synth") or not isinstance(degradations, dict) \
             or "naturalness" not in degradations:
         return None
     nat = degradations["naturalness"]
-    if nat is not None and not (isinstance(nat, dict) and "kind" in nat and "level" in nat):
-        return None
     try:
         return voice_text(nat)
-    except (KeyError, TypeError):
-        return None
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{nat!r} is not a naturalness degradation of the synthetic corpus "
+                         "(None, or kind monotone/robotic/warble and level 1-4)") from None
 
 
 def read_manifest(path: str | os.PathLike, resolve_audio: bool = True) -> list[Record]:

@@ -175,6 +175,11 @@ def test_a_manifest_written_before_the_voice_field_gets_it_from_the_degradation_
     rows[0]["voice"] = "two\nlines"
     with pytest.raises(ManifestError, match="voice"):
         record_from_dict(rows[0])
+    # a synthetic record whose degradation is not one of the corpus's is an error, not a quiet missing voice
+    rows[1].pop("voice", None)
+    rows[1]["meta"]["degradations"]["naturalness"] = {"kind": "shouting", "level": 2}
+    with pytest.raises(ManifestError, match="meta.degradations.naturalness.*shouting"):
+        record_from_dict(rows[1])
 
 
 def test_corpus_readme_reports_rules_histograms_and_sanity_figures(corpus):
