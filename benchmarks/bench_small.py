@@ -2,7 +2,8 @@
 
 Issue #15's three figures, each against a baseline measured in the same run:
 
-* ``sft``: one calibration step (``configs/small/calibration.yaml``: LoRA r=64 on the LM, encoder and
+* ``sft``: one calibration step (``configs/small/calibration.yaml``, with the scores-first rubric
+  ``configs/rubrics/compact.yaml`` that docs/benchmarks.md was measured with: LoRA r=64 on the LM, encoder and
   projector trained in full, batch 4 of the synthetic corpus with the compact all-dimensions prompt,
   AdamW) as achieved GFLOP/s, against the fp32 peak of a square matmul (``--matmul-n``) timed in the
   same process. The step's FLOPs are counted by ``torch.utils.flop_counter`` (matmuls, convolutions and

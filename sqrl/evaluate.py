@@ -155,6 +155,8 @@ def _combine(parts: list[tuple[str | None, str]]) -> tuple[Assessment, str]:
         answer = parse(text)
         merged.scores[dim] = answer.scores.get(dim)
         merged.artifacts += [a for a in answer.artifacts if ARTIFACT_DIMENSION.get(a.kind) == dim]
+        if dim == "naturalness" and answer.voice:  # the voice line is asked with the naturalness question
+            merged.voice = answer.voice
     return merged, "\n\n".join(t for _, t in parts)
 
 

@@ -221,7 +221,7 @@ def voice_metrics(predictions: Sequence[Assessment | None], references: Sequence
              for p, r in zip(predictions, references) if r.voice and r.voice.strip()]
     if not pairs:
         return {"n": 0, "stated": None, "exact": None, "similarity": None}
-    norm = lambda t: " ".join(t.lower().split())  # noqa: E731
+    norm = lambda t: " ".join(t.lower().split()).strip(" .;,")  # noqa: E731  (as the parser reads a voice line)
     return {"n": len(pairs),
             "stated": float(np.mean([bool(p) for p, _ in pairs])),
             "exact": float(np.mean([norm(p) == norm(r) for p, r in pairs])),

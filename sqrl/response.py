@@ -203,8 +203,13 @@ _HEADER = re.compile(
 
 
 # "Voice: slightly robotic", "Feeling of voice - hoarse"; not "Voice quality: 3/5" (no dimension is named
-# "voice", and a score-like value is not a description of the voice).
-_VOICE_LINE = re.compile(r"^(?:feeling\s+of\s+(?:the\s+)?voice|voice)\s*[:=–—-]\s*(?P<text>\S.*)$", re.I | re.S)
+# "voice", and a score-like value is not a description of the voice), not "Voice: N/A" (a placeholder), not
+# "Voice-over artifacts are audible" (a dash is a separator only with a space before it or a colon).
+_VOICE_LINE = re.compile(r"^(?:feeling\s+of\s+(?:the\s+)?voice|voice)(?:\s*[:=]|\s+[-–—]|\s*[–—])\s*(?P<text>\S.*)$",
+                         re.I | re.S)
+_SCORE_LIKE = re.compile(r"\d\s*(?:/|out\s+of\b|of\s+\d)", re.I)
+# only bare placeholders: "no special feeling" is a description of a voice (QualiSpeech writes such)
+_VOICE_PLACEHOLDER = re.compile(r"(?:none|n/?a|nil|null|not\s+applicable|unknown)", re.I)
 
 
 def _parse_voice(line: str) -> str | None:
@@ -212,7 +217,7 @@ def _parse_voice(line: str) -> str | None:
     if not match:
         return None
     text = " ".join(match["text"].split()).strip(" .;,")
-    if not text or re.fullmatch(r"\d+(?:\s*/\s*\d+)?", text):
+    if not re.search(r"[^\W\d_]", text) or _SCORE_LIKE.search(text) or _VOICE_PLACEHOLDER.fullmatch(text):
         return None
     return text
 

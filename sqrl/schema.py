@@ -148,7 +148,7 @@ def record_from_dict(obj: Any, source: str = "<dict>", line: int = 0) -> Record:
         if not _number(end) or end < start:
             raise fail(f"{where}.end", f"{end!r} is not a number of seconds >= start")
         text = art.get("text", "")
-        if not isinstance(text, str) or "\n" in text:
+        if not isinstance(text, str) or len(text.splitlines()) > 1:
             raise fail(f"{where}.text", "must be a single-line string")
         artifacts.append(Artifact(kind, float(start), float(end), text.strip()))
     description = obj.get("description")
@@ -158,7 +158,7 @@ def record_from_dict(obj: Any, source: str = "<dict>", line: int = 0) -> Record:
     if not isinstance(meta, dict):
         raise fail("meta", "must be an object")
     voice = obj.get("voice")
-    if voice is not None and (not isinstance(voice, str) or "\n" in voice):
+    if voice is not None and (not isinstance(voice, str) or len(voice.splitlines()) > 1):
         raise fail("voice", "must be a single-line string or null")
     voice = (voice or "").strip() or None
     if voice is None:

@@ -171,6 +171,9 @@ def test_voice_metrics_count_stated_exact_and_similar_lines_over_clips_with_a_re
     sims = text_similarity([" Natural ", "strongly monotone", ""], ["natural", "strongly robotic", "slightly warbling"])
     assert sims[2] == 0.0 and 0.5 < sims[1] < 1.0
     assert m["similarity"] == pytest.approx(sum(sims) / 3)
+    # the reference is compared as the parser reads a voice line: a closing stop is no difference
+    assert voice_metrics([Assessment(voice="calm and clear")], [Record(audio="a", voice="Calm and clear.")],
+                         embed=False)["exact"] == 1.0
     assert voice_metrics(preds, [Record(audio=x) for x in "abcd"], embed=False) == {
         "n": 0, "stated": None, "exact": None, "similarity": None}
 

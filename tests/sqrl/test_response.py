@@ -1,3 +1,5 @@
+import re
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,6 +78,13 @@ def test_parse_reads_the_voice_line_as_models_write_it_and_nothing_else():
     assert parse("Voice: 4/5").voice is None
     assert parse("Voice quality: 3/5\nNoise: 2/5").voice is None
     assert parse("Voice:").voice is None
+    for value in ("4 out of 5", "3.5/5", "5/5 natural", "2 of 5", "N/A", "none", "-", "?!"):
+        assert parse(f"Voice: {value}").voice is None, value
+    # a description that happens to start with a negation is still one ("no special feeling": QualiSpeech)
+    assert parse("Feeling of voice - no special feeling").voice == "no special feeling"
+    # "voice" followed by a hyphenated word is prose, not a voice line, and stays in the description
+    a = parse("Scores:\n- Noise: 2/5\nVoice-over artifacts are audible.")
+    assert a.voice is None and "Voice-over" in (a.description or "")
     # the first voice line wins; a voice line does not end the scores or swallow a score
     a = parse("Voice: natural\nNoise: 2/5\nVoice: robotic\nNaturalness: 5/5")
     assert (a.voice, a.scores["noise"], a.scores["naturalness"]) == ("natural", 2, 5)
@@ -219,9 +228,12 @@ def records(draw):
     # the canonical order groups artifacts by kind
     artifacts.sort(key=lambda a: ARTIFACT_KINDS.index(a.kind))
     description = draw(st.one_of(st.none(), _SAFE_TEXT.filter(lambda s: s.strip())))
-    # a voice phrase as a rubric's voice line writes it: words, not a bare number, no trailing stop
+    # a voice phrase as a rubric's voice line writes it: with a letter, no score-like "3/5" or "2 of 5", not a
+    # bare placeholder ("none", "n/a"), no trailing stop
     voice = draw(st.one_of(st.none(), _SAFE_TEXT.filter(
-        lambda s: s and s == s.strip(" .;,") and not s.replace(" ", "").isdigit())))
+        lambda s: s and s == s.strip(" .;,") and re.search(r"[^\W\d_]", s)
+        and not re.search(r"\d\s*(?:/|out\s+of\b|of\s+\d)", s, re.I)
+        and s.lower() not in {"none", "na", "nil", "null", "unknown", "not applicable"})))
     return Record(scores=scores, artifacts=artifacts, description=description, voice=voice, audio="a.wav")
 
 

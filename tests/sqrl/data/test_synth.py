@@ -172,6 +172,10 @@ def test_a_manifest_written_before_the_voice_field_gets_it_from_the_degradation_
     # a voice written in the manifest wins, and a bad one is an error that names the field
     rows[0]["voice"] = "hoarse"
     assert record_from_dict(rows[0]).voice == "hoarse"
+    for broken in ("two\nlines", "two\rlines", "two\u2028lines"):  # any break render would write as two lines
+        rows[0]["voice"] = broken
+        with pytest.raises(ManifestError, match="voice"):
+            record_from_dict(rows[0])
     rows[0]["voice"] = "two\nlines"
     with pytest.raises(ManifestError, match="voice"):
         record_from_dict(rows[0])
