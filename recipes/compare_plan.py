@@ -24,13 +24,12 @@ untrained one. Which stages are shared follows from each variant's ``stage``, no
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from recipes.stages import (EvalStep, GRPOStep, MergeStep, RaySession, SFTStep, Step, UntrainedStep,
-                            corpus_overrides)
+                            corpus_overrides, count_lines, sft_units)
 from sqrl.config import load_config
 
 if TYPE_CHECKING:
@@ -145,11 +144,6 @@ def rows(variants: Mapping[str, Variant], chosen: list[str] | None = None, sft_s
     return [make_row(variants, n, sft_seed) for n in variants if chosen is None or n in chosen]
 
 
-def _count_lines(path: Path) -> int:
-    with open(path, encoding="utf-8") as fh:
-        return sum(1 for line in fh if line.strip())
-
-
 class Plan:
     """The folders, overrides and steps of a comparison into ``out``."""
 
@@ -236,7 +230,7 @@ class Plan:
         """Every step, in order: the untrained model and its eval; under ``sft_seed`` the shared SFT stages,
         merges and SFT evals once; then per seed its stages (only the GRPO ones under ``sft_seed``) and evals."""
         cfg = self.cfg
-        n_clips, n_eval = _count_lines(train_manifest), _count_lines(test_manifest)
+        n_clips, n_eval = count_lines(train_manifest), count_lines(test_manifest)
         n_eval = min(n_eval, cfg.eval.limit) if cfg.eval.limit else n_eval
         chosen = self.rows()
         steps: list[Step] = []
@@ -275,7 +269,7 @@ class Plan:
                                        adapter=self.sft_dir(seed) / folder(self.variants, name)))
             elif kind == "sft":
                 overrides = self.sft_overrides(name, seed)
-                steps.append(SFTStep(label, target, kind=name, units=_sft_units(v.config, overrides, n_clips),
+                steps.append(SFTStep(label, target, kind=name, units=sft_units(v.config, overrides, n_clips),
                                      config=v.config, overrides=overrides))
             else:
                 step = GRPOStep(label, target, kind=name, config=v.config, overrides=self.grpo_overrides(name, seed),
@@ -298,15 +292,3 @@ class Plan:
         from sft.config import SFTStageConfig
 
         return load_config(SFTStageConfig, self.variants[name].config, self.sft_overrides(name, seed))
-
-
-def _sft_units(config: str, overrides: list[str], n_clips: int) -> int:
-    """The optimizer steps of an SFT stage (its time estimate)."""
-    from sft.config import SFTStageConfig
-
-    cfg = load_config(SFTStageConfig, config, overrides)
-    if cfg.train.max_steps > 0:
-        return cfg.train.max_steps
-    n = min(n_clips, cfg.data.limit) if cfg.data.limit else n_clips
-    n *= 7 if cfg.data.prompting == "per_dimension" else 1
-    return math.ceil(n * cfg.train.epochs / (cfg.train.batch_size * cfg.train.grad_accum))

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipes.stages import EvalStep, GRPOStep, MergeStep, SFTStep, Step, corpus_overrides, run_steps
+from recipes.stages import (EvalStep, GRPOStep, MergeStep, SFTStep, Step, backbone_scale, corpus_overrides, count_lines,
+                            grpo_kind, run_steps, sft_units)
 from sqrl.config import add_config_arguments, bounded, check_ranges, load_config, save_config
 from sqrl.data.config import CorpusConfig
 from sqrl.rundir import prepare_out
@@ -54,26 +55,41 @@ class PipelineConfig:
 
 
 def stage_steps(cfg: PipelineConfig, out: Path, test_manifest: Path) -> tuple[list[Step], dict[str, Path]]:
-    """The pipeline's steps in order, and the model folder of each evaluated stage."""
+    """The pipeline's steps in order, and the model folder of each evaluated stage. Each step carries its size
+    (optimizer steps, GRPO steps, clips) so that the progress line's estimate of what is left scales with it."""
     corpus = corpus_overrides(cfg.corpus)
+    n_clips = count_lines(test_manifest.parent / "train.jsonl")
+    n_eval = count_lines(test_manifest)
+    n_eval = min(n_eval, cfg.eval.limit) if cfg.eval.limit else n_eval
     calib = out / "calibration"
+    overrides = [*corpus, *cfg.calibration.overrides]
     steps: list[Step] = [SFTStep("calibration", calib, kind="calibration", config=cfg.calibration.config,
-                                 overrides=[*corpus, *cfg.calibration.overrides])]
+                                 overrides=overrides, units=sft_units(cfg.calibration.config, overrides, n_clips))]
     models = {"calibration": calib}
     last = calib
     if cfg.warmup.enabled:
         last = models["warmup"] = out / "warmup"
-        steps.append(SFTStep("warmup", last, kind="sft_reasoning", config=cfg.warmup.config,
-                             overrides=[*corpus, f"model.init={calib}", *cfg.warmup.overrides]))
+        overrides = [*corpus, f"model.init={calib}", *cfg.warmup.overrides]
+        steps.append(SFTStep("warmup", last, kind="sft_reasoning", config=cfg.warmup.config, overrides=overrides,
+                             units=sft_units(cfg.warmup.config, overrides, n_clips)))
     if cfg.grpo.enabled:
         merged = out / "merged"
         steps.append(MergeStep("merge", merged, kind="merge", adapter=last))
         models["grpo"] = out / "grpo"
-        steps.append(GRPOStep("grpo", models["grpo"], kind="grpo", config=cfg.grpo.config,
-                              overrides=[*corpus, f"model.init={merged}", *cfg.grpo.overrides]))
+        grpo = GRPOStep("grpo", models["grpo"], kind="grpo", config=cfg.grpo.config,
+                        overrides=[*corpus, f"model.init={merged}", *cfg.grpo.overrides])
+        grpo_cfg = grpo.load()
+        grpo.kind, grpo.units = grpo_kind(grpo_cfg), grpo_cfg.train.steps
+        steps.append(grpo)
     e = cfg.eval
-    steps += [EvalStep(f"eval/{name}", out / "eval" / name, model=model, manifest=test_manifest, limit=e.limit,
-                       batch_size=e.batch_size, max_new_tokens=e.max_new_tokens) for name, model in models.items()]
+    steps += [EvalStep(f"eval/{name}", out / "eval" / name, units=n_eval, model=model, manifest=test_manifest,
+                       limit=e.limit, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)
+              for name, model in models.items()]
+    from sft.config import SFTStageConfig
+
+    scale = backbone_scale(load_config(SFTStageConfig, cfg.calibration.config, overrides=[]).model.backbone)
+    for step in steps:
+        step.scale = scale
     return steps, models
 
 

@@ -155,3 +155,28 @@ def test_kinds_not_run_yet_are_estimated_at_the_speed_this_machine_showed(tmp_pa
     assert progress.estimate(fresh) == pytest.approx(5.0 + 0.0)   # its own (0-unit) measurement
     other = GRPOStep("other", tmp_path / "o", kind="grpo_unified", units=20)
     assert progress.estimate(other) == pytest.approx(4 * (55.0 + 60.0 * 20))
+
+
+def test_the_pipeline_sizes_each_step_so_that_its_estimate_scales(tmp_path):
+    """Without sizes every step was estimated at its fixed start-up cost: `make small` said "about 2 min of work
+    left" before a 37-min calibration."""
+    from recipes.pipeline import PipelineConfig, stage_steps
+    from sqrl.config import load_config
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.jsonl").write_text("{}\n" * 1700 + "\n")
+    (corpus / "test.jsonl").write_text("{}\n" * 300)
+    cfg = load_config(PipelineConfig, "configs/small/pipeline.yaml", ["eval.limit=100"])
+    steps, _ = stage_steps(cfg, tmp_path / "run", corpus / "test.jsonl")
+    sizes = {s.name: (s.kind, s.units) for s in steps}
+    # 2 epochs of 1,700 clips in batches of 4; the warm-up's 150 steps; 20 GRPO steps with no judge; 100 clips
+    assert sizes == {"calibration": ("calibration", 850), "warmup": ("sft_reasoning", 150), "merge": ("merge", 0),
+                     "grpo": ("grpo_accsem", 20), "eval/calibration": ("eval", 100), "eval/warmup": ("eval", 100),
+                     "eval/grpo": ("eval", 100)}
+    # the small backbone's own rates: calibration 850 x 2.6 s, ..., 100-clip evals: about 1.5 h
+    assert 75 * 60 < Progress(steps).remaining(0) < 120 * 60
+    assert [s.scale for s in steps] == ["small"] * 7
+    tiny, _ = stage_steps(load_config(PipelineConfig, "configs/tiny/pipeline.yaml", []), tmp_path / "t",
+                          corpus / "test.jsonl")
+    assert {s.scale for s in tiny} == {""}
