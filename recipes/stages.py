@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping
 
 from sqrl.config import load_config
 from sqrl.models import META_FILE
+from sqrl.runtime import release_memory
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +344,13 @@ class Progress:
     def remaining(self, start: int) -> float:
         return sum(self.estimate(s) for s in self.steps[start:] if not s.done())
 
+    def release(self, step: Step) -> None:
+        """Give back what the step freed: the next stage (or its Ray workers) needs the memory (a `make small`
+        ran out of it in GRPO with ~7 GB that calibration and warm-up had freed still held by this process)."""
+        freed = release_memory()
+        if freed:
+            log.info("[%s] %s: released %.1f GB of memory", self.tag, step.name, freed / 2**30)
+
     def run_all(self) -> dict[str, dict[str, Any]]:
         n, tag = len(self.steps), self.tag
         log.info("[%s] %d steps, about %.0f min of work left", tag, n, self.remaining(0) / 60)
@@ -358,6 +366,8 @@ class Progress:
                     step.run()
             finally:
                 step.finish()
+                if not reused:
+                    self.release(step)
             seconds = time.perf_counter() - t
             if not reused:  # this run's own rate replaces the default for the kind
                 if step.kind not in self.rates and step.units > 0 and seconds >= self.min_seconds_for_speed:

@@ -146,3 +146,33 @@ def sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def rss_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def release_memory() -> int | None:
+    """Hand what a finished stage freed back to the system: collect reference cycles (a Trainer holds its model
+    in several), empty the CUDA cache, and on glibc trim the heap, which otherwise keeps freed pages. Returns the
+    bytes of resident memory released (None where it cannot be read).
+
+    The stages of a pipeline run in one process; after calibration and warm-up that process kept ~7 GB, and
+    the GRPO stage's workers then ran the 24-GiB machine out of memory (docs/small.md, "make small")."""
+    import gc
+
+    before = rss_bytes()
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    after = rss_bytes()
+    return None if before is None or after is None else max(before - after, 0)
