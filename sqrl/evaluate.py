@@ -375,7 +375,7 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     preds, raw, unreadable = predict(generator, records, Rubric(rubric), prompting, batch_size, expected=expected,
                                      journal=journal)
     seconds = time.perf_counter() - t0
-    metrics = compute_metrics(preds, records, embed=similarity)
+    metrics = compute_metrics(preds, records, embed=similarity, descriptions=prompting == "long_form")
     if expected is not None:
         metrics["expected"] = score_metrics(with_expected(preds, expected), records)
     metrics.update(unreadable_clips=unreadable, prompting=prompting, seconds=round(seconds, 1))

@@ -243,11 +243,13 @@ def rouge_l(predictions: Sequence[Assessment | None], references: Sequence[Asses
 
 # ------------------------------------------------------------------------------------------- entry
 def compute_metrics(predictions: Sequence[Assessment | None], references: Sequence[Assessment],
-                    *, embed: bool = True) -> dict[str, Any]:
+                    *, embed: bool = True, descriptions: bool = True) -> dict[str, Any]:
     """All metrics for ``predictions`` (parsed model answers; ``None`` for a failed generation) against
     ``references`` (the manifest's records), JSON-ready and NaN-free. Keys: ``pcc`` and ``srcc`` (per dimension
     and ``mean``), ``mae`` (per dimension), ``parse_rate``, ``artifacts`` (``{kind: {f1, iou, similarity}}``),
     ``voice`` (``{n, stated, exact, similarity}``), ``long_form`` (``{rouge_l}``), ``n``. See the module docstring for the rules on missing values.
+    ``descriptions=False`` says the prompts asked for no description: ROUGE-L is then None, not a 0 for answers
+    that rightly have none.
 
     >>> from sqrl.schema import Record
     >>> refs = [Record(scores={"noise": s}) for s in (1, 2, 3)]
@@ -266,7 +268,7 @@ def compute_metrics(predictions: Sequence[Assessment | None], references: Sequen
     out["parse_rate"] = parse_rate(predictions, references)
     out["artifacts"] = artifact_metrics(predictions, references, embed=embed)
     out["voice"] = voice_metrics(predictions, references, embed=embed)
-    out["long_form"] = {"rouge_l": rouge_l(predictions, references)}
+    out["long_form"] = {"rouge_l": rouge_l(predictions, references) if descriptions else None}
     out["n"] = len(references)
     return out
 

@@ -178,6 +178,14 @@ def test_voice_metrics_count_stated_exact_and_similar_lines_over_clips_with_a_re
         "n": 0, "stated": None, "exact": None, "similarity": None}
 
 
+def test_rouge_l_is_none_where_no_description_was_asked_for():
+    """A calibration eval (all-dimensions prompting) reported ROUGE-L 0.00 for answers that rightly had none."""
+    refs = [Record(audio="a", scores={"noise": 2}, description="Loud hiss throughout.")]
+    preds = [Assessment(scores={"noise": 2})]
+    assert compute_metrics(preds, refs, embed=False)["long_form"]["rouge_l"] == 0.0
+    assert compute_metrics(preds, refs, embed=False, descriptions=False)["long_form"]["rouge_l"] is None
+
+
 def test_compute_metrics_returns_exactly_the_documented_keys_and_serialises_to_json():
     refs = [Record(audio="a", scores={"noise": 2}, description="noisy")]
     m = compute_metrics([Assessment()], refs, embed=False)
