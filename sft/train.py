@@ -113,20 +113,44 @@ class ChecksumCheckpoints(TrainerCallback):
 def build_model(cfg: SFTStageConfig):
     """(peft model, processor, backbone, base path) for the stage."""
     dtype = resolve_dtype(cfg.model.dtype, _device())
+    lora = cfg.lora
     if cfg.model.init:
         meta = read_meta(cfg.model.init)
+        if meta.kind == "full":  # a merged (or untrained) model: a new adapter over it, as GRPO starts
+            base, processor, backbone = load_model(cfg.model.init, dtype=dtype,
+                                                   attn_implementation=cfg.model.attn_implementation)
+            model = backbone.apply_lora(base, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                                        encoder_mode=lora.encoder_mode)
+            return model, processor, backbone, str(Path(cfg.model.init).expanduser().resolve())
         model, processor, backbone = load_model(cfg.model.init, dtype=dtype, trainable=True,
                                                 attn_implementation=cfg.model.attn_implementation)
+        continue_encoder(model, backbone, lora.encoder_mode, cfg.model.init)
         return model, processor, backbone, meta.base
     from sqrl.backbones import get_backbone
 
     backbone = get_backbone(cfg.model.backbone, **cfg.model.options)
     base, processor = backbone.load(cfg.model.path, dtype=dtype, attn_implementation=cfg.model.attn_implementation)
-    lora = cfg.lora
     model = backbone.apply_lora(
         base, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, encoder_mode=lora.encoder_mode
     )
     return model, processor, backbone, cfg.model.path
+
+
+def continue_encoder(model, backbone, encoder_mode: str, init) -> None:
+    """Apply ``lora.encoder_mode`` to an adapter that this stage continues (the warm-up continuing the
+    calibration adapter). The adapter fixes what it trains, so the stage may keep its mode or freeze the encoder
+    (``frozen``: the audio tower keeps its calibrated weights and only the text side learns); switching to a mode
+    that trains what the adapter does not hold is refused."""
+    trained = backbone.encoder_mode_of(model)
+    if encoder_mode == trained:
+        return
+    if encoder_mode == "frozen":
+        log.info("encoder frozen for this stage: %d parameters of %s's audio tower (adapter trained it: %s)",
+                 backbone.freeze_encoder(model), init, trained)
+        return
+    raise ValueError(f"lora.encoder_mode={encoder_mode}, but model.init {init} is an adapter trained with "
+                     f"encoder_mode={trained}; continue it with {trained} or frozen, or merge it first "
+                     "(`sqrl merge`) and start a new adapter from the merged model")
 
 
 def _device() -> str:

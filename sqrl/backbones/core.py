@@ -291,6 +291,29 @@ class Backbone:
         self.freeze_fixed(peft_model)
         return peft_model
 
+    def _in_encoder(self, name: str) -> bool:
+        return any(f".{m}." in f".{name}" for m in self.encoder_modules)
+
+    def encoder_mode_of(self, model: Any) -> str:
+        """The ``encoder_mode`` a loaded adapter was trained with: ``trainable`` (the tower is among its saved
+        modules), ``lora`` (LoRA weights on the tower) or ``frozen`` (neither)."""
+        names = [n for n, _ in model.named_parameters() if self._in_encoder(n)]
+        if any(".modules_to_save." in n for n in names):
+            return "trainable"
+        if any(".lora_" in n for n in names):
+            return "lora"
+        return "frozen"
+
+    def freeze_encoder(self, model: Any) -> int:
+        """``requires_grad=False`` on every parameter of the audio tower (its saved copy and its LoRA weights
+        included); returns how many parameters that froze. The projector stays trainable."""
+        count = 0
+        for name, param in model.named_parameters():
+            if self._in_encoder(name) and param.requires_grad:
+                param.requires_grad_(False)
+                count += param.numel()
+        return count
+
     def freeze_fixed(self, model: Any) -> None:
         """Set ``requires_grad=False`` on the ``fixed_modules`` again. Loading, peft's ``modules_to_save``
         copies and leaving peft's ``disable_adapter()`` (it re-enables every parameter of the saved

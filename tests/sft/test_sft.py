@@ -264,6 +264,49 @@ def test_warmup_continues_the_calibration_adapter(tiny_manifest, calibrated, tmp
     assert "voice_line=True" in caplog.text and "will teach its own format" in caplog.text
 
 
+def _tower(model, kind: str) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "audio_tower" in n and kind in n}
+
+
+def test_a_warmup_with_the_encoder_frozen_keeps_the_calibrated_tower_and_trains_the_rest(tiny_manifest, calibrated,
+                                                                                           tmp_path):
+    cfg = _cfg(tiny_manifest, **{"model.init": str(calibrated), "data.prompting": "long_form", "stage": "warmup",
+                                 "train.max_steps": 2, "lora.encoder_mode": "frozen"})
+    out = run_sft(cfg, tmp_path / "warm_frozen")
+    before, after = load_model(calibrated)[0], load_model(out)[0]
+    tower0, tower1 = _tower(before, "modules_to_save"), _tower(after, "modules_to_save")
+    assert tower0 and tower0.keys() == tower1.keys()
+    assert all(torch.equal(tower0[n], tower1[n]) for n in tower0)  # the calibrated tower, bit for bit
+    lora0, lora1 = (dict((n, p.detach()) for n, p in m.named_parameters() if "lora_B" in n) for m in (before, after))
+    assert any(not torch.equal(lora0[n], lora1[n]) for n in lora0)  # the LM's adapter did train
+    # the same warm-up with the inherited mode trains the tower (the test above could not pass by accident)
+    cfg = _cfg(tiny_manifest, **{"model.init": str(calibrated), "data.prompting": "long_form", "stage": "warmup",
+                                 "train.max_steps": 2})
+    trained = _tower(load_model(run_sft(cfg, tmp_path / "warm"))[0], "modules_to_save")
+    assert any(not torch.equal(tower0[n], trained[n]) for n in tower0)
+
+
+def test_a_continued_adapter_refuses_an_encoder_mode_it_does_not_hold(tiny_manifest, calibrated, tmp_path):
+    cfg = _cfg(tiny_manifest, **{"model.init": str(calibrated), "stage": "warmup", "train.max_steps": 1,
+                                 "lora.encoder_mode": "lora"})
+    with pytest.raises(ValueError, match="encoder_mode=trainable; continue it with trainable or frozen"):
+        run_sft(cfg, tmp_path / "warm_lora")
+
+
+def test_sft_from_a_merged_model_puts_a_new_adapter_over_it(tiny_manifest, calibrated, tmp_path):
+    merged = tmp_path / "merged"
+    merge_adapter(calibrated, merged)
+    cfg = _cfg(tiny_manifest, **{"model.init": str(merged), "data.prompting": "long_form", "stage": "warmup",
+                                 "train.max_steps": 2, "lora.encoder_mode": "frozen"})
+    out = run_sft(cfg, tmp_path / "warm")
+    meta = read_meta(out)
+    assert (meta.kind, meta.base) == ("adapter", str(merged.resolve()))
+    model, _, backbone = load_model(out)
+    assert backbone.encoder_mode_of(model) == "frozen"
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+    assert len(list(out.glob("adapter_model.safetensors"))) == 1  # an adapter, not a full copy of the model
+
+
 def test_bf16_autocast_needs_deepspeed_off_and_keeps_fp32_weights():
     from sft.config import TrainConfig
 
