@@ -270,6 +270,7 @@ class Driver:
         master = ray.get(self.policy[0].rendezvous.remote())
         info = ray.get([w.setup.remote(*master) for w in self.policy] + [r.version.remote() for r in self.rollout]
                        + [r.pid.remote() for r in self.reward])[0]
+        self.worker_info = info
         log.info("policy: %s; %d policy, %d rollout (%s), %d reward workers", info, len(self.policy), len(self.rollout),
                  cfg.rollout.backend, len(self.reward))
         self.worker_nodes = {role: actor_nodes(actors) for role, actors in

@@ -172,7 +172,8 @@ class PolicyWorker:
         self.device = self.engine.device
         self.dtype = dtype
         self._trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        return {"parameters": sum(_numel(p) for p in model.parameters()), "trainable": sum(_numel(p) for p in params)}
+        return {"parameters": sum(_numel(p) for p in model.parameters()), "trainable": sum(_numel(p) for p in params),
+                "threads": torch.get_num_threads()}  # Ray gives a worker without CPUs 1 (cluster.torch_threads)
 
     def _ds_config(self, dtype: torch.dtype) -> dict[str, Any]:
         a = self.args

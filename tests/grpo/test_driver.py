@@ -149,6 +149,20 @@ def test_the_run_directory_holds_the_policy_checkpoints_and_the_reward_curve(mai
     assert saved["data"]["prompting"] == "long_form"  # `sqrl eval` prompts the policy as it was trained
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="torch caps its threads at the core count")
+def test_cluster_torch_threads_sets_the_workers_thread_count(cluster, tiny_init, corpus, tmp_path, monkeypatch):
+    """Ray gives an actor without CPUs one OpenMP thread unless the driver's environment says otherwise; on
+    2 cores that halved the small GRPO step in `sqrl pipeline` (docs/small.md). The driver's environment says 1
+    here, so 2 can only come from the config."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    driver = Driver(make_config(tiny_init, corpus, "cluster.torch_threads=2"), tmp_path / "run")
+    try:
+        driver.start()
+        assert driver.worker_info["threads"] == 2
+    finally:
+        driver.close()
+
+
 def test_an_existing_run_is_not_overwritten_without_resume(main_run, tiny_init, corpus):
     run_dir, _, _ = main_run
     with pytest.raises(FileExistsError, match="--resume"):
