@@ -80,6 +80,16 @@ def _stamp(out: Path, name: str, seconds: float) -> None:
     (out / "stage_time.json").write_text(json.dumps({"stage": name, "seconds": round(seconds, 1)}))
 
 
+def stage_seconds(steps: Iterable["Step"]) -> dict[str, float | None]:
+    """Each step's time from its ``stage_time.json`` (written when it finished, in whichever call ran it; a step
+    interrupted and continued counts its last call only), None for one without."""
+    out: dict[str, float | None] = {}
+    for step in steps:
+        file = step.out / "stage_time.json"
+        out[step.name] = json.loads(file.read_text())["seconds"] if file.exists() else None
+    return out
+
+
 # ----------------------------------------------------------------------------------------- steps
 @dataclass
 class Step:
@@ -258,8 +268,10 @@ class EvalStep(Step):
         from sqrl.evaluate import evaluate
 
         # an interrupted evaluation continues from its journal; one of an older model starts over
+        t0 = time.perf_counter()
         evaluate(str(self.model), str(self.manifest), self.out, batch_size=self.batch_size,
                  max_new_tokens=self.max_new_tokens, limit=self.limit, rubric=self.rubric, resume="if_same")
+        _stamp(self.out, self.name, time.perf_counter() - t0)
 
     def metrics(self) -> dict[str, Any]:
         return json.loads((self.out / "metrics.json").read_text())

@@ -207,3 +207,21 @@ def test_the_runner_gives_back_the_memory_a_step_freed(tmp_path, caplog):
         run_steps([Fragmenting("frag", tmp_path / "f", units=1)])
     released = [r.getMessage() for r in caplog.records if "released" in r.getMessage()]
     assert len(released) == 1 and float(released[0].split("released ")[1].split(" GB")[0]) >= 0.2
+
+
+def test_the_pipeline_report_sums_the_stages_times_across_calls(tmp_path):
+    """`make small` ran out of memory in GRPO and a second call finished it; its report said 77.5 min, the
+    second call alone. The stages' own times sum to the run's time, whichever call ran each."""
+    from recipes.pipeline import time_lines
+    from recipes.stages import _stamp, stage_seconds
+
+    steps = [UntrainedStep(name, tmp_path / name) for name in ("calibration", "warmup", "grpo")]
+    for step, seconds in zip(steps[:2], (2232.0, 630.0)):
+        step.out.mkdir()
+        _stamp(step.out, step.name, seconds)
+    times = stage_seconds(steps)
+    assert times == {"calibration": 2232.0, "warmup": 630.0, "grpo": None}
+    lines = time_lines({"seconds": 60.0, "stage_seconds": times})
+    assert lines[0] == "Total time: 47.7 min over the stages (this call: 1.0 min; no time recorded for grpo)."
+    assert "| calibration | 37.2 |" in lines and "| warmup | 10.5 |" in lines
+    assert time_lines({"seconds": 90.0}) == ["Total time: 1.5 min."]  # a results.json from before the stamps
