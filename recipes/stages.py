@@ -306,9 +306,9 @@ DEFAULT_RATES: dict[str, tuple[float, float]] = {
 
 
 # The same on the small pretrained backbone (configs/small, 2 threads of a 2-core EPYC, docs/small.md): calibration
-# 2.6 s a step, warm-up 3.0 (encoder frozen), GRPO accuracy + semantic 88 s a step, eval 1.5 s a clip (224-256 new tokens).
+# 2.6 s a step, warm-up 3.5 (encoder frozen), GRPO accuracy + semantic 88 s a step, eval 1.5 s a clip (224-256 new tokens).
 BACKBONE_RATES: dict[str, dict[str, tuple[float, float]]] = {
-    "small": {"calibration": (30.0, 2.6), "calibration_frozen": (30.0, 2.2), "sft_reasoning": (30.0, 3.0),
+    "small": {"calibration": (30.0, 2.6), "calibration_frozen": (30.0, 2.2), "sft_reasoning": (30.0, 3.5),
               "sft": (30.0, 3.0), "merge": (20.0, 0.0), "grpo_accsem": (60.0, 88.0), "grpo": (60.0, 400.0),
               "eval": (30.0, 1.5)},
 }
