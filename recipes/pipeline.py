@@ -18,6 +18,7 @@ from typing import Any
 
 from recipes.stages import (EvalStep, GRPOStep, MergeStep, SFTStep, Step, backbone_scale, corpus_overrides, count_lines,
                             grpo_kind, run_steps, sft_units, stage_seconds)
+from sft.config import continuation_problem
 from sqrl.config import add_config_arguments, bounded, check_ranges, load_config, save_config
 from sqrl.data.config import CorpusConfig
 from sqrl.rundir import prepare_out
@@ -72,6 +73,10 @@ def stage_steps(cfg: PipelineConfig, out: Path, test_manifest: Path) -> tuple[li
         overrides = [*corpus, f"model.init={calib}", *cfg.warmup.overrides]
         steps.append(SFTStep("warmup", last, kind="sft_reasoning", config=cfg.warmup.config, overrides=overrides,
                              units=sft_units(cfg.warmup.config, overrides, n_clips)))
+        # refused now, not after the calibration's hour (sft.train.continue_encoder refuses it there too)
+        modes = [steps[i].load().lora.encoder_mode for i in (0, 1)]
+        if problem := continuation_problem(*modes):
+            raise ValueError(f"warmup: {problem}")
     if cfg.grpo.enabled:
         merged = out / "merged"
         steps.append(MergeStep("merge", merged, kind="merge", adapter=last))

@@ -120,11 +120,15 @@ class SFTStep(Step):
     config: str | Path = ""
     overrides: list[str] = field(default_factory=list)
 
-    def run(self) -> None:
+    def load(self):
         from sft.config import SFTStageConfig
+
+        return load_config(SFTStageConfig, self.config, self.overrides)
+
+    def run(self) -> None:
         from sft.train import run_sft
 
-        cfg = load_config(SFTStageConfig, self.config, self.overrides)
+        cfg = self.load()
         t0 = time.perf_counter()
         # a folder that is not done holds this step's interrupted run (run_sft refuses a non-empty folder
         # without resume, sqrl/rundir.py; with no checkpoint it starts from step 0)
@@ -141,7 +145,9 @@ class MergeStep(Step):
     def run(self) -> None:
         from sqrl.models import merge_adapter
 
+        t0 = time.perf_counter()
         merge_adapter(self.adapter, self.out)
+        _stamp(self.out, self.name, time.perf_counter() - t0)
 
 
 class RaySession:

@@ -19,8 +19,9 @@ class ModelConfig:
     path: str | None = None
     """Base weights: a local directory (or hub id for released models). None: the backbone's default."""
     init: str | None = None
-    """Start from an sqrl model directory (e.g. the calibration output for the warm-up); its adapter
-    keeps training. Overrides ``path`` and ``backbone``."""
+    """Start from an sqrl model directory. An adapter (e.g. the calibration output for the warm-up) keeps
+    training with its own rank and alpha; ``lora.encoder_mode`` may keep its mode or freeze the encoder. A full
+    (merged) model gets a new adapter from ``lora.*``. Overrides ``path`` and ``backbone``."""
     dtype: str = "auto"
     """auto (bf16 on GPU, fp32 on CPU), float32 or bfloat16."""
     attn_implementation: str | None = None
@@ -134,3 +135,14 @@ class SFTStageConfig:
         if self.train.group_by_length and self.data.balance == "labels":
             raise ValueError("train.group_by_length and data.balance: labels both choose the order of the "
                              "examples; set one of them")
+
+
+def continuation_problem(trained: str, asked: str) -> str | None:
+    """Why a stage asking for ``lora.encoder_mode=asked`` cannot continue an adapter trained with ``trained``
+    (None: it can). The adapter fixes what it trains: a stage keeps its mode or freezes the encoder."""
+    if asked in (trained, "frozen"):
+        return None
+    return (f"lora.encoder_mode={asked}, but the adapter it continues was trained with encoder_mode={trained}; "
+            f"continue it with {trained} or frozen, or merge it first (`sqrl merge`) and start a new adapter "
+            "from the merged model")
+

@@ -2,8 +2,9 @@
 
 ``run_sft(cfg, out)`` is the whole stage. It runs in this process, or, with ``ray.num_workers``
 set, on each worker of a Ray Train TorchTrainer (``sft/ray_train.py``), the same code either way.
-The result in ``out`` is an sqrl model directory (sqrl/models.py) holding the adapter, the fully
-trained encoder and projector (``modules_to_save``), and the processor.
+The result in ``out`` is an sqrl model directory (sqrl/models.py) holding the adapter, the projector
+and (``lora.encoder_mode: trainable``, or an adapter continued from such a run) the encoder as
+``modules_to_save``, and the processor.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from sft.compact_head import compact_head
-from sft.config import SFTStageConfig
+from sft.config import SFTStageConfig, continuation_problem
 from sft.data import AudioCollator, balance_weights, build_examples, example_lengths, load_records
 from sft.zero3 import zero3_aware
 from sqrl.backbones.config import resolve_dtype
@@ -144,13 +145,10 @@ def continue_encoder(model, backbone, encoder_mode: str, init) -> None:
     trained = backbone.encoder_mode_of(model)
     if encoder_mode == trained:
         return
-    if encoder_mode == "frozen":
-        log.info("encoder frozen for this stage: %d parameters of %s's audio tower (adapter trained it: %s)",
-                 backbone.freeze_encoder(model), init, trained)
-        return
-    raise ValueError(f"lora.encoder_mode={encoder_mode}, but model.init {init} is an adapter trained with "
-                     f"encoder_mode={trained}; continue it with {trained} or frozen, or merge it first "
-                     "(`sqrl merge`) and start a new adapter from the merged model")
+    if problem := continuation_problem(trained, encoder_mode):
+        raise ValueError(f"model.init {init}: {problem}")
+    log.info("encoder frozen for this stage: %d parameters of %s's audio tower (adapter trained it: %s)",
+             backbone.freeze_encoder(model), init, trained)
 
 
 def _device() -> str:
@@ -176,13 +174,17 @@ def frozen_linears_to_bf16(model) -> int:
     matmul anyway (in the forward, and the backward's input gradient reuses that copy), so the step computes
     the same numbers, without a cast of each frozen weight before each matmul (~9% of a small calibration
     step on a CPU, docs/small.md) and with half their memory. Trained parameters stay fp32 (the optimizer's master
-    weights), and so does the LM head, which TRL's fused loss reads outside the linear layers."""
+    weights), and so does the LM head, which TRL's fused loss reads outside the linear layers. So do the frozen
+    parts of a saved adapter (a continued adapter's tower copy or LoRA weights under ``encoder_mode=frozen``): the
+    adapter writes them back, and in bf16 they would come out rounded instead of as they were trained."""
     head = model.get_output_embeddings()
     count = 0
-    for module in model.modules():
+    for name, module in model.named_modules():
         if type(module) is not torch.nn.Linear or module is head:
             continue
         if any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue
+        if ".modules_to_save." in f".{name}." or "lora_" in name:
             continue
         module.to(torch.bfloat16)
         count += 1

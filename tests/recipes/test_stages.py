@@ -182,6 +182,29 @@ def test_the_pipeline_sizes_each_step_so_that_its_estimate_scales(tmp_path):
     assert {s.scale for s in tiny} == {""}
 
 
+@pytest.mark.parametrize("calibration, warmup, refused", [("trainable", "frozen", False), ("trainable", "lora", True),
+                                                            ("frozen", "trainable", True), ("lora", "lora", False)])
+def test_the_pipeline_refuses_a_warmup_that_cannot_continue_the_calibration_before_it_runs(tmp_path, calibration,
+                                                                                            warmup, refused):
+    from recipes.pipeline import PipelineConfig, stage_steps
+    from sqrl.config import load_config
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("train", "test"):
+        (corpus / f"{name}.jsonl").write_text("{}\n" * 8)
+    cfg = load_config(PipelineConfig, "configs/small/pipeline.yaml",
+                      [f"calibration.overrides=[lora.encoder_mode={calibration}]",
+                       f"warmup.overrides=[lora.encoder_mode={warmup}]"])
+    if refused:
+        with pytest.raises(ValueError, match=f"warmup: lora.encoder_mode={warmup}, but .* encoder_mode={calibration}"):
+            stage_steps(cfg, tmp_path / "run", corpus / "test.jsonl")
+    else:
+        steps, _ = stage_steps(cfg, tmp_path / "run", corpus / "test.jsonl")
+        assert [s.load().lora.encoder_mode for s in steps[:2]] == [calibration, warmup]
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
 def test_the_runner_gives_back_the_memory_a_step_freed(tmp_path, caplog):
     import logging
     import sys
@@ -211,7 +234,8 @@ def test_the_runner_gives_back_the_memory_a_step_freed(tmp_path, caplog):
 
 def test_the_pipeline_report_sums_the_stages_times_across_calls(tmp_path):
     """`make small` ran out of memory in GRPO and a second call finished it; its report said 77.5 min, the
-    second call alone. The stages' own times sum to the run's time, whichever call ran each."""
+    second call alone. The report now sums the stages' own times, whichever call finished each (a stage
+    interrupted and continued counts its last call only)."""
     from recipes.pipeline import time_lines
     from recipes.stages import _stamp, stage_seconds
 

@@ -230,6 +230,14 @@ def test_merge_keeps_the_logits(calibrated, tmp_path):
     assert not any("lora" in n for n, _ in model.named_parameters())
 
 
+def test_the_pipelines_merge_step_records_its_time(calibrated, tmp_path):
+    from recipes.stages import MergeStep, stage_seconds
+
+    step = MergeStep("merge", tmp_path / "merged", adapter=calibrated)
+    step.run()
+    assert step.done() and stage_seconds([step])["merge"] > 0
+
+
 def test_an_adapter_merged_in_memory_keeps_the_logits_and_the_greedy_answers(calibrated, tiny_manifest):
     from sqrl.evaluate import Generator
     from sqrl.models import probe_logits
@@ -277,19 +285,38 @@ def test_a_warmup_with_the_encoder_frozen_keeps_the_calibrated_tower_and_trains_
     tower0, tower1 = _tower(before, "modules_to_save"), _tower(after, "modules_to_save")
     assert tower0 and tower0.keys() == tower1.keys()
     assert all(torch.equal(tower0[n], tower1[n]) for n in tower0)  # the calibrated tower, bit for bit
-    lora0, lora1 = (dict((n, p.detach()) for n, p in m.named_parameters() if "lora_B" in n) for m in (before, after))
-    assert any(not torch.equal(lora0[n], lora1[n]) for n in lora0)  # the LM's adapter did train
+    trained = {n: p.detach() for n, p in before.named_parameters() if "lora_B" in n or "multi_modal_projector" in n
+               and "modules_to_save" in n}
+    now = dict(after.named_parameters())
+    assert any(not torch.equal(trained[n], now[n]) for n in trained if "lora_B" in n)  # the LM's adapter trained
+    assert any(not torch.equal(trained[n], now[n]) for n in trained if "projector" in n)  # so did the projector
     # the same warm-up with the inherited mode trains the tower (the test above could not pass by accident)
     cfg = _cfg(tiny_manifest, **{"model.init": str(calibrated), "data.prompting": "long_form", "stage": "warmup",
                                  "train.max_steps": 2})
-    trained = _tower(load_model(run_sft(cfg, tmp_path / "warm"))[0], "modules_to_save")
-    assert any(not torch.equal(tower0[n], trained[n]) for n in tower0)
+    moved = _tower(load_model(run_sft(cfg, tmp_path / "warm"))[0], "modules_to_save")
+    assert any(not torch.equal(tower0[n], moved[n]) for n in tower0)
+
+
+def test_the_frozen_tower_copy_a_continued_adapter_saves_stays_fp32_under_bf16_autocast(tiny_manifest, calibrated):
+    """Under ``train.bf16_autocast`` (the small configs) frozen linear weights are stored in bf16; the frozen tower
+    copy that the adapter saves back must not be among them (a small warm-up saved 44 tower tensors rounded)."""
+    from sft.train import build_model, frozen_linears_to_bf16
+
+    cfg = _cfg(tiny_manifest, **{"model.init": str(calibrated), "stage": "warmup", "lora.encoder_mode": "frozen"})
+    model = build_model(cfg)[0]
+    assert frozen_linears_to_bf16(model) > 0
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    copy = [n for n in dtypes if "audio_tower" in n and ".modules_to_save." in n]
+    assert copy and {dtypes[n] for n in copy} == {torch.float32}
+    assert all(not dtypes[n].is_floating_point or dtypes[n] == torch.float32 for n in dtypes if "lora_" in n)
+    frozen_base = [n for n in dtypes if "audio_tower.original_module" in n and n.endswith("fc1.weight")]
+    assert frozen_base and {dtypes[n] for n in frozen_base} == {torch.bfloat16}  # what the cast is for
 
 
 def test_a_continued_adapter_refuses_an_encoder_mode_it_does_not_hold(tiny_manifest, calibrated, tmp_path):
     cfg = _cfg(tiny_manifest, **{"model.init": str(calibrated), "stage": "warmup", "train.max_steps": 1,
                                  "lora.encoder_mode": "lora"})
-    with pytest.raises(ValueError, match="encoder_mode=trainable; continue it with trainable or frozen"):
+    with pytest.raises(ValueError, match="trained with encoder_mode=trainable; continue it with trainable or frozen"):
         run_sft(cfg, tmp_path / "warm_lora")
 
 
@@ -304,7 +331,7 @@ def test_sft_from_a_merged_model_puts_a_new_adapter_over_it(tiny_manifest, calib
     model, _, backbone = load_model(out)
     assert backbone.encoder_mode_of(model) == "frozen"
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
-    assert len(list(out.glob("adapter_model.safetensors"))) == 1  # an adapter, not a full copy of the model
+    assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
 
 
 def test_bf16_autocast_needs_deepspeed_off_and_keeps_fp32_weights():
