@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 from sqrl.config import load_config
 from sqrl.models import META_FILE
@@ -94,7 +94,10 @@ def stage_seconds(steps: Iterable["Step"]) -> dict[str, float | None]:
 @dataclass
 class Step:
     """One unit of work writing ``out``. ``kind`` keys its time estimate; ``units`` scales it (steps, clips);
-    ``scale`` names the backbone's table of rates (``BACKBONE_RATES``; empty: the tiny defaults)."""
+    ``scale`` names the backbone's table of rates (``BACKBONE_RATES``; empty: the tiny defaults). The runner
+    writes a step's time into ``out/stage_time.json`` once it ran (``timed``; ``stage_seconds`` reads it)."""
+
+    timed: ClassVar[bool] = True
 
     name: str
     out: Path
@@ -129,11 +132,9 @@ class SFTStep(Step):
         from sft.train import run_sft
 
         cfg = self.load()
-        t0 = time.perf_counter()
         # a folder that is not done holds this step's interrupted run (run_sft refuses a non-empty folder
         # without resume, sqrl/rundir.py; with no checkpoint it starts from step 0)
         run_sft(cfg, self.out, resume=self.out.exists())
-        _stamp(self.out, self.name, time.perf_counter() - t0)
 
 
 @dataclass
@@ -145,9 +146,7 @@ class MergeStep(Step):
     def run(self) -> None:
         from sqrl.models import merge_adapter
 
-        t0 = time.perf_counter()
         merge_adapter(self.adapter, self.out)
-        _stamp(self.out, self.name, time.perf_counter() - t0)
 
 
 class RaySession:
@@ -240,11 +239,9 @@ class GRPOStep(Step):
         try:
             if self.ray is not None:
                 self.ray.open(cfg.cluster.num_cpus)
-            t0 = time.perf_counter()
             # a folder that is not done holds this step's interrupted run (the driver refuses a non-empty run
             # folder without resume, sqrl/rundir.py; with no checkpoint it starts from step 0)
             run_grpo(cfg, self.out, resume=self.out.exists())
-            _stamp(self.out, self.name, time.perf_counter() - t0)
         except BaseException:
             if self.ray is not None:
                 self.ray.close()
@@ -274,10 +271,8 @@ class EvalStep(Step):
         from sqrl.evaluate import evaluate
 
         # an interrupted evaluation continues from its journal; one of an older model starts over
-        t0 = time.perf_counter()
         evaluate(str(self.model), str(self.manifest), self.out, batch_size=self.batch_size,
                  max_new_tokens=self.max_new_tokens, limit=self.limit, rubric=self.rubric, resume="if_same")
-        _stamp(self.out, self.name, time.perf_counter() - t0)
 
     def metrics(self) -> dict[str, Any]:
         return json.loads((self.out / "metrics.json").read_text())
@@ -290,6 +285,7 @@ class UntrainedStep(Step):
     backbone: str = "tiny-qwen2-audio"
     options: Mapping[str, Any] = field(default_factory=dict)
     kind: str = "build"
+    timed: ClassVar[bool] = False  # a model folder that compare reads train times from: no training happened
 
     def run(self) -> None:
         from sqrl.models import untrained_init
@@ -382,6 +378,8 @@ class Progress:
                     log.info("[%s %d/%d] %s: starting (about %.1f min)", tag, i + 1, n, step.name,
                              self.estimate(step) / 60)
                     step.run()
+                    if step.timed and step.out.is_dir():
+                        _stamp(step.out, step.name, time.perf_counter() - t)
             finally:
                 step.finish()
                 if not reused:

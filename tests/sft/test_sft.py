@@ -231,10 +231,10 @@ def test_merge_keeps_the_logits(calibrated, tmp_path):
 
 
 def test_the_pipelines_merge_step_records_its_time(calibrated, tmp_path):
-    from recipes.stages import MergeStep, stage_seconds
+    from recipes.stages import MergeStep, run_steps, stage_seconds
 
     step = MergeStep("merge", tmp_path / "merged", adapter=calibrated)
-    step.run()
+    run_steps([step])
     assert step.done() and stage_seconds([step])["merge"] > 0
 
 
