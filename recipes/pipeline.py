@@ -53,6 +53,9 @@ class PipelineConfig:
     warmup: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/warmup.yaml"))
     grpo: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/grpo_accsem_dimwise.yaml"))
     eval: EvalConfig = field(default_factory=EvalConfig)
+    isolate: bool = False
+    """Run each SFT, merge and eval stage in a fresh process of its own (~10 s more a stage). On the small
+    backbone this keeps later stages at their standalone speed (recipes/stages.py, ``run_isolated``)."""
 
 
 def stage_steps(cfg: PipelineConfig, out: Path, test_manifest: Path) -> tuple[list[Step], dict[str, Path]]:
@@ -106,7 +109,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, overwrite: bool = False) 
     save_config(cfg, out / "pipeline.yaml")
     t0 = time.perf_counter()
     steps, models = stage_steps(cfg, out, cfg.corpus.folder() / "test.jsonl")
-    run_steps(steps, tag="pipeline")
+    run_steps(steps, tag="pipeline", isolate=cfg.isolate)
     table = {"stages": {s.name.split("/", 1)[1]: s.metrics() for s in steps if isinstance(s, EvalStep)}}
     table["seconds"] = round(time.perf_counter() - t0, 1)
     table["stage_seconds"] = stage_seconds(steps)

@@ -19,6 +19,13 @@ CPU_BF16_ENV = "SQRL_CPU_BF16"
 
 log = logging.getLogger("sqrl.runtime")
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """The log lines of every sqrl process: the CLI's, and a stage's own process (``recipes.stages``)."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S")
+
 
 def configure_torch() -> None:
     """Flush denormal floats to zero on CPU.
