@@ -95,6 +95,29 @@ def by_source(samples: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[s
     return out
 
 
+def heldout_reward(evals: Sequence[tuple[str, str | Path]], entries: Sequence[Any], manifest: str | Path | None,
+                   aggregation: str = "sum", limit: int | None = None) -> dict[str, Any]:
+    """A GRPO stage's own rewards (``entries``, as in ``rewards.entries``) on the greedy answers of several models to
+    the same held-out clips, e.g. its start model and itself: ``by_model`` holds each model's mean per reward, and
+    the paired difference from the first model with its standard error (``by_source``). With ``aggregation="sum"``
+    a ``total`` row is the weighted sum the stage trained on (``normalize_then_sum`` standardises over each batch,
+    so it has no per-answer total). The training curve moves with the few clips of each step; this does not."""
+    from rewards import RewardSet
+
+    weights = {e.name: e.weight for e in RewardSet.from_config(entries, aggregation).entries}
+    samples = samples_from_evals(evals, limit)
+    rescore(samples, entries, manifest)
+    names = list(weights)
+    if aggregation == "sum":
+        for s in samples:
+            vals = [s["rewards"].get(n) for n in weights]
+            s["rewards"]["total"] = (None if any(v is None for v in vals)
+                                     else float(sum(w * v for w, v in zip(weights.values(), vals))))
+        names.append("total")
+    return {"clips": len({s["clip"] for s in samples}), "models": [label for label, _ in evals],
+            "by_model": by_source(samples, names)}
+
+
 def source_table(per_source: dict[str, Any]) -> str:
     lines = ["| reward | model | clips | mean | paired difference from the first ± s.e. |", "|---|---|---|---|---|"]
     for name, rows in per_source.items():

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipes.stages import (EvalStep, GRPOStep, MergeStep, SFTStep, Step, backbone_scale, corpus_overrides, count_lines,
-                            grpo_kind, run_steps, sft_units, stage_seconds)
+from recipes.stages import (EvalStep, GRPOStep, MergeStep, RewardStep, SFTStep, Step, backbone_scale, corpus_overrides,
+                            count_lines, grpo_kind, run_steps, sft_units, stage_seconds)
 from sft.config import continuation_problem
 from sqrl.config import add_config_arguments, bounded, check_ranges, load_config, save_config
 from sqrl.data.config import CorpusConfig
@@ -41,6 +41,10 @@ class EvalConfig:
     """Evaluate on the first N test clips (None: all)."""
     batch_size: int = bounded(16, ge=1)
     max_new_tokens: int = bounded(200, ge=1)
+    grpo_reward: bool | None = None
+    """Score the GRPO stage's own rewards on the greedy answers of its start model and of the GRPO model to the
+    same held-out clips, paired by clip (the report's "GRPO's reward on held-out clips"). None: when its rewards
+    call no judge model (accuracy, semantic: seconds), not for a judge's (a CPU judge takes seconds an answer)."""
 
     def __post_init__(self):
         check_ranges(self)
@@ -93,6 +97,12 @@ def stage_steps(cfg: PipelineConfig, out: Path, test_manifest: Path) -> tuple[li
     steps += [EvalStep(f"eval/{name}", out / "eval" / name, units=n_eval, model=model, manifest=test_manifest,
                        limit=e.limit, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)
               for name, model in models.items()]
+    if cfg.grpo.enabled and (e.grpo_reward or (e.grpo_reward is None and grpo.kind == "grpo_accsem")):
+        start = "warmup" if cfg.warmup.enabled else "calibration"  # what the merge merged, GRPO's start model
+        steps.append(RewardStep("reward/grpo", out / "eval" / "grpo_reward", units=n_eval,
+                                kind="reward" if grpo.kind == "grpo_accsem" else "reward_judge",
+                                config=grpo.config, overrides=grpo.overrides, manifest=test_manifest,
+                                evals=[(f"start ({start})", out / "eval" / start), ("grpo", out / "eval" / "grpo")]))
     from sft.config import SFTStageConfig
 
     scale = backbone_scale(load_config(SFTStageConfig, cfg.calibration.config, overrides=[]).model.backbone)
@@ -113,6 +123,9 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, overwrite: bool = False) 
     table = {"stages": {s.name.split("/", 1)[1]: s.metrics() for s in steps if isinstance(s, EvalStep)}}
     table["seconds"] = round(time.perf_counter() - t0, 1)
     table["stage_seconds"] = stage_seconds(steps)
+    for step in steps:
+        if isinstance(step, RewardStep) and step.done():
+            table["grpo_heldout_reward"] = step.result()
     (out / "results.json").write_text(json.dumps(table, indent=2))
     write_report(out, table)
     return table
@@ -153,6 +166,18 @@ def time_lines(table: dict[str, Any]) -> list[str]:
     return lines
 
 
+def reward_lines(result: dict[str, Any] | None) -> list[str]:
+    """The GRPO stage's own rewards on held-out clips, start model against GRPO model (``RewardStep``)."""
+    if not result:
+        return []
+    from grpo.agreement import source_table
+
+    return [f"GRPO's own rewards on the greedy answers to the same {result['clips']} held-out clips, its start model "
+            "against the GRPO model, paired by clip (the training reward curve moves with the few clips of each "
+            "step; this does not; greedy answers, not the sampled ones GRPO trained on):", "",
+            source_table(result["by_model"]), ""]
+
+
 def write_report(out: Path, table: dict[str, Any]) -> None:
     from sqrl.plots import pcc_bars
 
@@ -164,6 +189,7 @@ def write_report(out: Path, table: dict[str, Any]) -> None:
              "![PCC by stage](pcc_by_stage.png)", ""]
     if (out / "grpo" / "plots" / "reward_curve.png").exists():
         lines += ["GRPO reward curve:", "", "![reward curve](grpo/plots/reward_curve.png)", ""]
+    lines += reward_lines(table.get("grpo_heldout_reward"))
     lines += [f"Per-stage reports: `{out}/eval/<stage>/report.md`."]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 

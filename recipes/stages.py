@@ -290,6 +290,39 @@ class EvalStep(Step):
 
 
 @dataclass
+class RewardStep(Step):
+    """A GRPO stage's own rewards (its ``config`` with ``overrides``) on the greedy answers of ``evals``
+    (``(label, sqrl eval folder)``, the first the baseline: the stage's start model) to the same held-out clips
+    of ``manifest``, paired by clip, into ``out/reward.json`` (``grpo.agreement.heldout_reward``). Fresh when
+    newer than every evaluation it reads."""
+
+    config: str | Path = ""
+    overrides: list[str] = field(default_factory=list)
+    evals: list[tuple[str, Path]] = field(default_factory=list)
+    manifest: Path = Path()
+    kind: str = "reward"
+    isolatable: ClassVar[bool] = True
+    FILE: ClassVar[str] = "reward.json"
+
+    def done(self) -> bool:
+        result = self.out / self.FILE
+        metrics = [Path(folder) / "metrics.json" for _, folder in self.evals]
+        return result.exists() and all(m.exists() and result.stat().st_mtime >= m.stat().st_mtime for m in metrics)
+
+    def run(self) -> None:
+        from grpo.agreement import heldout_reward
+        from grpo.config import GRPOConfig
+
+        rewards = load_config(GRPOConfig, self.config, self.overrides).rewards
+        result = heldout_reward(self.evals, rewards.entries, self.manifest, rewards.aggregation)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / self.FILE).write_text(json.dumps(result, indent=2))
+
+    def result(self) -> dict[str, Any]:
+        return json.loads((self.out / self.FILE).read_text())
+
+
+@dataclass
 class UntrainedStep(Step):
     """The untrained tiny backbone ``backbone`` (with TinySpec ``options``) as a full model directory."""
 
@@ -352,6 +385,7 @@ DEFAULT_RATES: dict[str, tuple[float, float]] = {
     "calibration": (15.0, 0.43), "calibration_frozen": (15.0, 0.43), "sft_reasoning": (15.0, 0.56),
     "sft": (15.0, 0.5), "merge": (10.0, 0.0), "grpo_accsem": (30.0, 3.0), "grpo_unified": (55.0, 60.0),
     "grpo_llmjudge": (55.0, 45.0), "grpo": (55.0, 45.0), "eval": (10.0, 0.2), "build": (5.0, 0.0),
+    "reward": (15.0, 0.02), "reward_judge": (30.0, 10.0),
 }
 
 
@@ -360,7 +394,7 @@ DEFAULT_RATES: dict[str, tuple[float, float]] = {
 BACKBONE_RATES: dict[str, dict[str, tuple[float, float]]] = {
     "small": {"calibration": (30.0, 2.6), "calibration_frozen": (30.0, 2.2), "sft_reasoning": (30.0, 3.5),
               "sft": (30.0, 3.0), "merge": (20.0, 0.0), "grpo_accsem": (60.0, 88.0), "grpo": (60.0, 400.0),
-              "eval": (30.0, 1.5)},
+              "eval": (30.0, 1.5), "reward": (20.0, 0.02)},
 }
 
 
@@ -370,7 +404,8 @@ def backbone_scale(backbone: str) -> str:
 
 
 def _fallback(step: Step) -> str:
-    return {SFTStep: "sft", GRPOStep: "grpo", MergeStep: "merge", EvalStep: "eval"}.get(type(step), "build")
+    return {SFTStep: "sft", GRPOStep: "grpo", MergeStep: "merge", EvalStep: "eval",
+            RewardStep: "reward"}.get(type(step), "build")
 
 
 class Progress:

@@ -104,3 +104,33 @@ def test_models_answers_to_the_same_clips_are_compared_clip_by_clip(tmp_path, ca
                          ([str(tmp_path), "--evals", f"start={start}", "--score", "{name: accuracy}"], "not both")):
         with pytest.raises(SystemExit, match=message):
             run(ap.parse_args(bad))
+
+
+def test_the_held_out_reward_of_two_models_adds_the_weighted_total_the_stage_trained_on(tmp_path):
+    """`sqrl pipeline`'s "GRPO's own rewards on held-out clips": each reward and their weighted sum, paired."""
+    from grpo.agreement import heldout_reward
+
+    refs = [Record(id=f"c{i}", audio="", scores={"noise": n, "overall": o}) for i, (n, o) in
+            enumerate([(1, 2), (3, 3), (5, 4)])]
+
+    def write(label, scores):
+        folder = tmp_path / label
+        folder.mkdir()
+        rows = [{"id": r.id, "text": render(Record(id=r.id, audio="", scores=s)), "reference": r.to_dict()}
+                for r, s in zip(refs, scores)]
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+        return folder
+
+    start = write("start", [{"noise": 5, "overall": 5}, {"noise": 1, "overall": 1}, {"noise": 1, "overall": 1}])
+    after = write("after", [refs[0].scores, refs[1].scores, {"noise": 1, "overall": 4}])
+    entries = [{"name": "accuracy", "weight": 2.0}, {"name": "accuracy", "label": "noise_only", "dimensions": ["noise"]}]
+    result = heldout_reward([("start", start), ("after", after)], entries, manifest=None)
+    assert result["clips"] == 3 and result["models"] == ["start", "after"]
+    total = result["by_model"]["total"]
+    # after: accuracy 2, 2, 1 and noise_only 1, 1, 0 -> totals 2*2+1, 2*2+1, 2*1+0 = 5, 5, 2; start: 0 everywhere
+    assert total["start"]["mean"] == 0.0 and total["after"]["mean"] == pytest.approx(4.0)
+    assert total["after"]["diff"] == pytest.approx(4.0) and total["after"]["diff_se"] == pytest.approx(1.0)
+    assert result["by_model"]["noise_only"]["after"]["mean"] == pytest.approx(2 / 3)
+    # standardised over each batch, a total has no per-answer value: no total row
+    normalized = heldout_reward([("start", start), ("after", after)], entries, None, "normalize_then_sum")
+    assert "total" not in normalized["by_model"] and set(normalized["by_model"]) == {"accuracy", "noise_only"}
