@@ -100,19 +100,21 @@ def heldout_reward(evals: Sequence[tuple[str, str | Path]], entries: Sequence[An
     """A GRPO stage's own rewards (``entries``, as in ``rewards.entries``) on the greedy answers of several models to
     the same held-out clips, e.g. its start model and itself: ``by_model`` holds each model's mean per reward, and
     the paired difference from the first model with its standard error (``by_source``). With ``aggregation="sum"``
-    a ``total`` row is the weighted sum the stage trained on (``normalize_then_sum`` standardises over each batch,
-    so it has no per-answer total). The training curve moves with the few clips of each step; this does not."""
-    from rewards import RewardSet
+    a ``total`` row is the total the stage trained on, formed as ``rewards.base.combine`` forms it (weight-0
+    rewards left out; a reward without a value for any answer to a clip left out of that clip's totals);
+    ``normalize_then_sum`` standardises over each batch, so it has no per-answer total. The training curve moves
+    with the few clips of each step; this does not."""
+    from rewards import RewardSet, combine
 
     weights = {e.name: e.weight for e in RewardSet.from_config(entries, aggregation).entries}
     samples = samples_from_evals(evals, limit)
     rescore(samples, entries, manifest)
     names = list(weights)
     if aggregation == "sum":
-        for s in samples:
-            vals = [s["rewards"].get(n) for n in weights]
-            s["rewards"]["total"] = (None if any(v is None for v in vals)
-                                     else float(sum(w * v for w, v in zip(weights.values(), vals))))
+        per_reward = {n: [s["rewards"].get(n) for s in samples] for n in weights}
+        # one clip's answers are one group here, as one clip's completions are in GRPO
+        for s, total in zip(samples, combine(per_reward, weights, [s["clip"] for s in samples])):
+            s["rewards"]["total"] = None if total is None else float(total)
         names.append("total")
     return {"clips": len({s["clip"] for s in samples}), "models": [label for label, _ in evals],
             "by_model": by_source(samples, names)}

@@ -43,8 +43,8 @@ class EvalConfig:
     max_new_tokens: int = bounded(200, ge=1)
     grpo_reward: bool | None = None
     """Score the GRPO stage's own rewards on the greedy answers of its start model and of the GRPO model to the
-    same held-out clips, paired by clip (the report's "GRPO's reward on held-out clips"). None: when its rewards
-    call no judge model (accuracy, semantic: seconds), not for a judge's (a CPU judge takes seconds an answer)."""
+    same held-out clips, paired by clip (the report's "GRPO's own rewards on the greedy answers"). None: when its
+    rewards are accuracy and semantic only (seconds), not for others (a CPU judge takes seconds an answer)."""
 
     def __post_init__(self):
         check_ranges(self)
@@ -58,8 +58,8 @@ class PipelineConfig:
     grpo: StageConfig = field(default_factory=lambda: StageConfig("configs/tiny/grpo_accsem_dimwise.yaml"))
     eval: EvalConfig = field(default_factory=EvalConfig)
     isolate: bool = False
-    """Run each SFT, merge and eval stage in a fresh process of its own (~10 s more a stage). On the small
-    backbone this keeps later stages at their standalone speed (recipes/stages.py, ``run_isolated``)."""
+    """Run every stage but GRPO in a fresh process of its own (~10 s more a stage): on the small backbone the
+    stages after the calibration ran 30-50% slower in its process (recipes/stages.py, ``run_isolated``)."""
 
 
 def stage_steps(cfg: PipelineConfig, out: Path, test_manifest: Path) -> tuple[list[Step], dict[str, Path]]:
@@ -97,12 +97,15 @@ def stage_steps(cfg: PipelineConfig, out: Path, test_manifest: Path) -> tuple[li
     steps += [EvalStep(f"eval/{name}", out / "eval" / name, units=n_eval, model=model, manifest=test_manifest,
                        limit=e.limit, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)
               for name, model in models.items()]
-    if cfg.grpo.enabled and (e.grpo_reward or (e.grpo_reward is None and grpo.kind == "grpo_accsem")):
-        start = "warmup" if cfg.warmup.enabled else "calibration"  # what the merge merged, GRPO's start model
-        steps.append(RewardStep("reward/grpo", out / "eval" / "grpo_reward", units=n_eval,
-                                kind="reward" if grpo.kind == "grpo_accsem" else "reward_judge",
-                                config=grpo.config, overrides=grpo.overrides, manifest=test_manifest,
-                                evals=[(f"start ({start})", out / "eval" / start), ("grpo", out / "eval" / "grpo")]))
+    if cfg.grpo.enabled and (e.grpo_reward if e.grpo_reward is not None else
+                             grpo.kind == "grpo_accsem" and not grpo_cfg.rewards.pass_audio):
+        start = last.name  # the model the merge merged, GRPO's start: "warmup" or "calibration"
+        reward = RewardStep("reward/grpo", out / "eval" / "grpo_reward", units=n_eval,
+                            kind="reward" if grpo.kind == "grpo_accsem" else "reward_judge",
+                            config=grpo.config, overrides=grpo.overrides, manifest=test_manifest,
+                            evals=[(f"start ({start})", out / "eval" / start), ("grpo", out / "eval" / "grpo")])
+        reward.rewards()  # refused now (rewards that read the audio), not after the GRPO stage
+        steps.append(reward)
     from sft.config import SFTStageConfig
 
     scale = backbone_scale(load_config(SFTStageConfig, cfg.calibration.config, overrides=[]).model.backbone)

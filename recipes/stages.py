@@ -12,12 +12,14 @@ has to run:
 ``run_steps`` runs a list of steps in order, skipping the done ones, and logs each with the time it took and
 an estimate of what remains. By default the steps run in this process: ``make demo`` trains calibration,
 warm-up, merge and GRPO one after the other, a failure surfaces as the stage's own traceback, and each step
-saves the ~10 s a fresh interpreter spends importing torch and transformers. With ``isolate`` each SFT, merge
-and eval step runs in a fresh process of its own instead (``run_isolated``): on the small pretrained backbone
-the stages that followed an hour of calibration in the same process ran 30-50% slower than the same work in a
-fresh one (warm-up 4.9 s a step against 3.5, evals 2.65-3.4 s a clip against 2.0-2.2; ~145,000 minor page
-faults a second, a heap that an hour of training left fragmented; docs/small.md). GRPO steps stay in this
-process: their driver is light, and the policy and rollouts already run in Ray's worker processes.
+saves the ~10 s a fresh interpreter spends importing torch and transformers. With ``isolate`` every step but
+GRPO runs in a fresh process of its own instead (``run_isolated``): on the small pretrained backbone the
+stages that followed an hour of calibration in the same process ran 30-50% slower than the same work in a fresh
+one (the warm-up 4.9 s a step against 3.5 standalone, the warm-up's eval 3.4 s a clip against 2.2 after a
+restart; ~145,000 minor page faults a second: we read it as a heap that an hour of training left fragmented;
+docs/small.md). GRPO steps stay in this process: their driver is light, and the policy and rollouts already
+run in Ray's worker processes. A step's process imports the code on disk when it starts: edit the tree while
+an isolated run goes on and its later stages run the edited code.
 """
 from __future__ import annotations
 
@@ -304,17 +306,37 @@ class RewardStep(Step):
     isolatable: ClassVar[bool] = True
     FILE: ClassVar[str] = "reward.json"
 
-    def done(self) -> bool:
-        result = self.out / self.FILE
-        metrics = [Path(folder) / "metrics.json" for _, folder in self.evals]
-        return result.exists() and all(m.exists() and result.stat().st_mtime >= m.stat().st_mtime for m in metrics)
-
-    def run(self) -> None:
-        from grpo.agreement import heldout_reward
+    def rewards(self):
+        """The GRPO config's ``rewards`` section; refused when its rewards read the audio, which the eval
+        folders do not carry."""
         from grpo.config import GRPOConfig
 
         rewards = load_config(GRPOConfig, self.config, self.overrides).rewards
+        if rewards.pass_audio:
+            raise ValueError(f"{self.name}: the GRPO rewards read the audio (rewards.pass_audio); scoring the "
+                             "evaluations' answers with them is not supported (set eval.grpo_reward=false)")
+        return rewards
+
+    def done(self) -> bool:
+        """Newer than every evaluation it reads, and scored with the rewards the config names now."""
+        result = self.out / self.FILE
+        metrics = [Path(folder) / "metrics.json" for _, folder in self.evals]
+        if not (result.exists() and all(m.exists() and result.stat().st_mtime >= m.stat().st_mtime for m in metrics)):
+            return False
+        rewards = self.rewards()
+        saved = self.result()
+        return saved.get("entries") == json.loads(json.dumps(rewards.entries)) and \
+            saved.get("aggregation") == rewards.aggregation
+
+    def run(self) -> None:
+        from grpo.agreement import heldout_reward
+        from grpo.driver import reward_python_path
+        from rewards.base import add_import_path
+
+        rewards = self.rewards()
+        add_import_path(reward_python_path(rewards.python_path))  # a reward named by a dotted path, as in GRPO
         result = heldout_reward(self.evals, rewards.entries, self.manifest, rewards.aggregation)
+        result.update(entries=rewards.entries, aggregation=rewards.aggregation)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / self.FILE).write_text(json.dumps(result, indent=2))
 
@@ -343,28 +365,38 @@ class StepFailed(RuntimeError):
     """A step run in a process of its own ended with an error (its traceback is in the log above)."""
 
 
-def _step_main(step: Step, log_level: int) -> None:
-    """The body of a step's own process: the CLI's process-wide settings, then the step."""
-    from sqrl.runtime import configure_logging, configure_torch
+def _step_main(step: Step, log_level: int, parent_pid: int) -> None:
+    """The body of a step's own process: it ends with the runner (even one killed by ``kill -9``), takes the
+    CLI's process-wide settings, and runs the step; SIGTERM stops it as Ctrl-C does (``finally`` blocks run)."""
+    from sqrl.runtime import configure_logging, configure_torch, die_with_parent, sigterm_as_exit
 
+    die_with_parent(parent_pid, ignore_interrupt=False)
     configure_logging(log_level)
     configure_torch()
-    step.run()
+    with sigterm_as_exit():
+        step.run()
 
 
-def run_isolated(step: Step) -> None:
+def run_isolated(step: Step, grace_s: float = 30.0) -> None:
     """``step.run()`` in a fresh interpreter (multiprocessing's ``spawn``: no copy of this process's heap or
     threads), waited for here. Its log lines and progress bars go to this process's terminal; an error in it
-    prints its traceback there and raises ``StepFailed`` here; an interrupt here stops it too."""
+    prints its traceback there and raises ``StepFailed`` here. It ends with this process: Ctrl-C reaches both
+    (one process group) and this one waits ``grace_s`` for it to stop; SIGTERM here, or any other way out of the
+    wait, stops it at once (SIGTERM); a ``kill -9`` of this process ends it too (``die_with_parent``)."""
     import multiprocessing
 
+    from sqrl.runtime import sigterm_as_exit
+
     proc = multiprocessing.get_context("spawn").Process(
-        target=_step_main, args=(step, logging.getLogger().getEffectiveLevel()), name=f"sqrl {step.name}")
+        target=_step_main, args=(step, logging.getLogger().getEffectiveLevel(), os.getpid()),
+        name=f"sqrl {step.name}")
     proc.start()
     try:
-        proc.join()
-    except BaseException:  # Ctrl-C reaches the child too (one process group); anything else: stop it
-        proc.join(30)
+        with sigterm_as_exit():
+            proc.join()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):  # the child got the same Ctrl-C: let it stop by itself
+            proc.join(grace_s)
         if proc.is_alive():
             proc.terminate()
             proc.join()
@@ -394,7 +426,7 @@ DEFAULT_RATES: dict[str, tuple[float, float]] = {
 BACKBONE_RATES: dict[str, dict[str, tuple[float, float]]] = {
     "small": {"calibration": (30.0, 2.6), "calibration_frozen": (30.0, 2.2), "sft_reasoning": (30.0, 3.5),
               "sft": (30.0, 3.0), "merge": (20.0, 0.0), "grpo_accsem": (60.0, 88.0), "grpo": (60.0, 400.0),
-              "eval": (30.0, 1.5), "reward": (20.0, 0.02)},
+              "eval": (30.0, 1.5), "reward": (20.0, 0.02), "reward_judge": (60.0, 10.0)},
 }
 
 

@@ -118,14 +118,16 @@ def _watch_parent(parent_pid: int, every_s: float) -> None:
             os._exit(1)
 
 
-def die_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
+def die_with_parent(parent_pid: int, every_s: float = 1.0, ignore_interrupt: bool = True) -> None:
     """Pool-worker initializer: end this worker when ``parent_pid`` dies, even by ``kill -9``.
 
     On Linux the kernel sends SIGTERM at once (``PR_SET_PDEATHSIG``); a daemon thread that polls the
-    parent pid covers other systems and the case where the parent died before this call. Ctrl-C is
-    left to the parent, which stops its pool (a worker hit by the terminal's SIGINT would otherwise
-    print a traceback per process)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent pid covers other systems and the case where the parent died before this call. With
+    ``ignore_interrupt`` Ctrl-C is left to the parent, which stops its pool (a worker hit by the terminal's
+    SIGINT would otherwise print a traceback per process); a stage's own process keeps it, to stop as the
+    stage would in the parent's process."""
+    if ignore_interrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)

@@ -134,3 +134,38 @@ def test_the_held_out_reward_of_two_models_adds_the_weighted_total_the_stage_tra
     # standardised over each batch, a total has no per-answer value: no total row
     normalized = heldout_reward([("start", start), ("after", after)], entries, None, "normalize_then_sum")
     assert "total" not in normalized["by_model"] and set(normalized["by_model"]) == {"accuracy", "noise_only"}
+
+
+def test_the_held_out_total_is_formed_as_grpos_own_total(tmp_path):
+    """A weight-0 reward is logged only; a reward without a value for any answer to a clip is left out of that
+    clip's totals: the same totals `RewardSet.score` gives GRPO for one clip's answers as one group."""
+    from grpo.agreement import heldout_reward
+    from rewards import RewardSet, register
+
+    @register("test_silent_on_c1")
+    def silent_on_c1(completions, references, **_):
+        return [None if r.id == "c1" else 0.25 for r in references]
+
+    refs = [Record(id=f"c{i}", audio="", scores={"noise": n, "overall": o}) for i, (n, o) in
+            enumerate([(1, 2), (3, 3), (5, 4)])]
+    answers = {"start": [{"noise": 1, "overall": 1}, {"noise": 3, "overall": 1}, {"noise": 2, "overall": 2}],
+               "after": [r.scores for r in refs]}
+    folders = []
+    for label, scores in answers.items():
+        folder = tmp_path / label
+        folder.mkdir()
+        rows = [{"id": r.id, "text": render(Record(id=r.id, audio="", scores=s)), "reference": r.to_dict()}
+                for r, s in zip(refs, scores)]
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+        folders.append((label, folder))
+    entries = [{"name": "accuracy"}, {"name": "test_silent_on_c1", "weight": 2.0},
+               {"name": "accuracy", "label": "logged_only", "weight": 0.0, "dimensions": ["noise"]}]
+    result = heldout_reward(folders, entries, manifest=None)
+    rs = RewardSet.from_config(entries)
+    expected = {label: [rs.score([render(Record(id=r.id, audio="", scores=s))], [r]).total[0]
+                        for r, s in zip(refs, scores)] for label, scores in answers.items()}
+    # start: accuracy 1, 1, 0 (+0.5 where the silent reward speaks); after: 2 everywhere (+0.5 likewise)
+    assert expected == {"start": [1.5, 1.0, 0.5], "after": [2.5, 2.0, 2.5]}
+    total = result["by_model"]["total"]
+    assert total["start"]["mean"] == pytest.approx(1.0) and total["after"]["mean"] == pytest.approx(7 / 3)
+    assert total["after"]["diff"] == pytest.approx(4 / 3)

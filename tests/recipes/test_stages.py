@@ -282,8 +282,64 @@ def test_grpo_steps_stay_in_the_runners_process_when_isolating():
     """Their driver shares the pipeline's Ray session; the policy already runs in Ray's workers."""
     from recipes.stages import MergeStep, SFTStep
 
+    from recipes.stages import RewardStep
+
     assert GRPOStep.isolatable is False
-    assert all(cls.isolatable for cls in (SFTStep, MergeStep, EvalStep, UntrainedStep))
+    assert all(cls.isolatable for cls in (SFTStep, MergeStep, EvalStep, UntrainedStep, RewardStep))
+
+
+SLOW_STEP = """
+import os, time
+from dataclasses import dataclass
+from recipes.stages import Step
+
+@dataclass
+class Slow(Step):
+    isolatable = True
+
+    def done(self):
+        return False
+
+    def run(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "pid").write_text(str(os.getpid()))
+        time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_stages_own_process_ends_with_the_runner_however_it_is_stopped(tmp_path, how):
+    """`kill` of the pipeline must not leave its calibration training on into the folder the next call resumes."""
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "slowstep.py").write_text(SLOW_STEP)
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from slowstep import Slow; "
+              "from recipes.stages import run_steps; run_steps([Slow('slow', Path(sys.argv[1]) / 'out')], isolate=True)")
+    runner = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    pid_file = tmp_path / "out" / "pid"
+    deadline = time.time() + 120
+    while not pid_file.exists() and time.time() < deadline and runner.poll() is None:
+        time.sleep(0.2)
+    assert pid_file.exists(), runner.stderr.read() if runner.poll() is not None else "no child after 120 s"
+    child = int(pid_file.read_text())
+    assert child != runner.pid
+    runner.send_signal(getattr(signal, how))
+    code = runner.wait(60)
+    assert code == (-9 if how == "SIGKILL" else 143)
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")  # a zombie has ended
+
+    deadline = time.time() + 30
+    while alive(child) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive(child)
 
 
 def _eval_folder(folder: Path, answers: dict[str, dict[str, int]], refs: dict[str, dict[str, int]]) -> Path:
@@ -325,16 +381,31 @@ def test_the_pipeline_scores_grpos_own_reward_on_held_out_clips_start_against_en
     start = _eval_folder(tmp_path / "run" / "eval" / "warmup", {c: {"noise": 2, "overall": 1} for c in refs}, refs)
     _eval_folder(tmp_path / "run" / "eval" / "grpo", {**refs, "c2": {"noise": 5, "overall": 1}}, refs)
     reward.overrides = [o for o in reward.overrides if not o.startswith("data.")]
-    reward.config = "configs/tiny/grpo_accsem_dimwise.yaml"
-    reward.manifest = None  # the references the eval folders carry (no artifacts: semantic is None throughout)
+    reward.manifest = None  # the references the eval folders carry: no artifacts on either side
     assert not reward.done()
     run_steps([reward])
     result = reward.result()
-    acc = result["by_model"]["accuracy"]
+    acc, total = result["by_model"]["accuracy"], result["by_model"]["total"]
     # the tiny config's accuracy: exact matches over every dimension present; start 0, GRPO 2, 2, 1
     assert acc["start (warmup)"]["mean"] == 0.0 and acc["grpo"]["diff"] == pytest.approx(5 / 3)
+    # semantic: no artifact named on either side scores 1 per kind for both models; the total is their sum
+    semantic = result["by_model"]["semantic"]
+    assert semantic["grpo"]["diff"] == 0.0 and total["grpo"]["diff"] == pytest.approx(5 / 3)
+    assert total["grpo"]["mean"] == pytest.approx(5 / 3 + semantic["grpo"]["mean"])
     assert reward.done() and run_steps([reward])["reward/grpo"]["reused"]
+    reward.overrides.append("rewards.entries=[{name: accuracy}]")  # other rewards named now: scored again
+    assert not reward.done()
+    reward.overrides.pop()
     os.utime(start / "metrics.json", (time.time() + 5, time.time() + 5))  # the start model evaluated again
     assert not reward.done()
     text = "\n".join(reward_lines(result))
     assert "same 3 held-out clips" in text and "| accuracy | grpo | 3 | 1.667 | +1.667" in text
+
+    # without a warm-up, GRPO starts from the calibration; rewards that read the audio are refused before it runs
+    steps, _ = stage_steps(load_config(PipelineConfig, "configs/tiny/pipeline.yaml", ["warmup.enabled=false"]),
+                           tmp_path / "run", corpus / "test.jsonl")
+    assert steps[-1].evals[0] == ("start (calibration)", tmp_path / "run" / "eval" / "calibration")
+    with pytest.raises(ValueError, match="read the audio"):
+        stage_steps(load_config(PipelineConfig, "configs/tiny/pipeline.yaml",
+                                ["eval.grpo_reward=true", "grpo.overrides=[rewards.pass_audio=true]"]),
+                    tmp_path / "run", corpus / "test.jsonl")
