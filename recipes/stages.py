@@ -365,12 +365,13 @@ class StepFailed(RuntimeError):
     """A step run in a process of its own ended with an error (its traceback is in the log above)."""
 
 
-def _step_main(step: Step, log_level: int, parent_pid: int) -> None:
+def _step_main(step: Step, log_level: int, parent_pid: int | None = None) -> None:
     """The body of a step's own process: it ends with the runner (even one killed by ``kill -9``), takes the
-    CLI's process-wide settings, and runs the step; SIGTERM stops it as Ctrl-C does (``finally`` blocks run)."""
+    CLI's process-wide settings, and runs the step; SIGTERM stops it as Ctrl-C does (``finally`` blocks run).
+    (``parent_pid`` None: a runner of an older sqrl, which spawned with two arguments; its parent is ours.)"""
     from sqrl.runtime import configure_logging, configure_torch, die_with_parent, sigterm_as_exit
 
-    die_with_parent(parent_pid, ignore_interrupt=False)
+    die_with_parent(parent_pid or os.getppid(), ignore_interrupt=False)
     configure_logging(log_level)
     configure_torch()
     with sigterm_as_exit():
