@@ -15,10 +15,9 @@ warm-up, merge and GRPO one after the other, a failure surfaces as the stage's o
 saves the ~10 s a fresh interpreter spends importing torch and transformers. With ``isolate`` every step but
 GRPO runs in a fresh process of its own instead (``run_isolated``): on the small pretrained backbone the
 stages that followed an hour of calibration in the same process ran 30-50% slower than the same work in a fresh
-one (the warm-up 4.9 s a step against 3.5 standalone, the warm-up's eval 3.4 s a clip against 2.2 after a
-restart; ~145,000 minor page faults a second: we read it as a heap that an hour of training left fragmented;
-docs/small.md). GRPO steps stay in this process: their driver is light, and the policy and rollouts already
-run in Ray's worker processes. A step's process imports the code on disk when it starts: edit the tree while
+one (the warm-up 4.9 s a step against 3.37 in its own process; the calibration's eval 2.65 s a clip against
+1.70; `make small` 120.8 min against 112.2; the mechanism is not pinned down, docs/small.md). GRPO steps stay in
+this process: their driver is light, and the policy and rollouts already run in Ray's worker processes. A step's process imports the code on disk when it starts: edit the tree while
 an isolated run goes on and its later stages run the edited code.
 """
 from __future__ import annotations
@@ -296,7 +295,7 @@ class RewardStep(Step):
     """A GRPO stage's own rewards (its ``config`` with ``overrides``) on the greedy answers of ``evals``
     (``(label, sqrl eval folder)``, the first the baseline: the stage's start model) to the same held-out clips
     of ``manifest``, paired by clip, into ``out/reward.json`` (``grpo.agreement.heldout_reward``). Fresh when
-    newer than every evaluation it reads."""
+    newer than every evaluation it reads and scored with the rewards the config names now."""
 
     config: str | Path = ""
     overrides: list[str] = field(default_factory=list)
@@ -422,12 +421,13 @@ DEFAULT_RATES: dict[str, tuple[float, float]] = {
 }
 
 
-# The same on the small pretrained backbone (configs/small, 2 threads of a 2-core EPYC, docs/small.md): calibration
-# 2.6 s a step, warm-up 3.5 (encoder frozen), GRPO accuracy + semantic 88 s a step, eval 1.5 s a clip (224-256 new tokens).
+# The same on the small pretrained backbone (configs/small, 2 threads of a 2-core EPYC, docs/small.md; `make small`
+# with each stage in its own process): calibration 2.86 s a step, warm-up 3.37 (encoder frozen), GRPO accuracy +
+# semantic 94 s a step, eval 1.7-2.3 s a clip (the long-form models write more), the reward step 6 s for 300 clips.
 BACKBONE_RATES: dict[str, dict[str, tuple[float, float]]] = {
-    "small": {"calibration": (30.0, 2.6), "calibration_frozen": (30.0, 2.2), "sft_reasoning": (30.0, 3.5),
-              "sft": (30.0, 3.0), "merge": (20.0, 0.0), "grpo_accsem": (60.0, 88.0), "grpo": (60.0, 400.0),
-              "eval": (30.0, 1.5), "reward": (20.0, 0.02), "reward_judge": (60.0, 10.0)},
+    "small": {"calibration": (30.0, 2.8), "calibration_frozen": (30.0, 2.2), "sft_reasoning": (30.0, 3.4),
+              "sft": (30.0, 3.0), "merge": (20.0, 0.0), "grpo_accsem": (60.0, 94.0), "grpo": (60.0, 400.0),
+              "eval": (30.0, 2.0), "reward": (20.0, 0.02), "reward_judge": (60.0, 10.0)},
 }
 
 
