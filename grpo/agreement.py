@@ -21,7 +21,9 @@ the run's training manifest (``--manifest`` to name another).
 clips (each an ``sqrl eval`` folder), one group per clip, one member per model. Scored with ``--score``, the
 report adds each model's mean reward and its paired difference from the first model, clip by clip, with the
 standard error of that mean difference. A GRPO run's training reward moves with the clips of each step (a few
-clips a step); the same clips before and after training take that noise out:
+clips a step); the same clips before and after training take that noise out. The answers are greedy unless the
+evaluations sampled them (``sqrl eval --temperature``): sampled at the rollouts' temperature, they measure
+what GRPO maximises (its reward in expectation over its own samples), where greedy ones measure what a user gets:
 
     sqrl agreement --evals start=runs/c/shared/eval/sft_reasoning --evals grpo=runs/c/seed0/eval/grpo_llmjudge \
         --score '{name: llm_judge_dimwise, ...}' --manifest data/synth/<corpus>/test.jsonl --limit 40
@@ -97,8 +99,8 @@ def by_source(samples: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[s
 
 def heldout_reward(evals: Sequence[tuple[str, str | Path]], entries: Sequence[Any], manifest: str | Path | None,
                    aggregation: str = "sum", limit: int | None = None) -> dict[str, Any]:
-    """A GRPO stage's own rewards (``entries``, as in ``rewards.entries``) on the greedy answers of several models to
-    the same held-out clips, e.g. its start model and itself: ``by_model`` holds each model's mean per reward, and
+    """A GRPO stage's own rewards (``entries``, as in ``rewards.entries``) on the answers (greedy, or sampled:
+    ``sqrl eval --temperature``) of several models to the same held-out clips, e.g. its start model and itself: ``by_model`` holds each model's mean per reward, and
     the paired difference from the first model with its standard error (``by_source``). With ``aggregation="sum"``
     a ``total`` row is the total the stage trained on, formed as ``rewards.base.combine`` forms it (weight-0
     rewards left out; a reward without a value for any answer to a clip left out of that clip's totals);
