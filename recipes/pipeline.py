@@ -45,6 +45,11 @@ class EvalConfig:
     """Score the GRPO stage's own rewards on the greedy answers of its start model and of the GRPO model to the
     same held-out clips, paired by clip (the report's "GRPO's own rewards on the greedy answers"). None: when its
     rewards are accuracy and semantic only (seconds), not for others (a CPU judge takes seconds an answer)."""
+    sampled_reward: bool = False
+    """Also score them on answers sampled as GRPO's rollouts sample (its ``rollout.temperature``, seed 0): what
+    GRPO maximises. Two more evaluations of the held-out clips (``eval/<start>_sampled``, ``eval/grpo_sampled``;
+    ~11 min each for 300 clips of the small model on 2 cores) and ``reward/grpo_sampled``; needs the greedy
+    scoring on (``grpo_reward``)."""
 
     def __post_init__(self):
         check_ranges(self)
@@ -106,6 +111,20 @@ def stage_steps(cfg: PipelineConfig, out: Path, test_manifest: Path) -> tuple[li
                             evals=[(f"start ({start})", out / "eval" / start), ("grpo", out / "eval" / "grpo")])
         reward.rewards()  # refused now (rewards that read the audio), not after the GRPO stage
         steps.append(reward)
+        if e.sampled_reward:
+            temperature = grpo_cfg.rollout.temperature
+            sampled = {f"{start}_sampled": last, "grpo_sampled": models["grpo"]}
+            steps += [EvalStep(f"eval/{name}", out / "eval" / name, units=n_eval, model=model, manifest=test_manifest,
+                               limit=e.limit, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
+                               temperature=temperature, seed=0)
+                      for name, model in sampled.items()]
+            steps.append(RewardStep("reward/grpo_sampled", out / "eval" / "grpo_reward_sampled", units=n_eval,
+                                    kind=reward.kind, config=grpo.config, overrides=grpo.overrides,
+                                    manifest=test_manifest, evals=[(f"start ({start})", out / "eval" / f"{start}_sampled"),
+                                                                   ("grpo", out / "eval" / "grpo_sampled")]))
+    elif e.sampled_reward:
+        raise ValueError("eval.sampled_reward scores the GRPO rewards on sampled answers: it needs a GRPO stage "
+                         "whose rewards are scored on held-out answers (eval.grpo_reward)")
     from sft.config import SFTStageConfig
 
     scale = backbone_scale(load_config(SFTStageConfig, cfg.calibration.config, overrides=[]).model.backbone)
@@ -123,14 +142,23 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, overwrite: bool = False) 
     t0 = time.perf_counter()
     steps, models = stage_steps(cfg, out, cfg.corpus.folder() / "test.jsonl")
     run_steps(steps, tag="pipeline", isolate=cfg.isolate)
-    table = {"stages": {s.name.split("/", 1)[1]: s.metrics() for s in steps if isinstance(s, EvalStep)}}
+    table = results_table(steps)
     table["seconds"] = round(time.perf_counter() - t0, 1)
     table["stage_seconds"] = stage_seconds(steps)
-    for step in steps:
-        if isinstance(step, RewardStep) and step.done():
-            table["grpo_heldout_reward"] = step.result()
     (out / "results.json").write_text(json.dumps(table, indent=2))
     write_report(out, table)
+    return table
+
+
+def results_table(steps: list[Step]) -> dict[str, Any]:
+    """``results.json``'s metrics: each stage's greedy evaluation under ``stages`` (the sampled ones only feed
+    the reward steps), and the GRPO rewards on held-out answers, greedy and sampled, where scored."""
+    table: dict[str, Any] = {"stages": {s.name.split("/", 1)[1]: s.metrics() for s in steps
+                                        if isinstance(s, EvalStep) and s.temperature is None}}
+    for step in steps:
+        if isinstance(step, RewardStep) and step.done():
+            key = "grpo_heldout_reward_sampled" if step.name.endswith("_sampled") else "grpo_heldout_reward"
+            table[key] = step.result()
     return table
 
 
@@ -169,16 +197,21 @@ def time_lines(table: dict[str, Any]) -> list[str]:
     return lines
 
 
-def reward_lines(result: dict[str, Any] | None) -> list[str]:
-    """The GRPO stage's own rewards on held-out clips, start model against GRPO model (``RewardStep``)."""
-    if not result:
-        return []
+def reward_lines(result: dict[str, Any] | None, sampled: dict[str, Any] | None = None) -> list[str]:
+    """The GRPO stage's own rewards on held-out clips, start model against GRPO model (``RewardStep``): on the
+    greedy answers, and on sampled ones where the pipeline scored those too (``eval.sampled_reward``)."""
     from grpo.agreement import source_table
 
-    return [f"GRPO's own rewards on the greedy answers to the same {result['clips']} held-out clips, its start model "
-            "against the GRPO model, paired by clip (the training reward curve moves with the few clips of each "
-            "step; this does not; greedy answers, not the sampled ones GRPO trained on):", "",
-            source_table(result["by_model"]), ""]
+    lines = []
+    if result:
+        lines += [f"GRPO's own rewards on the greedy answers to the same {result['clips']} held-out clips, its start "
+                  "model against the GRPO model, paired by clip (the training reward curve moves with the few clips "
+                  "of each step; this does not; greedy answers, what a user gets):", "",
+                  source_table(result["by_model"]), ""]
+    if sampled:
+        lines += [f"The same on one answer per clip sampled as GRPO's rollouts sample ({sampled['clips']} clips): "
+                  "the reward GRPO maximises, over its own samples:", "", source_table(sampled["by_model"]), ""]
+    return lines
 
 
 def write_report(out: Path, table: dict[str, Any]) -> None:
@@ -192,7 +225,7 @@ def write_report(out: Path, table: dict[str, Any]) -> None:
              "![PCC by stage](pcc_by_stage.png)", ""]
     if (out / "grpo" / "plots" / "reward_curve.png").exists():
         lines += ["GRPO reward curve:", "", "![reward curve](grpo/plots/reward_curve.png)", ""]
-    lines += reward_lines(table.get("grpo_heldout_reward"))
+    lines += reward_lines(table.get("grpo_heldout_reward"), table.get("grpo_heldout_reward_sampled"))
     lines += [f"Per-stage reports: `{out}/eval/<stage>/report.md`."]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 

@@ -273,6 +273,9 @@ class EvalStep(Step):
     batch_size: int = 16
     max_new_tokens: int = 200
     rubric: str | None = None
+    temperature: float | None = None
+    """Sample one answer per clip at this temperature (``seed``) instead of the greedy one."""
+    seed: int = 0
     kind: str = "eval"
     isolatable: ClassVar[bool] = True
 
@@ -284,7 +287,8 @@ class EvalStep(Step):
 
         # an interrupted evaluation continues from its journal; one of an older model starts over
         evaluate(str(self.model), str(self.manifest), self.out, batch_size=self.batch_size,
-                 max_new_tokens=self.max_new_tokens, limit=self.limit, rubric=self.rubric, resume="if_same")
+                 max_new_tokens=self.max_new_tokens, limit=self.limit, rubric=self.rubric, resume="if_same",
+                 temperature=self.temperature, seed=self.seed)
 
     def metrics(self) -> dict[str, Any]:
         return json.loads((self.out / "metrics.json").read_text())
@@ -292,7 +296,7 @@ class EvalStep(Step):
 
 @dataclass
 class RewardStep(Step):
-    """A GRPO stage's own rewards (its ``config`` with ``overrides``) on the greedy answers of ``evals``
+    """A GRPO stage's own rewards (its ``config`` with ``overrides``) on the answers of ``evals``
     (``(label, sqrl eval folder)``, the first the baseline: the stage's start model) to the same held-out clips
     of ``manifest``, paired by clip, into ``out/reward.json`` (``grpo.agreement.heldout_reward``). Fresh when
     newer than every evaluation it reads and scored with the rewards the config names now."""

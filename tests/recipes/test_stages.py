@@ -409,3 +409,50 @@ def test_the_pipeline_scores_grpos_own_reward_on_held_out_clips_start_against_en
         stage_steps(load_config(PipelineConfig, "configs/tiny/pipeline.yaml",
                                 ["eval.grpo_reward=true", "grpo.overrides=[rewards.pass_audio=true]"]),
                     tmp_path / "run", corpus / "test.jsonl")
+
+
+
+def test_the_pipeline_also_scores_grpos_reward_on_sampled_answers_when_asked(tmp_path):
+    """GRPO maximises its reward over its own samples; greedy answers measure what a user gets. With
+    ``eval.sampled_reward`` the pipeline evaluates the start and the GRPO model once more, sampling at the GRPO
+    config's temperature, and scores those answers too; they never enter the PCC table."""
+    from recipes.pipeline import PipelineConfig, results_table, reward_lines, stage_steps
+    from recipes.stages import EvalStep, RewardStep
+    from sqrl.config import load_config
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.jsonl").write_text("{}\n" * 40)
+    (corpus / "test.jsonl").write_text("{}\n" * 3)
+    run = tmp_path / "run"
+    plain, _ = stage_steps(load_config(PipelineConfig, "configs/tiny/pipeline.yaml", []), run, corpus / "test.jsonl")
+    steps, _ = stage_steps(load_config(PipelineConfig, "configs/tiny/pipeline.yaml",
+                                       ["eval.sampled_reward=true", "grpo.overrides=[rollout.temperature=0.6]"]),
+                           run, corpus / "test.jsonl")
+    assert [s.name for s in steps[len(plain):]] == ["eval/warmup_sampled", "eval/grpo_sampled", "reward/grpo_sampled"]
+    sampled = [s for s in steps if isinstance(s, EvalStep) and s.temperature is not None]
+    assert [(s.model, s.temperature, s.seed) for s in sampled] == [(run / "warmup", 0.6, 0), (run / "grpo", 0.6, 0)]
+    assert all(s.temperature is None for s in plain if isinstance(s, EvalStep))
+    reward = steps[-1]
+    assert isinstance(reward, RewardStep) and reward.evals == [("start (warmup)", run / "eval" / "warmup_sampled"),
+                                                               ("grpo", run / "eval" / "grpo_sampled")]
+    with pytest.raises(ValueError, match="eval.grpo_reward"):
+        stage_steps(load_config(PipelineConfig, "configs/tiny/pipeline.yaml",
+                                ["eval.sampled_reward=true", "eval.grpo_reward=false"]), run, corpus / "test.jsonl")
+
+    refs = {"c0": {"noise": 1}, "c1": {"noise": 3}, "c2": {"noise": 5}}
+    for name, answers in (("calibration", refs), ("warmup", {c: {"noise": 2} for c in refs}), ("grpo", refs),
+                          ("warmup_sampled", {c: {"noise": 4} for c in refs}), ("grpo_sampled", {**refs, "c2": {"noise": 1}})):
+        _eval_folder(run / "eval" / name, answers, refs)
+    for step in steps:
+        if isinstance(step, RewardStep):
+            step.overrides = [o for o in step.overrides if not o.startswith("data.")]
+            step.manifest = None
+    run_steps([s for s in steps if isinstance(s, RewardStep)])
+    table = results_table(steps)
+    assert sorted(table["stages"]) == ["calibration", "grpo", "warmup"]  # no sampled evaluation among the stages
+    assert table["grpo_heldout_reward"]["by_model"]["accuracy"]["grpo"]["diff"] == pytest.approx(1.0)
+    assert table["grpo_heldout_reward_sampled"]["by_model"]["accuracy"]["grpo"]["diff"] == pytest.approx(2 / 3)
+    text = "\n".join(reward_lines(table["grpo_heldout_reward"], table["grpo_heldout_reward_sampled"]))
+    assert "greedy answers to the same 3 held-out clips" in text and "sampled as GRPO's rollouts sample (3 clips)" in text
+    assert "| accuracy | grpo | 3 | 0.667 | +0.667" in text
