@@ -1,10 +1,10 @@
 """``sqrl eval``: a model over a manifest -> metrics.json, predictions.jsonl, report.md, plots.
 
 Greedy decoding in batches; with ``temperature`` (``sqrl eval --temperature 0.7``), one answer sampled per clip
-as GRPO's rollouts sample them (top-p 1, no top-k, special tokens but the stop tokens suppressed), seeded. The prompt matches how the model was trained (read from its
-``sqrl_config.yaml``; long-form when unknown). An answer that cannot be parsed, or a clip that
-cannot be read, counts against the model (its scores are missing, see sqrl/metrics.py); it is
-never dropped.
+as GRPO's rollouts sample them (top-p 1, no top-k, special tokens but the stop tokens suppressed), seeded. The
+prompt matches how the model was trained (read from its ``sqrl_config.yaml``; long-form when unknown). An answer
+that cannot be parsed, or a clip that cannot be read, counts against the model (its scores are missing, see
+sqrl/metrics.py); it is never dropped.
 
 An evaluation can be long (minutes a hundred clips on a CPU), so it keeps a journal: ``eval_run.json``
 (what is being evaluated, written first) and ``answers.partial.jsonl`` (each answer as its batch ends).
