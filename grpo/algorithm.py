@@ -28,6 +28,9 @@ LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
 """What ``group_advantages`` divides by (``algorithm.scale_rewards``)."""
 STD_EPS = 1e-4  # TRL adds this to the std before dividing
+CREDITS = ("sequence", "scores")
+"""Which tokens an advantage trains (``algorithm.credit``): ``sequence``, every token of a completion its one
+advantage (the paper's eq. 3); ``scores``, each score digit its own dimension's (``score_token_advantages``)."""
 
 
 # ------------------------------------------------------------------------------------ advantages
@@ -68,6 +71,39 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
     if std is not None:
         adv = adv / (std + STD_EPS)
     return torch.nan_to_num(adv, nan=0.0)
+
+
+def score_token_advantages(rest: torch.Tensor, digits: dict[str, torch.Tensor], positions: list[dict[str, int]],
+                           lengths: list[int], group_size: int, scale_rewards: str = "group") -> list[list[float]]:
+    """Per-token advantages for ``algorithm.credit: scores`` (the dimension-wise rewards, credited where earned).
+
+    ``digits[d]``: per completion, the weighted sum of the score rewards' components for dimension ``d`` (exact
+    accuracy reads nothing but that dimension's digit); ``rest``: the weighted sum of every other reward (NaN
+    where none scored it). Each is normalised within its group as ``group_advantages`` normalises the total.
+    The token that wrote ``d``'s digit (``positions[i][d]``, an index into completion ``i``'s ``lengths[i]``
+    tokens) gets ``d``'s advantage and nothing else; every other token gets the rest's advantage. A completion
+    without a digit for ``d`` (no score line) takes ``d``'s advantage on all its tokens: the whole answer
+    failed to give that score.
+
+    >>> a = score_token_advantages(torch.tensor([0.0, 0.0]), {"noise": torch.tensor([1.0, 0.0])},
+    ...                            [{"noise": 1}, {}], [3, 2], group_size=2, scale_rewards="none")
+    >>> [[round(x, 2) for x in row] for row in a]
+    [[0.0, 0.5, 0.0], [-0.5, -0.5]]
+    """
+    a_rest = group_advantages(rest, group_size, scale_rewards)
+    a_dim = {d: group_advantages(v, group_size, scale_rewards) for d, v in digits.items()}
+    out = []
+    for i, n in enumerate(lengths):
+        row = [float(a_rest[i])] * n
+        spread = 0.0
+        for d, adv in a_dim.items():
+            pos = positions[i].get(d)
+            if pos is not None and 0 <= pos < n:
+                row[pos] = float(adv[i])
+            else:
+                spread += float(adv[i])
+        out.append([x + spread for x in row] if spread else row)
+    return out
 
 
 def flat_groups(rewards: torch.Tensor, group_size: int, tol: float = 1e-6) -> torch.Tensor:
@@ -125,9 +161,10 @@ def per_token_objective(logps: torch.Tensor, old_logps: torch.Tensor | None, ref
     """The clipped surrogate plus ``beta`` times the k3 KL, per token, and its parts for logging.
 
     ``logps``, ``old_logps``, ``ref_logps``: ``(B, L)``; ``old_logps`` None means the batch is used
-    once (ratio 1, the gradient of the plain policy gradient); ``advantages``: ``(B,)``.
+    once (ratio 1, the gradient of the plain policy gradient); ``advantages``: ``(B,)``, one per completion,
+    or ``(B, L)``, one per token (``algorithm.credit: scores``).
     """
-    adv = advantages.unsqueeze(1)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     old = logps.detach() if old_logps is None else old_logps
     ratio = torch.exp(logps - old)
     clipped = torch.clamp(ratio, 1 - settings.epsilon_low, 1 + settings.epsilon_high)

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import torch
 
+from grpo.algorithm import score_token_advantages
+
 from grpo.messages import Completion, TrainSample
 from rewards import ScoredBatch
 from sqrl.schema import Record
@@ -80,9 +82,10 @@ class ScoredGroups:
 
 
 def train_samples(groups: Sequence[Group], adv: torch.Tensor, flat: torch.Tensor, *, skip_flat: bool,
-                  mask_truncated: bool) -> list[TrainSample]:
-    """The completions the policy trains on, with their advantages (``adv``, one per completion):
-    ``skip_flat`` drops the groups flagged in ``flat``, ``mask_truncated`` the cut-off answers."""
+                  mask_truncated: bool, token_adv: Sequence[list[float]] | None = None) -> list[TrainSample]:
+    """The completions the policy trains on, with their advantages (``adv``, one per completion; ``token_adv``,
+    one per token, where given): ``skip_flat`` drops the groups flagged in ``flat``, ``mask_truncated`` the
+    cut-off answers."""
     samples = []
     for gi, g in enumerate(groups):
         if skip_flat and bool(flat[gi]):
@@ -91,5 +94,39 @@ def train_samples(groups: Sequence[Group], adv: torch.Tensor, flat: torch.Tensor
         for ci, c in enumerate(g.completions):
             if mask_truncated and c.truncated:
                 continue
-            samples.append(TrainSample(c.audio, c.prompt, c.token_ids, float(adv[gi * G + ci])))
+            k = gi * G + ci
+            samples.append(TrainSample(c.audio, c.prompt, c.token_ids, float(adv[k]),
+                                       token_advantages=None if token_adv is None else list(token_adv[k])))
     return samples
+
+
+def score_credit(batch: ScoredGroups, weights: dict[str, tuple[float, bool]], positions: Sequence[dict[str, int]],
+                 scale_rewards: str) -> list[list[float]]:
+    """Per-token advantages of every completion of ``batch`` under ``algorithm.credit: scores``.
+
+    ``weights``: label -> (weight, digits only) of the configured rewards (``rewards.base.entry_weights``);
+    ``positions``: per completion, dimension -> index of the token that wrote its score digit
+    (``sqrl.scoretokens.score_positions``). The digits-only rewards' components, weighted and summed per
+    dimension, credit that dimension's digit; the other rewards, weighted and summed, every other token
+    (``grpo.algorithm.score_token_advantages``). A reward without a value for a completion adds nothing to it;
+    a completion that no other reward scored has no rest (advantage 0 there)."""
+    sb, n = batch.scores, len(batch.scores.total)
+    rest = torch.full((n,), float("nan"))
+    digits: dict[str, torch.Tensor] = {}
+    for label, (weight, only_digits) in weights.items():
+        if weight == 0:
+            continue
+        if only_digits:
+            prefix = f"{label}/"
+            for key, values in sb.components.items():
+                if key.startswith(prefix):
+                    dim = key[len(prefix):]
+                    col = torch.tensor([float("nan") if v is None else weight * float(v) for v in values])
+                    digits[dim] = col if dim not in digits else torch.where(col.isnan(), digits[dim],
+                                                                           digits[dim].nan_to_num() + col)
+        else:
+            col = torch.tensor([float("nan") if v is None else weight * float(v) for v in sb.per_reward.get(label, [])]
+                               or [float("nan")] * n)
+            rest = torch.where(col.isnan(), rest, rest.nan_to_num() + col)
+    lengths = [len(c.token_ids) for g in batch.groups for c in g.completions]
+    return score_token_advantages(rest, digits, list(positions), lengths, batch.group_size, scale_rewards)

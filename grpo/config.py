@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from grpo.algorithm import LOSS_TYPES, SCALE_REWARDS
+from grpo.algorithm import CREDITS, LOSS_TYPES, SCALE_REWARDS
 from sqrl.backbones.config import LoraConfig, check_attn_implementation, check_dtype
 from sqrl.config import bounded, check_ranges
 from sqrl.data.config import DataConfig
@@ -143,9 +143,16 @@ class AlgorithmConfig:
     max_resample: int = bounded(2, ge=0)
     mask_truncated: bool = False
     """Leave completions that hit ``max_new_tokens`` out of the loss (TRL's mask_truncated_completions)."""
+    credit: str = "sequence"
+    """sequence: every token of a completion gets its advantage of the total reward (the paper's eq. 3). scores:
+    each score digit gets the advantage of its own dimension's score rewards (``accuracy``), every other token
+    that of the other rewards (``semantic``, judges); needs a score reward (grpo/algorithm.py,
+    ``score_token_advantages``)."""
 
     def __post_init__(self):
         check_ranges(self)
+        if self.credit not in CREDITS:
+            raise ValueError(f"algorithm.credit must be one of {', '.join(CREDITS)}, not {self.credit!r}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"algorithm.loss_type must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:

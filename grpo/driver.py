@@ -28,7 +28,7 @@ import torch
 
 from grpo import checkpoint
 from grpo.algorithm import flat_groups, group_advantages
-from grpo.batch import Group, ScoredGroups, train_samples
+from grpo.batch import Group, ScoredGroups, score_credit, train_samples
 from grpo.config import GRPOConfig
 from grpo.messages import ClipRequest, Completion, TrainSample
 from grpo.placement import actor_nodes, create_placement, plan_placement, worker_counts
@@ -40,7 +40,7 @@ from grpo.sampling import ClipStream, training_records
 from grpo.tracking import RunLogger, Timer, plot_reward_curve, sample_rows, step_metrics
 from grpo.worker_env import collect_secrets, secret_names, worker_env
 from rewards import RewardSet
-from rewards.base import add_import_path
+from rewards.base import add_import_path, entry_weights
 from sqrl.config import save_config
 from sqrl.models import META_FILE, ModelMeta, read_meta, write_meta
 from sqrl.prompts import Rubric, answer_format_mismatch
@@ -91,8 +91,9 @@ class Driver:
             if algo.zero_variance == "resample":
                 batch = self.resample_flat_groups(batch, step, timer)
             adv, flat = self.compute_advantages(batch)
+            token_adv, digit_adv = self.token_credit(batch) if algo.credit == "scores" else (None, None)
             samples = train_samples(batch.groups, adv, flat, skip_flat=algo.zero_variance == "skip",
-                                    mask_truncated=algo.mask_truncated)
+                                    mask_truncated=algo.mask_truncated, token_adv=token_adv)
             with timer("update"):
                 stats = self.update(samples)
             updated = bool(stats)
@@ -107,7 +108,7 @@ class Driver:
         self.logger.log(step, metrics)
         every = self.cfg.logging.samples_every
         if every and step % every == 0:
-            self.logger.log_samples(step, sample_rows(batch, adv))
+            self.logger.log_samples(step, sample_rows(batch, adv, digit_adv))
         self.maybe_checkpoint(step)
         return metrics
 
@@ -171,6 +172,16 @@ class Driver:
         totals = batch.totals()
         return group_advantages(totals, self.G, self.cfg.algorithm.scale_rewards), flat_groups(totals, self.G)
 
+    def token_credit(self, batch: ScoredGroups) -> tuple[list[list[float]], list[dict[str, float]]]:
+        """Per-token advantages under ``algorithm.credit: scores`` (``grpo.batch.score_credit``), each completion's
+        score digits located in its tokens (``sqrl.scoretokens.score_positions``); and, for the samples log, the
+        advantage each digit got."""
+        from sqrl.scoretokens import score_positions
+
+        positions = [score_positions(self.tokenizer, c.token_ids) for g in batch.groups for c in g.completions]
+        rows = score_credit(batch, self.reward_weights, positions, self.cfg.algorithm.scale_rewards)
+        return rows, [{d: row[k] for d, k in pos.items() if k < len(row)} for row, pos in zip(rows, positions)]
+
     def update(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         """One policy update (per ``num_iterations``) over the samples, data parallel; {} if none."""
         shards, norm = plan_update(samples, len(self.policy), self.cfg.policy.micro_batch_size)
@@ -218,6 +229,8 @@ class Driver:
         self.data = ClipStream(training_records(cfg.data), cfg.train.seed, cfg.data.balance)
         self.prompt = self._prompt()
         self.sampling = build_sampling(cfg)
+        if cfg.algorithm.credit == "scores":
+            self._setup_score_credit()
         self._step_resampled, self._worker = 0, Counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = checkpoint.latest(self.run_dir) if self.resume else None
@@ -233,6 +246,17 @@ class Driver:
         self.sync_weights(self.step_done)  # the rollout workers start from the policy's (fresh or restored) weights
         self.logger = RunLogger(self.run_dir, cfg.train.steps, start_step=self.step_done,
                                 tensorboard=cfg.logging.tensorboard, progress=cfg.logging.progress)
+
+    def _setup_score_credit(self) -> None:
+        """The reward weights and the tokenizer that ``token_credit`` needs; refused without a score reward."""
+        from transformers import AutoTokenizer
+
+        self.reward_weights = entry_weights(self.cfg.rewards.entries)
+        if not any(w and digits for w, digits in self.reward_weights.values()):
+            raise ValueError("algorithm.credit: scores credits each score digit with its own dimension's score "
+                             "rewards, and rewards.entries has none with a weight (e.g. {name: accuracy}); use "
+                             "algorithm.credit: sequence")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.init))
 
     def _check_run_dir(self) -> None:
         """A non-empty run_dir only with --resume, or --overwrite (which removes it first): sqrl/rundir.py."""

@@ -79,6 +79,8 @@ class TrainSample:
     token_ids: list[int]
     advantage: float
     weight: float = 1.0
+    token_advantages: list[float] | None = None
+    """One advantage per token of ``token_ids`` (``algorithm.credit: scores``); None: ``advantage`` on every token."""
 
 
 @dataclass

@@ -219,7 +219,9 @@ class PolicyWorker:
             inputs = inputs.to(self.device).to(self.dtype)
             weights = torch.tensor([s.weight for s in mb], device=self.device)
             item = {"inputs": inputs, "mask": mask.to(self.device) * weights[:, None].long(),
-                    "adv": torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=self.device),
+                    "adv": token_advantage_matrix(mb, mask).to(self.device)
+                    if any(s.token_advantages is not None for s in mb) else
+                    torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=self.device),
                     "ref": None, "old": None}
             with torch.no_grad():
                 if self.loss.beta != 0.0:
@@ -241,7 +243,8 @@ class PolicyWorker:
             step_loss = 0.0
             for item in prepared:
                 logps, mask = completion_logprobs(self.engine, item["inputs"], item["mask"])
-                per_token, parts = per_token_objective(logps.float(), item["old"], item["ref"], item["adv"], self.loss)
+                adv = item["adv"] if item["adv"].dim() == 1 else item["adv"][:, -logps.shape[1]:]  # (B, L): its columns
+                per_token, parts = per_token_objective(logps.float(), item["old"], item["ref"], adv, self.loss)
                 loss = reduce_loss(per_token, mask, self.loss, norm)
                 self.engine.backward(loss, scale_wrt_gas=False)
                 step_loss += float(loss.detach())
@@ -334,6 +337,20 @@ class PolicyWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def token_advantage_matrix(samples: Sequence[TrainSample], mask: torch.Tensor) -> torch.Tensor:
+    """``(B, W)`` advantages on a micro-batch's ``(B, W)`` completion mask: each sample's ``token_advantages`` on
+    its completion tokens in order (its one ``advantage`` where it has none), 0 elsewhere."""
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    for row, sample in enumerate(samples):
+        cols = mask[row].nonzero().squeeze(1).cpu()
+        values = sample.token_advantages if sample.token_advantages is not None else [sample.advantage] * len(cols)
+        if len(values) != len(cols):
+            raise RuntimeError(f"{len(values)} token advantages for a completion of {len(cols)} tokens in the "
+                               "policy's inputs: the completion mask and the rollout's token ids disagree")
+        out[row, cols] = torch.tensor(values, dtype=torch.float32)
+    return out
 
 
 def build_policy_workers(cfg: GRPOConfig, init: str, backbone: str, place: Callable[[str, int], dict],

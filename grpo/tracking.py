@@ -99,9 +99,12 @@ def step_metrics(batch: ScoredGroups, flat: torch.Tensor, stats: Mapping[str, fl
     return out
 
 
-def sample_rows(batch: ScoredGroups, advantages: torch.Tensor) -> list[dict[str, Any]]:
+def sample_rows(batch: ScoredGroups, advantages: torch.Tensor,
+                digit_advantages: list[dict[str, float]] | None = None) -> list[dict[str, Any]]:
     """One row per completion of the step: its clip, reference scores, text, whether it was cut, the total
-    reward and each reward's value (``None``: skipped), the per-dimension components and the advantage."""
+    reward and each reward's value (``None``: skipped), the per-dimension components and the advantage of the
+    total. Under ``algorithm.credit: scores`` (``digit_advantages``) the policy trained on per-token advantages
+    instead: ``digit_advantages`` holds what each score digit got (the other tokens: grpo/batch.py)."""
     sb, G = batch.scores, batch.group_size
     rows = []
     for g, group in enumerate(batch.groups):
@@ -118,6 +121,8 @@ def sample_rows(batch: ScoredGroups, advantages: torch.Tensor) -> list[dict[str,
                 "components": {name: _clean(None if v[k] is None else float(v[k])) for name, v in sb.components.items()},
                 "advantage": _clean(float(advantages[k])),
             })
+            if digit_advantages is not None:
+                rows[-1]["digit_advantages"] = {d: _clean(float(v)) for d, v in digit_advantages[k].items()}
     return rows
 
 

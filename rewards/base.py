@@ -361,6 +361,19 @@ class RewardSet:
         return values, comps, n_bad
 
 
+def entry_weights(entries: Iterable[Any]) -> dict[str, tuple[float, bool]]:
+    """Label -> (weight, digits only) of each configured reward, without building it. *Digits only*: a registered
+    reward whose class says ``score_digits_only = True`` (``accuracy``): each of its components reads nothing but
+    one dimension's score digit, which is what ``algorithm.credit: scores`` credits it to. A reward named by
+    dotted path is never taken for one."""
+    out = {}
+    for raw in entries:
+        spec = _entry_spec(raw)
+        digits = "." not in spec["name"] and bool(getattr(lookup(spec["name"]), "score_digits_only", False))
+        out[spec["label"]] = (float(spec["weight"]), digits)
+    return out
+
+
 def _entry_spec(raw: Any) -> dict[str, Any]:
     get_ = raw.get if isinstance(raw, Mapping) else (lambda k, d=None: getattr(raw, k, d))
     if isinstance(raw, Mapping):

@@ -66,6 +66,9 @@ class Accuracy:
     [1.5]
     """
 
+    score_digits_only = True
+    """Each component reads one dimension's score digit and nothing else (``algorithm.credit: scores``)."""
+
     def __init__(self, soft: bool = False, dimensions: Iterable[str] | None = None):
         self.soft = bool(soft)
         self.dimensions = select_dimensions(dimensions, "accuracy")

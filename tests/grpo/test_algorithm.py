@@ -167,3 +167,55 @@ def test_plan_update_gives_every_rank_the_same_number_of_micro_batches():
     assert (norm.num_sequences, norm.num_tokens, norm.world_size) == (7, 28, 2)
     assert norm.num_microbatches == 3  # the padding-only micro-batch of rank 1 is not counted (bnpo)
     assert plan_update([], 1, 4) == ([], None)
+
+
+def test_score_credit_puts_each_dimensions_accuracy_on_its_digit_and_the_rest_elsewhere():
+    """Hand-worked: one group of two completions, accuracy on noise and overall plus a semantic reward (weight 2).
+    scale none: advantages are the rewards minus the group mean."""
+    from grpo.batch import Group, ScoredGroups, score_credit
+    from grpo.messages import Completion
+    from rewards import ScoredBatch
+    from sqrl.schema import Record
+
+    comps = [Completion("c", "a.wav", "p", list(range(n)), "") for n in (5, 4)]
+    scores = ScoredBatch(total=[None, None],
+                         per_reward={"accuracy": [2.0, 0.0], "semantic": [0.25, 0.75]},
+                         components={"accuracy/noise": [1.0, 0.0], "accuracy/overall": [1.0, 0.0],
+                                     "semantic/noise": [0.25, 0.75]}, skipped={}, errors={})
+    batch = ScoredGroups([Group(Record(id="c"), comps)], scores)
+    weights = {"accuracy": (1.0, True), "semantic": (2.0, False)}
+    # completion 0 wrote noise at token 1 and overall at token 3; completion 1 has no overall line
+    rows = score_credit(batch, weights, [{"noise": 1, "overall": 3}, {"noise": 2}], "none")
+    # rest: 2 * semantic = 0.5, 1.5 -> -0.5, +0.5; noise 1, 0 -> +0.5, -0.5; overall 1, 0 -> +0.5, -0.5
+    assert rows[0] == pytest.approx([-0.5, 0.5, -0.5, 0.5, -0.5])
+    # no overall digit in completion 1: its -0.5 spreads over every token, its noise digit included
+    assert rows[1] == pytest.approx([0.5 - 0.5, 0.5 - 0.5, -0.5 - 0.5, 0.5 - 0.5])
+    # under group scaling each part is divided by its own group std (+-1 for two different values)
+    assert score_credit(batch, weights, [{"noise": 1, "overall": 3}, {"noise": 2}], "group")[0][1] == pytest.approx(
+        0.5 / (torch.tensor([1.0, 0.0]).std().item() + 1e-4))
+    # a weight-0 reward credits nothing; no other reward: the rest is 0
+    only = score_credit(batch, {"accuracy": (1.0, True), "semantic": (0.0, False)},
+                        [{"noise": 1, "overall": 3}, {"noise": 2}], "none")
+    assert only[0] == pytest.approx([0.0, 0.5, 0.0, 0.5, 0.0])
+
+
+def test_a_per_token_advantage_matrix_equals_the_per_sequence_one_where_constant():
+    logps = torch.randn(3, 6)
+    ref = logps + 0.1 * torch.randn(3, 6)
+    adv = torch.tensor([1.0, -0.5, 2.0])
+    settings = LossConfig("grpo", beta=0.04, max_completion_length=6)
+    seq, _ = per_token_objective(logps, None, ref, adv, settings)
+    tok, _ = per_token_objective(logps, None, ref, adv[:, None].expand(3, 6), settings)
+    assert torch.allclose(seq, tok)
+    bumped = adv[:, None].expand(3, 6).clone()  # one token's own advantage changes that token's term only
+    bumped[0, 2] = -3.0
+    moved, _ = per_token_objective(logps, None, ref, bumped, settings)
+    assert (moved != seq).sum() == 1
+
+
+def test_an_unknown_credit_is_refused():
+    from grpo.config import AlgorithmConfig
+
+    assert AlgorithmConfig().credit == "sequence"  # the paper's eq. 3
+    with pytest.raises(ValueError, match="algorithm.credit"):
+        AlgorithmConfig(credit="tokens")

@@ -264,3 +264,30 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(cluster, tiny_init
         assert got["completion/mean_length"] == ref["completion/mean_length"]
         for key in ("rewards/total/mean", "loss", "kl", "grad_norm", "zero_variance/resampled"):
             assert got[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-7), (got["step"], key)
+
+
+def test_score_credit_trains_each_digit_on_its_own_dimension(cluster, tiny_init, corpus, tmp_path, monkeypatch):
+    """`algorithm.credit: scores`: the policy receives one advantage per token, the accuracy components' on the
+    score digits and the other rewards' everywhere else; without a score reward it is refused before any worker."""
+    import grpo.driver as driver_module
+
+    seen = []
+    original = driver_module.train_samples
+
+    def spy(*args, **kwargs):
+        samples = original(*args, **kwargs)
+        seen.append(samples)
+        return samples
+
+    monkeypatch.setattr(driver_module, "train_samples", spy)
+    entries = f"[{{name: accuracy}}, {{name: {TEST_REWARDS}.text_stats}}]"
+    cfg = make_config(tiny_init, corpus, f"rewards.entries={entries}", "algorithm.credit=scores", "train.steps=1")
+    Driver(cfg, tmp_path / "run").run()
+    samples = seen[0]
+    assert samples and all(len(s.token_advantages) == len(s.token_ids) for s in samples)
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["update/trained_sequences"] == len(samples)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert all(isinstance(row["digit_advantages"], dict) for row in logged)
+    with pytest.raises(ValueError, match="credit: scores"):
+        Driver(make_config(tiny_init, corpus, f"rewards.entries=[{{name: {TEST_REWARDS}.text_stats}}]",
+                           "algorithm.credit=scores"), tmp_path / "refused").run()

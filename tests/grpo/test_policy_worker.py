@@ -146,3 +146,26 @@ def test_a_policy_on_eager_attention_scores_as_the_sdpa_rollouts(tiny_init, comp
     fixed = completions[:3]
     # both start at the base model's function (LoRA B = 0); only the attention kernel differs
     assert max_diff(worker.logprobs(fixed), fresh.logprobs(fixed)) < 1e-5
+
+
+def test_token_advantages_land_on_their_completion_tokens_in_order(policy, completions):
+    """The policy's inputs hold prompt, audio and completion; a completion's token advantages must land on its own
+    tokens, in order, and a completion of constant ones trains as one of the same per-sequence advantage."""
+    mb = list(completions[:3])
+    advantages = (1.0, -1.0, 0.5)
+    seq = [TrainSample(c.audio, c.prompt, c.token_ids, a) for c, a in zip(mb, advantages)]
+    marked = [TrainSample(c.audio, c.prompt, c.token_ids, 0.0,
+                          token_advantages=[float(k + 1) for k in range(len(c.token_ids))]) for c in mb]
+    (plain,), (tok,) = policy._prepare([seq]), policy._prepare([marked])
+    mask = plain["mask"]
+    assert tok["adv"].shape == mask.shape and plain["adv"].shape == (3,)
+    for row, c in enumerate(mb):
+        assert tok["adv"][row][mask[row].bool()].tolist() == [float(k + 1) for k in range(len(c.token_ids))]
+        assert float(tok["adv"][row][~mask[row].bool()].abs().sum()) == 0.0
+    constant = [TrainSample(c.audio, c.prompt, c.token_ids, 0.0, token_advantages=[a] * len(c.token_ids))
+                for c, a in zip(mb, advantages)]
+    (same,) = policy._prepare([constant])
+    assert torch.equal(same["adv"], torch.tensor(advantages)[:, None] * mask)
+    short = [TrainSample(mb[0].audio, mb[0].prompt, mb[0].token_ids, 0.0, token_advantages=[1.0])]
+    with pytest.raises(RuntimeError, match="token advantages"):
+        policy._prepare([short])
