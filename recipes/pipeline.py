@@ -48,8 +48,8 @@ class EvalConfig:
     sampled_reward: bool = False
     """Also score them on answers sampled as GRPO's rollouts sample (its ``rollout.temperature``, seed 0): what
     GRPO maximises. Two more evaluations of the held-out clips (``eval/<start>_sampled``, ``eval/grpo_sampled``;
-    ~11 min each for 300 clips of the small model on 2 cores) and ``reward/grpo_sampled``; needs the greedy
-    scoring on (``grpo_reward``)."""
+    13-15 min each for 300 clips of the small model on 2 cores, past ``make small``'s 2 hours, so its config
+    leaves it off) and ``reward/grpo_sampled``; needs the greedy scoring on (``grpo_reward``)."""
 
     def __post_init__(self):
         check_ranges(self)
