@@ -8,7 +8,6 @@ from typing import Sequence
 import torch
 
 from grpo.algorithm import score_token_advantages
-
 from grpo.messages import Completion, TrainSample
 from rewards import ScoredBatch
 from sqrl.schema import Record
