@@ -169,3 +169,33 @@ def test_token_advantages_land_on_their_completion_tokens_in_order(policy, compl
     short = [TrainSample(mb[0].audio, mb[0].prompt, mb[0].token_ids, 0.0, token_advantages=[1.0])]
     with pytest.raises(RuntimeError, match="token advantages"):
         policy._prepare([short])
+
+
+def test_an_update_makes_a_positive_advantage_more_likely_and_a_negative_one_less(tiny_init, completions):
+    """The sign of the whole chain (advantages, objective, optimizer): one step with +1 / -1 / 0 on one clip's
+    group raises the first completion's log-likelihood and lowers the second's; per-token advantages do the same
+    within one completion, token by token."""
+    worker = PolicyWorker(str(tiny_init), "tiny-qwen2-audio", lora_rank=8, lora_alpha=None, lora_dropout=0.0,
+                          encoder_mode="trainable", dtype="float32", lr=2e-3,
+                          loss=LossConfig("grpo", beta=0.0, max_completion_length=SAMPLING.max_new_tokens))
+    worker.setup(*free_address())
+    group = list(completions[:G])
+    before = [sum(row) for row in worker.logprobs(group)]
+    samples = [TrainSample(c.audio, c.prompt, c.token_ids, a) for c, a in zip(group, (1.0, -1.0, 0.0))]
+    shards, norm = plan_update(samples, 1, micro_batch_size=4)
+    worker.update(shards[0], norm)
+    after = [sum(row) for row in worker.logprobs(group)]
+    print(f"log-likelihood before {before}, after {after}")
+    assert after[0] > before[0] + 1e-3 and after[1] < before[1] - 1e-3
+
+    one = group[2]
+    half = len(one.token_ids) // 2
+    marks = [1.0] * half + [-1.0] * (len(one.token_ids) - half)
+    (start,) = worker.logprobs([one])
+    shards, norm = plan_update([TrainSample(one.audio, one.prompt, one.token_ids, 0.0, token_advantages=marks)], 1,
+                               micro_batch_size=4)
+    worker.update(shards[0], norm)
+    (end,) = worker.logprobs([one])
+    moved = [e - s for e, s in zip(end, start)]
+    print(f"per-token change {moved}")
+    assert sum(moved[:half]) > 1e-3 and sum(moved[half:]) < -1e-3
