@@ -291,3 +291,17 @@ def test_score_credit_trains_each_digit_on_its_own_dimension(cluster, tiny_init,
     with pytest.raises(ValueError, match="credit: scores"):
         Driver(make_config(tiny_init, corpus, f"rewards.entries=[{{name: {TEST_REWARDS}.text_stats}}]",
                            "algorithm.credit=scores"), tmp_path / "refused").run()
+
+
+def test_the_loop_raises_a_reward_the_policy_can_learn(cluster, tiny_init, corpus, tmp_path):
+    """The whole loop (rollouts, rewards, advantages, update, sync) climbs. On the untrained model the share of
+    vowels and spaces is a function of the token the policy can only learn among tokens it samples often; at 0.3
+    its samples keep to a few dozen tokens a position, and the last steps' reward must beat the first step's (measured:
+    0.415, then 0.489 from step 3 on, when the groups have converged on one answer)."""
+    entries = f"[{{name: {TEST_REWARDS}.text_stats}}]"
+    cfg = make_config(tiny_init, corpus, f"rewards.entries={entries}", "train.steps=6", "train.save_every=0",
+                      "algorithm.beta=0.0", "rollout.temperature=0.3")
+    rows = read_metrics(Driver(cfg, tmp_path / "run").run() / "metrics.jsonl")
+    curve = [r["rewards/total/mean"] for r in rows]
+    print("reward by step", [round(x, 3) for x in curve])
+    assert sum(curve[-3:]) / 3 > curve[0] + 0.03, curve
