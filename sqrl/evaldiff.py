@@ -11,6 +11,11 @@ scores, with its difference from the baseline and a paired bootstrap interval ov
 
 The interval is the spread the choice of test clips alone gives; differences between training seeds are not
 in it (run seeds for that: ``sqrl compare``).
+
+It also counts how often each model gives each score, per dimension, against the reference labels
+(``score_shares``; ``--shares-plot``): a change of PCC is often a change of how often a score is given (a
+training run whose clips over-represent a score teaches the model to give it more often), which the PCC
+alone does not show.
 """
 from __future__ import annotations
 
@@ -23,9 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from sqrl.config import arg_range
-from sqrl.dimensions import DIMENSIONS, DISPLAY_NAMES
+from sqrl.dimensions import DIMENSIONS, DISPLAY_NAMES, SCORE_MAX, SCORE_MIN, valid_score
 from sqrl.fsutil import read_jsonl
-from sqrl.metrics import paired_bootstrap_pcc, reference_matrix, score_matrix, with_expected
+from sqrl.metrics import paired_bootstrap_pcc, predicted_score, reference_matrix, score_matrix, with_expected
 from sqrl.schema import Assessment
 
 log = logging.getLogger(__name__)
@@ -86,12 +91,52 @@ def read_evals(evals: Sequence[tuple[str, str | Path]]) -> tuple[list[str], dict
     return ids, scores, reference
 
 
+SCORES = list(range(SCORE_MIN, SCORE_MAX + 1))
+
+
+def _shares(values: Sequence[Any]) -> dict[str, Any]:
+    """Share of ``values`` equal to each score (``shares``, in score order) and share that is not a valid score."""
+    n = max(len(values), 1)
+    shares = [sum(1 for v in values if valid_score(v) and v == k) / n for k in SCORES]
+    return {"shares": shares, "unscored": 1.0 - sum(shares)}
+
+
+def score_shares(evals: Sequence[tuple[str, str | Path]], dims: Sequence[str] = DIMENSIONS) -> dict[str, dict[str, Any]]:
+    """Per dimension, how often each score is the greedy answer of each evaluation (its label) and the reference
+    label (``"reference"``), over the clips every evaluation answered: ``{dim: {label: {"shares": [s1..s5],
+    "unscored": u, "tv": d}}}``. ``unscored``: no parsed answer, or none for this dimension (no label, for the
+    reference); ``tv``: total variation distance of the model's shares from the reference's, both over the
+    clips each scored (0: the same distribution of scores, 1: none in common)."""
+    ids, rows = answered_by_all(evals)
+    out: dict[str, dict[str, Any]] = {}
+    first = rows[0]
+    for d in dims:
+        ref = _shares([((first[c].get("reference") or {}).get("scores") or {}).get(d) for c in ids])
+        per: dict[str, Any] = {"reference": ref}
+        for (label, _), by_id in zip(evals, rows):
+            parsed = [by_id[c].get("parsed") for c in ids]
+            row = _shares([predicted_score(Assessment(scores=dict(p.get("scores") or {})), d) if p else None
+                           for p in parsed])
+            row["tv"] = _tv(row, ref)
+            per[label] = row
+        out[d] = per
+    return out
+
+
+def _tv(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    sa, sb = 1.0 - a["unscored"], 1.0 - b["unscored"]
+    if sa <= 0 or sb <= 0:
+        return None
+    return 0.5 * sum(abs(x / sa - y / sb) for x, y in zip(a["shares"], b["shares"]))
+
+
 def evaldiff(evals: Sequence[tuple[str, str | Path]], *, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     ids, scores, reference = read_evals(evals)
     out: dict[str, Any] = {"n_clips": len(ids), "resamples": resamples, "seed": seed,
                            "baseline": evals[0][0]}
     for kind, per_label in scores.items():
         out[kind] = paired_bootstrap_pcc(per_label, reference, DIMENSIONS, resamples=resamples, seed=seed)
+    out["score_shares"] = score_shares(evals)
     return out
 
 
@@ -114,7 +159,30 @@ def table(result: dict[str, Any]) -> str:
                              f"{r.get('p_not_better', float('nan')):.3f}")
             lines.append(f"| {DISPLAY_NAMES.get(name, 'mean (6 dims)')} | " + " | ".join(cells) + " |")
         lines.append("")
+    if "score_shares" in result:
+        lines += shares_table(result["score_shares"])
     return "\n".join(lines)
+
+
+def shares_table(shares: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown lines: per dimension, each column's shares of the scores 1-5 and (models) its TV distance."""
+    labels = list(next(iter(shares.values())))
+    lines = ["**how often each score is given** (greedy answers; share of the clips for scores 1/2/3/4/5; "
+             "TV: total variation distance from the reference's shares)", "",
+             "| dimension | " + " | ".join(labels) + " |", "|---" * (1 + len(labels)) + "|"]
+    for d, per in shares.items():
+        cells = []
+        for label in labels:
+            row = per[label]
+            cell = "/".join(f"{v:.2f}" for v in row["shares"])
+            if row["unscored"] > 0.005:
+                cell += f", none {row['unscored']:.2f}"
+            if label != "reference":
+                cell += " (TV n/a)" if row["tv"] is None else f" (TV {row['tv']:.2f})"
+            cells.append(cell)
+        lines.append(f"| {DISPLAY_NAMES.get(d, d)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def _f(value: float | None) -> str:
@@ -130,6 +198,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.add_argument("--plot", default=None, help="draw the differences and their intervals to this PNG")
+    p.add_argument("--shares-plot", default=None,
+                   help="draw how often each model gives each score, per dimension, against the reference, to this PNG")
     p.set_defaults(func=_run)
 
 
@@ -144,4 +214,8 @@ def _run(args) -> int:
         from sqrl.plots import difference_intervals
 
         print(f"plot: {difference_intervals({k: result[k] for k in ('greedy', 'expected')}, args.plot)}")
+    if args.shares_plot:
+        from sqrl.plots import score_share_bars
+
+        print(f"shares plot: {score_share_bars(result['score_shares'], args.shares_plot)}")
     return 0

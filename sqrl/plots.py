@@ -196,6 +196,31 @@ def difference_intervals(panels: Mapping[str, Mapping[str, Mapping[str, Mapping[
     return _save(fig, path)
 
 
+def score_share_bars(shares: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path) -> Path:
+    """One panel per dimension (``sqrl.evaldiff.score_shares``): for the scores 1-5, the share of clips the
+    reference labels give each (grey) beside the share each model's greedy answers give it."""
+    dims = list(shares)
+    cols = min(4, max(1, len(dims)))
+    rows = -(-len(dims) // cols)
+    fig = _figure(3.4 * cols, 2.8 * rows)
+    for i, d in enumerate(dims):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        labels = list(shares[d])
+        models = [label for label in labels if label != "reference"]
+        scores = np.arange(SCORE_MIN, SCORE_MAX + 1)
+        width = 0.8 / len(labels)
+        for j, label in enumerate(labels):
+            color = "0.6" if label == "reference" else f"C{models.index(label)}"
+            ax.bar(scores + (j - (len(labels) - 1) / 2) * width, shares[d][label]["shares"], width=width,
+                   color=color, label=label)
+        ax.set(title=DISPLAY_NAMES.get(d, d), xlabel="score", ylabel="share of clips", xticks=scores)
+        ax.grid(alpha=0.3, axis="y")
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

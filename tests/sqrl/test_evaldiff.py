@@ -109,3 +109,37 @@ def test_evaldiff_refuses_folders_of_different_manifests_and_a_single_folder(tmp
         read_evals([("a", a)])
     with pytest.raises(FileNotFoundError, match="sqrl eval"):
         read_evals([("a", a), ("c", tmp_path / "missing")])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")  # PCC bootstrap of 4 clips
+def test_score_shares_count_each_score_per_model_against_the_reference(tmp_path, capsys):
+    """Hand-counted: 4 clips; noise labels 5, 5, 4, 1; one model answers 4, 4, 4, 1, the other 5, 5, (nothing), 1."""
+    from recipes.cli import main
+    from sqrl.evaldiff import score_shares
+
+    refs = [Record(id=f"c{i}", scores={"noise": n, "overall": 3}) for i, n in enumerate((5, 5, 4, 1))]
+    refs[3].scores["overall"] = None  # unlabelled: unscored in the reference's shares
+    fours = [Assessment(scores={"noise": n, "overall": 3}) for n in (4, 4, 4, 1)]
+    fives = [Assessment(scores={"noise": 5, "overall": 3}), Assessment(scores={"noise": 5, "overall": 3}), None,
+             Assessment(scores={"noise": 1, "overall": 2})]
+    a = _eval_folder(tmp_path / "a", refs, fours)
+    b = _eval_folder(tmp_path / "b", refs, fives)
+    shares = score_shares([("fours", a), ("fives", b)], dims=["noise", "overall"])
+    noise = shares["noise"]
+    assert noise["reference"] == {"shares": [0.25, 0, 0, 0.25, 0.5], "unscored": 0.0}
+    assert noise["fours"]["shares"] == [0.25, 0, 0, 0.75, 0] and noise["fours"]["unscored"] == 0
+    assert noise["fours"]["tv"] == pytest.approx(0.5)  # half the mass moved from 5 to 4
+    assert noise["fives"]["shares"] == [0.25, 0, 0, 0, 0.5] and noise["fives"]["unscored"] == pytest.approx(0.25)
+    # over the clips each scored: fives gives 1/3, 0, 0, 0, 2/3 against 1/4, 0, 0, 1/4, 1/2
+    assert noise["fives"]["tv"] == pytest.approx(0.25)
+    overall = shares["overall"]
+    assert overall["reference"]["shares"] == [0, 0, 0.75, 0, 0] and overall["reference"]["unscored"] == 0.25
+    assert overall["fives"]["shares"] == [0, 0.25, 0.5, 0, 0]
+    assert overall["fours"]["tv"] == pytest.approx(0.0) and overall["fives"]["tv"] == pytest.approx(1 / 3)
+
+    png = tmp_path / "shares.png"
+    assert main(["evaldiff", "--evals", f"fours={a}", "--evals", f"fives={b}", "--resamples", "100",
+                 "--shares-plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "| Noise | 0.25/0.00/0.00/0.25/0.50 | 0.25/0.00/0.00/0.75/0.00 (TV 0.50) | 0.25/0.00/0.00/0.00/0.50, none 0.25 (TV 0.25) |" in out
+    assert png.stat().st_size > 10_000
