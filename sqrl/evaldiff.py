@@ -107,6 +107,8 @@ def score_shares(evals: Sequence[tuple[str, str | Path]], dims: Sequence[str] = 
     "unscored": u, "tv": d}}}``. ``unscored``: no parsed answer, or none for this dimension (no label, for the
     reference); ``tv``: total variation distance of the model's shares from the reference's, both over the
     clips each scored (0: the same distribution of scores, 1: none in common)."""
+    if any(label == "reference" for label, _ in evals):
+        raise ValueError("--evals: the label 'reference' is taken by the labels' own shares; name the model otherwise")
     ids, rows = answered_by_all(evals)
     out: dict[str, dict[str, Any]] = {}
     first = rows[0]

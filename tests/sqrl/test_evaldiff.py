@@ -143,3 +143,5 @@ def test_score_shares_count_each_score_per_model_against_the_reference(tmp_path,
     out = capsys.readouterr().out
     assert "| Noise | 0.25/0.00/0.00/0.25/0.50 | 0.25/0.00/0.00/0.75/0.00 (TV 0.50) | 0.25/0.00/0.00/0.00/0.50, none 0.25 (TV 0.25) |" in out
     assert png.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="'reference' is taken"):
+        score_shares([("reference", a), ("fives", b)])
