@@ -68,11 +68,13 @@ def answered_by_all(evals: Sequence[tuple[str, str | Path]]) -> tuple[list[str],
     return ids, rows
 
 
-def read_evals(evals: Sequence[tuple[str, str | Path]]) -> tuple[list[str], dict[str, dict[str, np.ndarray]], np.ndarray]:
+def read_evals(evals: Sequence[tuple[str, str | Path]], answered: tuple[list[str], list[dict[str, dict[str, Any]]]] | None = None
+               ) -> tuple[list[str], dict[str, dict[str, np.ndarray]], np.ndarray]:
     """(clip ids, ``{"greedy"|"expected": {label: (clips, dims)}}``, references ``(clips, dims)``) over the clips
-    every folder answered, in the first folder's order. A clip without a parsed answer scores ``MIDPOINT`` (as
-    in ``sqrl eval``'s metrics); an expected score falls back on the greedy integer where there is none."""
-    ids, rows = answered_by_all(evals)
+    every folder answered, in the first folder's order (``answered``: ``answered_by_all(evals)``, if already
+    read). A clip without a parsed answer scores ``MIDPOINT`` (as in ``sqrl eval``'s metrics); an expected score
+    falls back on the greedy integer where there is none."""
+    ids, rows = answered or answered_by_all(evals)
     if len(ids) < 3:
         raise ValueError(f"--evals: {len(ids)} clips answered by every evaluation; at least 3 are needed")
     for clip in ids:
@@ -101,15 +103,16 @@ def _shares(values: Sequence[Any]) -> dict[str, Any]:
     return {"shares": shares, "unscored": 1.0 - sum(shares)}
 
 
-def score_shares(evals: Sequence[tuple[str, str | Path]], dims: Sequence[str] = DIMENSIONS) -> dict[str, dict[str, Any]]:
+def score_shares(evals: Sequence[tuple[str, str | Path]], dims: Sequence[str] = DIMENSIONS,
+                 answered: tuple[list[str], list[dict[str, dict[str, Any]]]] | None = None) -> dict[str, dict[str, Any]]:
     """Per dimension, how often each score is the greedy answer of each evaluation (its label) and the reference
     label (``"reference"``), over the clips every evaluation answered: ``{dim: {label: {"shares": [s1..s5],
     "unscored": u, "tv": d}}}``. ``unscored``: no parsed answer, or none for this dimension (no label, for the
     reference); ``tv``: total variation distance of the model's shares from the reference's, both over the
-    clips each scored (0: the same distribution of scores, 1: none in common)."""
+    clips each scored (0: the same distribution of scores, 1: none in common). ``answered``: as in ``read_evals``."""
     if any(label == "reference" for label, _ in evals):
         raise ValueError("--evals: the label 'reference' is taken by the labels' own shares; name the model otherwise")
-    ids, rows = answered_by_all(evals)
+    ids, rows = answered or answered_by_all(evals)
     out: dict[str, dict[str, Any]] = {}
     first = rows[0]
     for d in dims:
@@ -133,12 +136,13 @@ def _tv(a: dict[str, Any], b: dict[str, Any]) -> float | None:
 
 
 def evaldiff(evals: Sequence[tuple[str, str | Path]], *, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    ids, scores, reference = read_evals(evals)
+    answered = answered_by_all(evals)  # read once: the PCCs and the score shares are over the same clips
+    ids, scores, reference = read_evals(evals, answered)
     out: dict[str, Any] = {"n_clips": len(ids), "resamples": resamples, "seed": seed,
                            "baseline": evals[0][0]}
     for kind, per_label in scores.items():
         out[kind] = paired_bootstrap_pcc(per_label, reference, DIMENSIONS, resamples=resamples, seed=seed)
-    out["score_shares"] = score_shares(evals)
+    out["score_shares"] = score_shares(evals, answered=answered)
     return out
 
 
