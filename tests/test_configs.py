@@ -16,7 +16,7 @@ def _kind(path: Path) -> str:
         return "judge"
     if path.parent.name == "examples":
         return "rewards"
-    if path.name == "pipeline.yaml":
+    if path.name.startswith("pipeline"):
         return "pipeline"
     if path.name.startswith("compare"):
         return "compare"
