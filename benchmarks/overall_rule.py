@@ -1,42 +1,75 @@
-"""Diagnostic: does the model's overall score carry what its own dimension scores carry?
+"""Does the model's overall score carry what its own dimension scores carry? Prints (and writes) one JSON object.
 
-For each clip: the rule that labels the synthetic corpus (sqrl.data.labels.overall / listening_effort) applied to the
-model's predicted dimension scores, and again with one predicted dimension replaced by the truth (which dimension
-limits overall). PCC against the true overall.
-An analysis of an `sqrl eval` folder on the synthetic corpus (its labels follow the rule), not a timing.
-usage: python benchmarks/overall_rule.py EVAL_DIR [OUT.json]
+On the synthetic corpus overall is a rule over the other dimensions (``sqrl.data.labels``: ``listening_effort``
+and ``overall``). For each clip of an ``sqrl eval`` folder this applies the rule to the model's predicted
+dimension scores, and again with one predicted dimension (or naturalness and distortion together) replaced by
+the truth: which dimension limits overall. Every value is a PCC against the true overall, except
+``agree_model_vs_rule_on_own_dims`` (the share of clips where the model's overall equals the rule over its own
+dimensions). An analysis of the synthetic corpus, not a timing (docs/small.md, "Two and a half epochs").
+
+    .venv/bin/python benchmarks/overall_rule.py runs/small/eval_calibration_2p5ep [--out overall_rule.json]
 """
-import json, sys
-import numpy as np
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
 from scipy.stats import pearsonr
-from sqrl.data.labels import overall, listening_effort
 
-rows = [json.loads(l) for l in open(sys.argv[1] + "/predictions.jsonl")]
-rows = [r for r in rows if r["parsed"]]
-dims5 = ("speed", "naturalness", "noise", "distortion", "continuity")
-truth = np.array([r["reference"]["scores"]["overall"] for r in rows], float)
-pred = [r["parsed"]["scores"] for r in rows]
+from sqrl.data.labels import listening_effort, overall
+from sqrl.fsutil import read_jsonl
 
-def derived(scores, swap=None, ref=None, effort_from_rule=True):
-    s = {d: int(scores[d]) for d in dims5}
-    if swap:
-        for d in swap:
-            s[d] = int(ref[d])
-    s["listening_effort"] = listening_effort(s) if effort_from_rule else int(scores["listening_effort"])
+log = logging.getLogger("overall_rule")
+MEASURED = ("speed", "naturalness", "noise", "distortion", "continuity")  # what the rule starts from
+
+
+def rule(scores: dict, truth: dict | None = None, swap: tuple[str, ...] = (), own_effort: bool = False) -> int:
+    """Overall by the corpus rule from ``scores``, with the dimensions in ``swap`` taken from ``truth``."""
+    s = {d: int((truth if d in swap else scores)[d]) for d in MEASURED}
+    s["listening_effort"] = int(scores["listening_effort"]) if own_effort else listening_effort(s)
     return overall(s)
 
-out = {"n": len(rows)}
-out["model_overall_greedy"] = pearsonr([p["overall"] for p in pred], truth)[0]
-out["model_overall_expected"] = pearsonr([r["expected_scores"]["overall"] for r in rows], truth)[0]
-out["rule_on_predicted_dims"] = pearsonr([derived(p) for p in pred], truth)[0]
-out["rule_on_predicted_dims_model_effort"] = pearsonr([derived(p, effort_from_rule=False) for p in pred], truth)[0]
-out["rule_on_truth"] = pearsonr([derived(r["reference"]["scores"]) for r in rows], truth)[0]
-out["agree_model_vs_rule_on_own_dims"] = float(np.mean([derived(p) == p["overall"] for p in pred]))
-for d in dims5:
-    out[f"rule_with_true_{d}"] = pearsonr([derived(p, [d], r["reference"]["scores"]) for p, r in zip(pred, rows)], truth)[0]
-out["rule_with_true_naturalness_distortion"] = pearsonr(
-    [derived(p, ["naturalness", "distortion"], r["reference"]["scores"]) for p, r in zip(pred, rows)], truth)[0]
-out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
-print(json.dumps(out, indent=1))
-if len(sys.argv) > 2:
-    json.dump(out, open(sys.argv[2], "w"), indent=1)
+
+def analyse(eval_dir: Path) -> dict:
+    rows = list(read_jsonl(eval_dir / "predictions.jsonl"))
+    usable = [r for r in rows if r["parsed"] and all(r["parsed"]["scores"].get(d) is not None
+                                                      for d in (*MEASURED, "listening_effort", "overall"))]
+    if len(usable) < len(rows):
+        log.warning("%d of %d answers left out: unparsed or missing a score", len(rows) - len(usable), len(rows))
+    if len(usable) < 3:
+        raise SystemExit(f"{eval_dir}: {len(usable)} usable answers; a PCC needs at least 3")
+    pred = [r["parsed"]["scores"] for r in usable]
+    ref = [r["reference"]["scores"] for r in usable]
+    y = [t["overall"] for t in ref]
+
+    def pcc(values) -> float:
+        return round(float(pearsonr(list(values), y)[0]), 4)
+
+    out: dict = {"n": len(usable), "model_overall_greedy": pcc(p["overall"] for p in pred)}
+    if all("expected_scores" in r for r in usable):
+        out["model_overall_expected"] = pcc(r["expected_scores"]["overall"] for r in usable)
+    out["rule_on_predicted_dims"] = pcc(rule(p) for p in pred)
+    out["rule_on_predicted_dims_model_effort"] = pcc(rule(p, own_effort=True) for p in pred)
+    out["rule_on_truth"] = pcc(rule(t) for t in ref)  # 1.0 unless the labels do not follow the rule
+    out["agree_model_vs_rule_on_own_dims"] = round(sum(rule(p) == p["overall"] for p in pred) / len(pred), 4)
+    for swap in [(d,) for d in MEASURED] + [("naturalness", "distortion")]:
+        out["rule_with_true_" + "_".join(swap)] = pcc(rule(p, t, swap) for p, t in zip(pred, ref))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("eval_dir", type=Path, help="an `sqrl eval` folder (its predictions.jsonl)")
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = analyse(args.eval_dir)
+    print(json.dumps(out, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
